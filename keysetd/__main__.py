@@ -1,0 +1,7 @@
+"""``python -m keysetd``."""
+
+import sys
+
+from keysetd.cli import main
+
+sys.exit(main())

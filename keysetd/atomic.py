@@ -1,0 +1,99 @@
+"""The one place keysetd writes files: old or new bytes, never a partial file.
+
+Sequence: a temp file ``.<name>.keysetd-<random>.tmp`` created exclusively in
+the target's directory, mode set, data written and fsynced, ``os.replace`` onto
+the target, then the directory fsynced so the rename survives a power cut. A
+crash leaves at most a stray temp file, which ``clean_temp_files`` removes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from pathlib import Path
+
+__all__ = ["TEMP_SUFFIX", "clean_temp_files", "read_current", "remove_file", "write_atomic"]
+
+TEMP_SUFFIX = ".keysetd.tmp"
+_TEMP_MARK = ".keysetd-"
+
+
+def _temp_path(target: Path) -> Path:
+    return target.with_name(f".{target.name}{_TEMP_MARK}{secrets.token_hex(6)}{TEMP_SUFFIX}")
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or unlink in ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data`` atomically, with ``mode`` set before the rename.
+
+    Raises OSError; the caller names the output. The target is replaced, never
+    written through: a symlink at ``path`` is replaced by the regular file.
+    """
+    directory = path.parent
+    temp = _temp_path(path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(temp, flags, 0o600)
+    try:
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    fsync_dir(directory)
+
+
+def remove_file(path: Path) -> bool:
+    """Unlink ``path`` durably; False when it was already gone."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    fsync_dir(path.parent)
+    return True
+
+
+def read_current(path: Path, limit: int) -> bytes | None:
+    """The bytes now at ``path`` (up to ``limit``), or None when there is no regular file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, "rb") as handle:
+            return handle.read(limit + 1)
+    except OSError:
+        return None
+
+
+def clean_temp_files(directory: Path) -> list[Path]:
+    """Remove temp files a crash left behind in ``directory``; returns what was removed."""
+    removed: list[Path] = []
+    try:
+        entries = list(directory.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        name = entry.name
+        if name.startswith(".") and _TEMP_MARK in name and name.endswith(TEMP_SUFFIX):
+            with contextlib.suppress(OSError):
+                entry.unlink()
+                removed.append(entry)
+    return removed

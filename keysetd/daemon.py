@@ -1,0 +1,180 @@
+"""The long-running loop: triggers (file watch, interval, signals), backoff, reload, stop.
+
+The pipeline does one cycle and returns; this module decides when the next one
+runs. A watcher thread turns file events into a wake-up; signal handlers only
+set flags, so SIGTERM lets the current commit finish before the loop exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+from keysetd.atomic import clean_temp_files
+from keysetd.config import Config, load_config
+from keysetd.errors import ConfigError
+from keysetd.log import event
+from keysetd.pipeline import CycleResult, Pipeline
+
+__all__ = ["Daemon"]
+
+FAILURE_BACKOFF_INITIAL = 1.0
+FAILURE_BACKOFF_MAX = 60.0
+WATCH_RESTART_DELAY = 1.0
+
+
+class _Watcher:
+    """Sets ``wake`` whenever something changes in the directories of the source files."""
+
+    def __init__(self, paths: tuple[Path, ...], wake: threading.Event) -> None:
+        dirs = {p.absolute().parent for p in paths} | {p.resolve().parent for p in paths}
+        self.directories = sorted(dirs)
+        self.wake = wake
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="keysetd-watch", daemon=True)
+
+    def start(self) -> None:
+        if self.directories:
+            self.thread.start()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout=5)
+
+    def _run(self) -> None:
+        from watchfiles import watch
+
+        while not self.stop_event.is_set():
+            existing = [str(d) for d in self.directories if d.is_dir()]
+            if not existing:
+                self.stop_event.wait(WATCH_RESTART_DELAY)
+                continue
+            try:
+                for _changes in watch(
+                    *existing,
+                    watch_filter=None,
+                    debounce=50,
+                    step=1,
+                    recursive=False,
+                    stop_event=self.stop_event,
+                    rust_timeout=1000,
+                    yield_on_timeout=False,
+                    ignore_permission_denied=True,
+                ):
+                    self.wake.set()
+            except (OSError, RuntimeError) as exc:
+                event("watch_failed", logging.WARNING, error=str(exc))
+            # A watched directory vanished or the watch ended: wake once and re-arm.
+            self.wake.set()
+            self.stop_event.wait(WATCH_RESTART_DELAY)
+
+
+class Daemon:
+    """Runs cycles until stopped; owns the pipeline, the watcher and the signal flags."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.wake = threading.Event()
+        self.stopping = False
+        self.reload_requested = False
+        self.failures = 0
+        self.pipeline = Pipeline(config)
+        self.watcher = _Watcher(self.pipeline.source.watch_paths(), self.wake)
+
+    # -- signals -------------------------------------------------------------
+
+    def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
+        self.stopping = True
+        self.wake.set()
+
+    def _on_hup(self, _signum: int, _frame: FrameType | None) -> None:
+        self.reload_requested = True
+        self.wake.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hup)
+
+    # -- loop ----------------------------------------------------------------
+
+    def _next_wait(self, result: CycleResult) -> float:
+        interval = float(self.config.source.refresh_interval)
+        if result.ok:
+            self.failures = 0
+            return interval
+        self.failures += 1
+        backoff = min(FAILURE_BACKOFF_MAX, FAILURE_BACKOFF_INITIAL * 2.0 ** (self.failures - 1))
+        return min(interval, backoff * random.uniform(0.8, 1.2))  # noqa: S311 (jitter)
+
+    def _reload(self) -> None:
+        """Re-read the config; a bad one is refused and the running one stays."""
+        self.reload_requested = False
+        try:
+            new = load_config(self.config.path)
+        except ConfigError as exc:
+            event("reload_refused", logging.ERROR, error=str(exc))
+            return
+        if new.state_dir != self.config.state_dir:
+            event(
+                "reload_refused",
+                logging.ERROR,
+                error="state_dir cannot change on reload; restart keysetd",
+            )
+            return
+        old_pipeline, old_watcher = self.pipeline, self.watcher
+        self.config = new
+        self.pipeline = Pipeline(new)
+        self.watcher = _Watcher(self.pipeline.source.watch_paths(), self.wake)
+        old_watcher.stop()
+        old_pipeline.close()
+        self.watcher.start()
+        event("config_reloaded", path=str(new.path))
+
+    def prepare(self) -> None:
+        """Lock the state dir and clean temp files a crash left next to the outputs."""
+        self.pipeline.state.ensure()
+        self.pipeline.state.lock()
+        for output in self.pipeline.outputs:
+            path = output.config.path
+            clean_temp_files(path if path.is_dir() else path.parent)
+
+    def run(self) -> int:
+        """Cycle until SIGTERM/SIGINT; returns the exit code."""
+        self.prepare()
+        self.install_signal_handlers()
+        self.watcher.start()
+        event(
+            "started",
+            source=self.pipeline.source.describe(),
+            outputs=",".join(o.name for o in self.pipeline.outputs),
+        )
+        force = False
+        try:
+            while not self.stopping:
+                self.wake.clear()
+                started = time.monotonic()
+                result = self.pipeline.cycle(force=force)
+                force = False
+                if self.stopping:
+                    break
+                deadline = started + self._next_wait(result)
+                while not self.stopping and not self.reload_requested:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or self.wake.wait(remaining):
+                        break
+                if self.reload_requested and not self.stopping:
+                    self._reload()
+                    force = True
+        finally:
+            self.watcher.stop()
+            self.pipeline.close()
+            self.pipeline.state.unlock()
+            event("stopped")
+        return 0

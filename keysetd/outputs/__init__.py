@@ -1,0 +1,1 @@
+"""Built-in outputs: each turns the planned keyset into the bytes of its files."""

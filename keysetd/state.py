@@ -1,0 +1,186 @@
+"""What keysetd remembers in ``state_dir``: last-known-good, key history, status, the lock.
+
+Every file is written through ``atomic.write_atomic`` with mode 0600, so a crash
+leaves each one old or new. The status file is what ``keysetd status`` reads, so
+it works with or without the HTTP server and while the daemon runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import fcntl
+import json
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from keysetd.atomic import clean_temp_files, write_atomic
+from keysetd.errors import ConfigError
+from keysetd.model import Keyset
+
+__all__ = ["KeyRecord", "LastKnownGood", "StateStore"]
+
+STATE_MODE = 0o600
+_MAX_STATE_FILE = 64 << 20
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class LastKnownGood:
+    """The last snapshot that passed validation, as the source sent it."""
+
+    data: bytes
+    format: str
+    origin: str
+    fetched_at: float
+    fingerprint: str
+
+    def __repr__(self) -> str:
+        return f"LastKnownGood(origin={self.origin!r}, fingerprint={self.fingerprint[:12]})"
+
+
+@dataclass(slots=True)
+class KeyRecord:
+    """What keysetd knows of one kid across snapshots (never private material)."""
+
+    kid: str
+    material: str
+    first_seen: float
+    last_seen: float
+    first_published: float | None = None
+    active_from: float | None = None
+    active_until: float | None = None
+    revoked: float | None = None
+    public_jwk: dict[str, str] | None = field(default=None)
+
+
+class StateStore:
+    """Reads and writes the files of one ``state_dir``."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._lock_fd: int | None = None
+
+    @property
+    def lkg_path(self) -> Path:
+        return self.directory / "last-known-good.json"
+
+    @property
+    def history_path(self) -> Path:
+        return self.directory / "history.json"
+
+    @property
+    def status_path(self) -> Path:
+        return self.directory / "status.json"
+
+    def ensure(self) -> None:
+        """Create the directory (0700) and drop temp files a crash left behind."""
+        try:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"state_dir {self.directory}: {exc.strerror or exc}") from exc
+        clean_temp_files(self.directory)
+
+    def lock(self) -> None:
+        """Hold an exclusive lock so two daemons never share one state_dir."""
+        path = self.directory / "lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, STATE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise ConfigError(
+                f"state_dir {self.directory} is in use by another keysetd (pid {holder})"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _write_json(self, path: Path, value: object) -> None:
+        data = json.dumps(value, indent=1, sort_keys=True).encode() + b"\n"
+        write_atomic(path, data, STATE_MODE)
+
+    def _read_json(self, path: Path) -> Any:
+        """The parsed file, or None when absent; a corrupt file reads as absent."""
+        try:
+            with path.open("rb") as handle:
+                raw = handle.read(_MAX_STATE_FILE)
+            return json.loads(raw)
+        except (OSError, ValueError):
+            return None
+
+    def load_lkg(self) -> LastKnownGood | None:
+        doc = self._read_json(self.lkg_path)
+        if not isinstance(doc, dict):
+            return None
+        try:
+            return LastKnownGood(
+                data=base64.b64decode(doc["data"], validate=True),
+                format=str(doc["format"]),
+                origin=str(doc["origin"]),
+                fetched_at=float(doc["fetched_at"]),
+                fingerprint=str(doc["fingerprint"]),
+            )
+        except (KeyError, TypeError, ValueError, binascii.Error):
+            return None
+
+    def save_lkg(self, lkg: LastKnownGood) -> None:
+        self._write_json(
+            self.lkg_path,
+            {
+                "data": base64.b64encode(lkg.data).decode(),
+                "format": lkg.format,
+                "origin": lkg.origin,
+                "fetched_at": lkg.fetched_at,
+                "fingerprint": lkg.fingerprint,
+            },
+        )
+
+    def load_history(self) -> dict[str, KeyRecord]:
+        doc = self._read_json(self.history_path)
+        records: dict[str, KeyRecord] = {}
+        if isinstance(doc, dict) and isinstance(doc.get("keys"), dict):
+            for kid, raw in doc["keys"].items():
+                with contextlib.suppress(TypeError):
+                    records[kid] = KeyRecord(**raw)
+        return records
+
+    def save_history(self, records: dict[str, KeyRecord]) -> None:
+        self._write_json(
+            self.history_path,
+            {"version": 1, "keys": {kid: asdict(rec) for kid, rec in sorted(records.items())}},
+        )
+
+    def load_status(self) -> dict[str, Any] | None:
+        doc = self._read_json(self.status_path)
+        return doc if isinstance(doc, dict) else None
+
+    def save_status(self, status: dict[str, Any]) -> None:
+        self._write_json(self.status_path, status)
+
+
+def observe(records: dict[str, KeyRecord], keyset: Keyset, now: float) -> dict[str, KeyRecord]:
+    """History updated with a validated keyset: new kids recorded, seen kids touched."""
+    updated = dict(records)
+    for key in keyset:
+        record = updated.get(key.kid)
+        if record is None:
+            public = None if key.kty == "oct" else key.public_jwk()
+            updated[key.kid] = KeyRecord(
+                kid=key.kid,
+                material=key.material_digest(),
+                first_seen=now,
+                last_seen=now,
+                public_jwk=public,
+            )
+        else:
+            updated[key.kid] = replace(record, last_seen=now)
+    return updated

@@ -1,0 +1,155 @@
+"""Fixtures: real keysetd processes, configs on disk, and condition waits with deadlines."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.keys import jwk, jwks_doc, write_atomically
+
+KEYSETD = [sys.executable, "-m", "keysetd"]
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.01)
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_toml(config: dict[str, Any]) -> str:
+    lines: list[str] = []
+    tables: list[str] = []
+    for key, value in config.items():
+        if isinstance(value, dict):
+            tables.append(f"\n[{key}]")
+            tables += [f"{k} = {toml_value(v)}" for k, v in value.items()]
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            for item in value:
+                tables.append(f"\n[[{key}]]")
+                tables += [f"{k} = {toml_value(v)}" for k, v in item.items()]
+        else:
+            lines.append(f"{key} = {toml_value(value)}")
+    return "\n".join(lines + tables) + "\n"
+
+
+class Env:
+    """A workspace: source file, outputs, state dir and config under one tmp dir."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.source = root / "src" / "keyset.json"
+        self.out = root / "out"
+        self.state = root / "state"
+        self.config_path = root / "keysetd.toml"
+        self.source.parent.mkdir()
+        self.out.mkdir()
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def jwks(self) -> Path:
+        return self.out / "jwks.json"
+
+    @property
+    def signer(self) -> Path:
+        return self.out / "keyset.json"
+
+    def config(self, **extra: Any) -> Path:
+        """Write a config: file source, jwks + keyset outputs, plus ``extra`` top-level keys."""
+        config: dict[str, Any] = {
+            "state_dir": str(self.state),
+            "log_format": "json",
+            "source": {"type": "file", "path": str(self.source), "refresh_interval": "30s"},
+            "outputs": [
+                {"type": "jwks", "path": str(self.jwks)},
+                {"type": "keyset", "path": str(self.signer)},
+            ],
+        }
+        for key, value in extra.items():
+            if isinstance(value, dict) and isinstance(config.get(key), dict) and "type" not in value:
+                config[key] = {**config[key], **value}
+            else:
+                config[key] = value
+        self.config_path.write_text(render_toml(config))
+        return self.config_path
+
+    def write_source(self, data: bytes) -> None:
+        write_atomically(self.source, data)
+
+    def snapshot_outputs(self) -> dict[str, bytes]:
+        return {str(p.relative_to(self.out)): p.read_bytes()
+                for p in sorted(self.out.rglob("*")) if p.is_file()}
+
+    def keysetd(self, *args: str, timeout: float = 30, env: dict[str, str] | None = None,
+                check: bool = False) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*KEYSETD, *args], capture_output=True, text=True,
+                              timeout=timeout, env={**os.environ, **(env or {})}, check=check)
+
+    def start(self, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        log = (self.root / "keysetd.log").open("ab")
+        proc = subprocess.Popen([*KEYSETD, "run", "--config", str(self.config_path), *extra],
+                                stdout=log, stderr=log, env={**os.environ, **(env or {})})
+        log.close()
+        self.procs.append(proc)
+        return proc
+
+    def log(self) -> str:
+        path = self.root / "keysetd.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    workspace = Env(tmp_path)
+    yield workspace
+    workspace.stop_all()
+
+
+@pytest.fixture(scope="session")
+def keys() -> dict[str, dict[str, Any]]:
+    """A few keys made once per session (RSA generation is slow)."""
+    return {
+        "es-a": jwk("ES256", "es-a"),
+        "es-b": jwk("ES256", "es-b"),
+        "es-c": jwk("ES256", "es-c"),
+        "ed-a": jwk("EdDSA", "ed-a"),
+        "rs-a": jwk("RS256", "rs-a"),
+    }
+
+
+__all__ = ["Env", "jwk", "jwks_doc", "wait_for"]

@@ -1,0 +1,283 @@
+"""The real ``keysetd run`` process: triggers, bad input, reload, stop, notifiers, restarts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Env, wait_for
+from tests.keys import jwk, jwks_doc
+
+
+def kids(path: Path) -> list[str]:
+    try:
+        return [k["kid"] for k in json.loads(path.read_bytes())["keys"]]
+    except (OSError, ValueError):
+        return []
+
+
+def active(path: Path) -> str | None:
+    try:
+        return json.loads(path.read_bytes()).get("active_kid")
+    except (OSError, ValueError):
+        return None
+
+
+def events(env: Env, name: str) -> list[dict[str, Any]]:
+    found = []
+    for line in env.log().splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("event") == name:
+            found.append(entry)
+    return found
+
+
+@pytest.fixture
+def running(env: Env, keys: dict[str, dict[str, Any]]) -> Env:
+    env.write_source(jwks_doc(keys["es-a"], active="es-a"))
+    env.config()
+    env.start()
+    wait_for(lambda: active(env.signer) == "es-a", what="first publish")
+    return env
+
+
+def test_first_publish_modes_and_contents(running: Env, keys: dict[str, Any]) -> None:
+    assert kids(running.jwks) == ["es-a"]
+    jwks = json.loads(running.jwks.read_bytes())
+    assert "d" not in jwks["keys"][0]
+    assert os.stat(running.jwks).st_mode & 0o777 == 0o644
+    assert os.stat(running.signer).st_mode & 0o777 == 0o600
+    assert json.loads(running.signer.read_bytes())["keys"][0]["d"] == keys["es-a"]["d"]
+
+
+def test_atomic_rename_is_picked_up(running: Env, keys: dict[str, Any]) -> None:
+    running.write_source(jwks_doc(keys["es-a"], keys["es-b"], active="es-b"))
+    wait_for(lambda: active(running.signer) == "es-b", timeout=5, what="rename")
+    assert kids(running.jwks) == ["es-b", "es-a"]
+
+
+def test_in_place_write_is_picked_up(running: Env, keys: dict[str, Any]) -> None:
+    with running.source.open("wb") as handle:
+        handle.write(jwks_doc(keys["es-a"], keys["es-b"], active="es-b"))
+    wait_for(lambda: active(running.signer) == "es-b", timeout=5, what="in-place write")
+
+
+def test_delete_and_recreate(running: Env, keys: dict[str, Any]) -> None:
+    before = running.snapshot_outputs()
+    running.source.unlink()
+    wait_for(lambda: events(running, "cycle_failed"), timeout=5, what="failure on deletion")
+    assert running.snapshot_outputs() == before
+    running.source.write_bytes(jwks_doc(keys["es-b"], keys["es-a"], active="es-b"))
+    wait_for(lambda: active(running.signer) == "es-b", timeout=5, what="re-creation")
+
+
+def test_kubernetes_configmap_symlink_swap(env: Env, keys: dict[str, Any]) -> None:
+    mount = env.source.parent
+    first = mount / "..2026_11_23_00_00_00.1"
+    first.mkdir()
+    (first / "keyset.json").write_bytes(jwks_doc(keys["es-a"], active="es-a"))
+    (mount / "..data").symlink_to(first.name)
+    env.source.symlink_to("..data/keyset.json")
+    env.config()
+    env.start()
+    wait_for(lambda: active(env.signer) == "es-a", what="first publish")
+    second = mount / "..2026_11_23_00_01_00.2"
+    second.mkdir()
+    (second / "keyset.json").write_bytes(jwks_doc(keys["es-a"], keys["es-b"], active="es-b"))
+    (mount / "..data_tmp").symlink_to(second.name)
+    os.replace(mount / "..data_tmp", mount / "..data")
+    wait_for(lambda: active(env.signer) == "es-b", timeout=5, what="..data swap")
+
+
+BAD_DOCUMENTS: dict[str, Any] = {
+    "garbage": lambda k: b"\x00\xffnot a keyset at all",
+    "truncated-json": lambda k: jwks_doc(k["es-b"], active="es-b")[:40],
+    "empty-file": lambda k: b"",
+    "alg-none": lambda k: jwks_doc({**k["es-b"], "alg": "none"}, active="es-b"),
+    "alg-mismatch": lambda k: jwks_doc({**k["es-b"], "alg": "RS256"}, active="es-b"),
+    "missing-active-kid": lambda k: jwks_doc(k["es-a"], k["es-b"]),
+    "duplicate-kid": lambda k: jwks_doc(k["es-b"], k["es-b"], active="es-b"),
+    "empty-keyset": lambda k: b'{"keys": []}',
+    "point-not-on-curve": lambda k: jwks_doc({**k["es-b"], "y": k["es-c"]["y"]}, active="es-b"),
+    "private-mismatch": lambda k: jwks_doc({**k["es-b"], "d": k["es-c"]["d"]}, active="es-b"),
+    "kid-reused": lambda k: jwks_doc({**k["es-b"], "kid": "es-a"}, active="es-a"),
+    "too-large": lambda k: b'{"keys": [], "pad": "' + b"x" * (20 << 20) + b'"}',
+    "rsa-too-small": lambda k: jwks_doc(jwk("RS256", "rsa-1024", bits=1024), active="rsa-1024"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_DOCUMENTS))
+def test_bad_input_keeps_outputs_and_daemon(running: Env, keys: dict[str, Any], case: str) -> None:
+    before = running.snapshot_outputs()
+    running.write_source(BAD_DOCUMENTS[case](keys))
+    failure = wait_for(lambda: events(running, "cycle_failed"), timeout=10, what="rejection")
+    assert case in failure[0]["error"], failure[0]["error"]
+    assert running.snapshot_outputs() == before
+    assert running.procs[0].poll() is None
+    running.write_source(jwks_doc(keys["es-a"], keys["es-b"], active="es-b"))
+    wait_for(lambda: active(running.signer) == "es-b", timeout=5, what="recovery")
+
+
+def test_sighup_rereads_config(running: Env, keys: dict[str, Any]) -> None:
+    pem_dir = running.out / "pem"
+    running.config(outputs=[
+        {"type": "jwks", "path": str(running.jwks)},
+        {"type": "keyset", "path": str(running.signer)},
+        {"type": "pem", "path": str(pem_dir)},
+    ])
+    running.procs[0].send_signal(signal.SIGHUP)
+    wait_for(lambda: (pem_dir / "es-a.pem").exists(), timeout=5, what="new output after SIGHUP")
+
+
+def test_sighup_with_broken_config_keeps_running(running: Env, keys: dict[str, Any]) -> None:
+    running.config_path.write_text("[source\nbroken")
+    running.procs[0].send_signal(signal.SIGHUP)
+    wait_for(lambda: events(running, "reload_refused"), timeout=5, what="refusal")
+    running.write_source(jwks_doc(keys["es-a"], keys["es-b"], active="es-b"))
+    wait_for(lambda: active(running.signer) == "es-b", timeout=5, what="still serving")
+
+
+def test_sigterm_stops_cleanly(running: Env) -> None:
+    proc = running.procs[0]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=5) == 0
+    assert events(running, "stopped")
+
+
+def test_second_daemon_on_same_state_dir_refuses(running: Env) -> None:
+    second = running.keysetd("run", "--config", str(running.config_path), timeout=10)
+    assert second.returncode == 2
+    assert "in use by another keysetd" in second.stderr
+
+
+def test_restart_with_source_gone_republishes_last_known_good(running: Env) -> None:
+    before = running.snapshot_outputs()
+    running.procs[0].send_signal(signal.SIGTERM)
+    running.procs[0].wait(timeout=5)
+    running.source.unlink()
+    for path in running.out.iterdir():
+        path.unlink()
+    running.start()
+    wait_for(lambda: running.signer.exists(), timeout=5, what="republish from last-known-good")
+    assert running.snapshot_outputs() == before
+    status = json.loads(running.keysetd("status", "--json", "-c", str(running.config_path)).stdout)
+    assert status["last_error"] and "no such file" in status["last_error"].lower()
+    assert status["active_kid"] == "es-a"
+
+
+def test_interval_refresh_without_watch(env: Env, keys: dict[str, Any]) -> None:
+    """A command source has nothing to watch: refresh_interval alone brings changes in."""
+    held = env.root / "held.json"
+    held.write_bytes(jwks_doc(keys["es-a"], active="es-a"))
+    env.config(source={"type": "command", "argv": ["/bin/cat", str(held)],
+                       "refresh_interval": "200ms"})
+    env.start()
+    wait_for(lambda: active(env.signer) == "es-a", what="first publish")
+    held.write_bytes(jwks_doc(keys["es-a"], keys["es-b"], active="es-b"))
+    wait_for(lambda: active(env.signer) == "es-b", timeout=5, what="interval refresh")
+
+
+# -- notifiers ----------------------------------------------------------------
+
+CHILD = r"""
+import os, signal, sys, time
+out = sys.argv[1]
+def on_hup(signum, frame):
+    with open(out, "a") as f:
+        f.write("HUP\n")
+signal.signal(signal.SIGHUP, on_hup)
+with open(sys.argv[2], "w") as f:
+    f.write(str(os.getpid()))
+while True:
+    time.sleep(0.05)
+"""
+
+
+@pytest.fixture
+def child(env: Env) -> Iterator[tuple[subprocess.Popen[bytes], Path, Path]]:
+    got, pidfile = env.root / "child.log", env.root / "child.pid"
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(got), str(pidfile)])
+    wait_for(pidfile.exists, what="child pidfile")
+    yield proc, got, pidfile
+    proc.kill()
+    proc.wait(timeout=5)
+
+
+def test_signal_notifier_reaches_a_real_process_once_per_change(
+    env: Env, keys: dict[str, Any], child: tuple[subprocess.Popen[bytes], Path, Path]
+) -> None:
+    _proc, got, pidfile = child
+    env.write_source(jwks_doc(keys["es-a"], active="es-a"))
+    env.config(notify=[{"type": "signal", "pidfile": str(pidfile), "signal": "SIGHUP"}])
+    env.start()
+    wait_for(lambda: got.exists() and got.read_text().count("HUP") == 1, what="first signal")
+    env.write_source(jwks_doc(keys["es-a"], keys["es-b"], active="es-b"))
+    wait_for(lambda: got.read_text().count("HUP") == 2, timeout=5, what="signal on change")
+    env.write_source(jwks_doc(keys["es-a"], keys["es-b"], active="es-b"))  # same bytes
+    env.write_source(b"garbage")
+    wait_for(lambda: events(env, "cycle_failed"), what="rejection")
+    assert got.read_text().count("HUP") == 2
+
+
+def test_verifiers_are_committed_and_notified_before_signers(
+    env: Env, keys: dict[str, Any]
+) -> None:
+    seen = env.root / "seen"
+    seen.mkdir()
+    script = f'cp {env.signer} {seen}/signer-at-jwks-notify 2>/dev/null; cp {env.jwks} {seen}/jwks'
+    env.write_source(jwks_doc(keys["es-a"], active="es-a"))
+    env.config(notify=[{"type": "command", "argv": ["/bin/sh", "-c", script],
+                        "outputs": ["jwks"]}])
+    env.start()
+    wait_for(lambda: active(env.signer) == "es-a", what="first publish")
+    old_signer = env.signer.read_bytes()
+    env.write_source(jwks_doc(keys["es-a"], keys["es-b"], active="es-b"))
+    wait_for(lambda: active(env.signer) == "es-b", timeout=5, what="rotation")
+    wait_for(lambda: "es-b" in kids(seen / "jwks"), what="notifier ran")
+    assert (seen / "signer-at-jwks-notify").read_bytes() == old_signer
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    bodies: list[dict[str, Any]] = []
+
+    def do_POST(self) -> None:
+        length = int(self.headers["Content-Length"])
+        type(self).bodies.append(json.loads(self.rfile.read(length)))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_http_notifier_posts_to_a_real_server(env: Env, keys: dict[str, Any]) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/-/reload"
+        env.write_source(jwks_doc(keys["es-a"], active="es-a"))
+        env.config(notify=[{"type": "http", "url": url}])
+        env.start()
+        wait_for(lambda: _Recorder.bodies, what="webhook")
+        body = _Recorder.bodies[0]
+        assert body["active_kid"] == "es-a"
+        assert sorted(body["outputs"]) == ["jwks", "keyset"]
+        assert len(body["fingerprint"]) == 64
+    finally:
+        server.shutdown()
+        server.server_close()
+        _Recorder.bodies.clear()
