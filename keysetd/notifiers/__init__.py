@@ -1,0 +1,1 @@
+"""Built-in notifiers: signal, command, http."""

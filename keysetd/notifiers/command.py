@@ -1,0 +1,67 @@
+"""The ``command`` notifier: run a program to make a consumer reload.
+
+No shell, a minimal environment plus ``KEYSETD_FINGERPRINT``,
+``KEYSETD_ACTIVE_KID`` and ``KEYSETD_CHANGED_OUTPUTS``, and a timeout that
+kills the program's whole process group.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import ConfigDict, Field, field_validator
+
+from keysetd import proc
+from keysetd.errors import NotifyError
+from keysetd.plugin import Notifier, NotifierConfig, NotifyEvent
+from keysetd.units import Duration
+
+__all__ = ["EVENT_VARS", "CommandNotifier", "CommandNotifierConfig", "event_env"]
+
+EVENT_VARS = ("KEYSETD_FINGERPRINT", "KEYSETD_ACTIVE_KID", "KEYSETD_CHANGED_OUTPUTS")
+
+
+class CommandNotifierConfig(NotifierConfig):
+    # env values may be tokens: keep them out of validation errors.
+    model_config = ConfigDict(hide_input_in_errors=True)
+
+    argv: list[str]
+    timeout: Duration = 10.0
+    env: dict[str, str] = Field(default_factory=dict)
+
+    _argv = field_validator("argv")(proc.check_argv)
+
+    @field_validator("env")
+    @classmethod
+    def _no_event_vars(cls, env: dict[str, str]) -> dict[str, str]:
+        proc.check_env(env)
+        reserved = sorted(set(env) & set(EVENT_VARS))
+        if reserved:
+            raise ValueError(f"set by keysetd, not configurable: {', '.join(reserved)}")
+        return env
+
+
+def event_env(event: NotifyEvent) -> dict[str, str]:
+    """The ``KEYSETD_*`` variables describing ``event``."""
+    return {
+        "KEYSETD_FINGERPRINT": event.fingerprint,
+        "KEYSETD_ACTIVE_KID": event.active_kid or "",
+        "KEYSETD_CHANGED_OUTPUTS": ",".join(event.outputs),
+    }
+
+
+class CommandNotifier(Notifier):
+    """Runs ``argv`` once per notification; success is exit status 0 within ``timeout``."""
+
+    Config: ClassVar[type[NotifierConfig]] = CommandNotifierConfig
+
+    def __init__(self, config: CommandNotifierConfig) -> None:
+        super().__init__(config)
+        self.config: CommandNotifierConfig = config
+
+    def notify(self, event: NotifyEvent) -> None:
+        env = proc.minimal_env({**self.config.env, **event_env(event)})
+        try:
+            proc.run(self.config.argv, env=env, timeout=self.config.timeout, max_stdout=None)
+        except proc.ProcFailure as exc:
+            raise NotifyError(self.name, f"{self.config.argv[0]}: {exc.reason}") from exc

@@ -1,0 +1,178 @@
+"""The ``http`` notifier: POST ``{fingerprint, active_kid, outputs}`` to a reload endpoint.
+
+Success is a 2xx answer. Redirects are not followed (a 3xx is a failure),
+TLS is always verified (against ``ca_file`` when given), environment proxies
+are ignored (reload endpoints are local), and errors quote at most a short,
+redacted piece of the response body.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import ssl
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import ClassVar
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from keysetd.errors import NotifyError
+from keysetd.plugin import Notifier, NotifierConfig, NotifyEvent
+from keysetd.proc import redact
+from keysetd.units import Duration
+
+__all__ = ["HttpNotifier", "HttpNotifierConfig"]
+
+_BODY_EXCERPT = 200
+_DRAIN_LIMIT = 65536
+
+
+class HttpNotifierConfig(NotifierConfig):
+    # headers may carry bearer tokens: keep them out of validation errors.
+    model_config = ConfigDict(hide_input_in_errors=True)
+
+    url: str
+    timeout: Duration = Field(default=5.0, gt=0)
+    headers: dict[str, str] = Field(default_factory=dict)
+    ca_file: Path | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("url must be an http:// or https:// URL with a host")
+        try:
+            _ = parts.port
+        except ValueError:
+            raise ValueError("url has an invalid port") from None
+        return url
+
+    @field_validator("headers")
+    @classmethod
+    def _clean_headers(cls, headers: dict[str, str]) -> dict[str, str]:
+        for name, value in headers.items():
+            if not name or not all(33 <= ord(c) < 127 and c != ":" for c in name):
+                raise ValueError(f"not a valid header name: {name!r}")
+            if any(c in value for c in "\r\n\0"):
+                raise ValueError(f"header {name} must not contain CR, LF or NUL")
+            if name.lower() in ("content-type", "content-length", "host"):
+                raise ValueError(f"header {name} is set by keysetd")
+        return headers
+
+    @model_validator(mode="after")
+    def _ca_needs_https(self) -> HttpNotifierConfig:
+        if self.ca_file is not None and urlsplit(self.url).scheme != "https":
+            raise ValueError("ca_file needs an https:// url")
+        return self
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Turns every 3xx into an HTTPError instead of following it."""
+
+    def redirect_request(  # noqa: PLR0917 (the stdlib signature)
+        self,
+        req: urllib.request.Request,
+        fp: object,
+        code: int,
+        msg: str,
+        headers: object,
+        newurl: str,
+    ) -> None:
+        return None
+
+
+def _safe_url(url: str) -> str:
+    """The URL without credentials, query or fragment, for error messages."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port is not None else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+class HttpNotifier(Notifier):
+    """POSTs the event as JSON to ``url``; one attempt per call."""
+
+    Config: ClassVar[type[NotifierConfig]] = HttpNotifierConfig
+
+    def __init__(self, config: HttpNotifierConfig) -> None:
+        super().__init__(config)
+        self.config: HttpNotifierConfig = config
+
+    def _fail(self, reason: str) -> NotifyError:
+        return NotifyError(self.name, f"POST {_safe_url(self.config.url)}: {reason}")
+
+    def _reason(self, reason: object) -> str:
+        """A connection failure in a few words: timeout, errno text, or the error itself."""
+        if isinstance(reason, TimeoutError):
+            return f"timed out after {self.config.timeout:g}s"
+        if isinstance(reason, OSError) and not isinstance(reason, ssl.SSLError) and reason.strerror:
+            return reason.strerror
+        return str(reason)
+
+    def _opener(self) -> urllib.request.OpenerDirector:
+        try:
+            # Built per call so a rotated ca_file is picked up.
+            context = ssl.create_default_context(
+                cafile=str(self.config.ca_file) if self.config.ca_file is not None else None
+            )
+        except (OSError, ssl.SSLError) as exc:
+            raise self._fail(f"cannot load ca_file {self.config.ca_file}: {exc}") from exc
+        return urllib.request.build_opener(
+            urllib.request.ProxyHandler({}),
+            urllib.request.HTTPSHandler(context=context),
+            _NoRedirect(),
+        )
+
+    def notify(self, event: NotifyEvent) -> None:
+        body = json.dumps(
+            {
+                "fingerprint": event.fingerprint,
+                "active_kid": event.active_kid,
+                "outputs": list(event.outputs),
+            },
+            sort_keys=True,
+        ).encode()
+        request = urllib.request.Request(  # noqa: S310 (scheme checked by the config)
+            self.config.url,
+            data=body,
+            method="POST",
+            headers={
+                "User-Agent": "keysetd",
+                **self.config.headers,
+                "Content-Type": "application/json",
+            },
+        )
+        opener = self._opener()
+        try:
+            with opener.open(request, timeout=self.config.timeout) as response:
+                status: int = response.status
+                response.read(_DRAIN_LIMIT)
+        except urllib.error.HTTPError as exc:
+            with exc:
+                excerpt = _excerpt(exc)
+            raise self._fail(f"HTTP {exc.code} {exc.reason}{excerpt}") from None
+        except urllib.error.URLError as exc:
+            raise self._fail(self._reason(exc.reason)) from exc
+        except TimeoutError as exc:
+            raise self._fail(self._reason(exc)) from exc
+        except (OSError, http.client.HTTPException) as exc:
+            raise self._fail(f"{type(exc).__name__}: {exc}") from exc
+        if not 200 <= status < 300:
+            raise self._fail(f"HTTP {status} (only 2xx is success)")
+
+
+def _excerpt(exc: urllib.error.HTTPError) -> str:
+    """At most ``_BODY_EXCERPT`` redacted characters of an error response body."""
+    try:
+        raw = exc.read(_BODY_EXCERPT * 4)
+    except (OSError, http.client.HTTPException):
+        return ""
+    text = " ".join(raw.decode("utf-8", errors="replace").split())
+    text = redact(text)[:_BODY_EXCERPT]
+    return f": {text}" if text else ""

@@ -1,0 +1,152 @@
+"""The ``signal`` notifier: send a signal to a process named by pid or pidfile.
+
+The pidfile is re-read at every notification (the consumer may have
+restarted). A missing, empty or unparsable pidfile, a stale pid, keysetd's
+own pid or a ``process_name`` that does not match ``/proc/<pid>/comm`` is an
+error: keysetd never signals a guessed process. Where the kernel offers
+pidfds, the process is pinned before its name is checked, so a pid reused in
+between is never signalled.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import ClassVar
+
+from pydantic import Field, field_validator, model_validator
+
+from keysetd.errors import NotifyError
+from keysetd.plugin import Notifier, NotifierConfig, NotifyEvent
+from keysetd.sources.file import read_limited
+
+__all__ = ["SignalNotifier", "SignalNotifierConfig", "parse_signal"]
+
+_PIDFILE_LIMIT = 64
+
+
+def parse_signal(value: str) -> signal.Signals:
+    """A signal from its name: ``"SIGHUP"``, ``"HUP"`` or ``"hup"``."""
+    name = value.strip().upper()
+    if not name.startswith("SIG"):
+        name = "SIG" + name
+    try:
+        return signal.Signals[name]
+    except KeyError:
+        raise ValueError(f"unknown signal: {value!r}") from None
+
+
+class SignalNotifierConfig(NotifierConfig):
+    pid: int | None = Field(default=None, gt=0)
+    pidfile: Path | None = None
+    signal: str = "SIGHUP"
+    process_name: str | None = Field(default=None, min_length=1)
+
+    @field_validator("signal")
+    @classmethod
+    def _known_signal(cls, value: str) -> str:
+        return parse_signal(value).name
+
+    @model_validator(mode="after")
+    def _one_target(self) -> SignalNotifierConfig:
+        if (self.pid is None) == (self.pidfile is None):
+            raise ValueError("set exactly one of pid and pidfile")
+        return self
+
+
+class _Refused(Exception):
+    """Why this notification was not sent; becomes a NotifyError naming the target."""
+
+
+class SignalNotifier(Notifier):
+    """Sends ``signal`` to the process in ``pidfile`` (re-read each time) or to ``pid``."""
+
+    Config: ClassVar[type[NotifierConfig]] = SignalNotifierConfig
+
+    def __init__(self, config: SignalNotifierConfig) -> None:
+        super().__init__(config)
+        self.config: SignalNotifierConfig = config
+        self.signal = parse_signal(config.signal)
+
+    def _target(self) -> str:
+        if self.config.pidfile is not None:
+            return f"pidfile {self.config.pidfile}"
+        return f"pid {self.config.pid}"
+
+    def notify(self, event: NotifyEvent) -> None:
+        try:
+            pid = self._read_pid()
+            self._send(pid)
+        except _Refused as exc:
+            raise NotifyError(self.name, f"{self._target()}: {exc}") from exc.__cause__
+
+    def _read_pid(self) -> int:
+        pidfile = self.config.pidfile
+        if pidfile is None:
+            assert self.config.pid is not None  # guaranteed by the config validator
+            pid = self.config.pid
+        else:
+            try:
+                raw = read_limited(pidfile, _PIDFILE_LIMIT + 1)
+            except OSError as exc:
+                raise _Refused(f"cannot read: {exc.strerror}") from exc
+            except ValueError as exc:
+                raise _Refused(f"cannot read: {exc}") from exc
+            text = raw.decode("ascii", errors="replace").strip()
+            if not text:
+                raise _Refused("is empty")
+            if len(raw) > _PIDFILE_LIMIT or not text.isdigit():
+                raise _Refused("does not hold a pid")
+            pid = int(text)
+        if pid <= 0:
+            raise _Refused(f"refusing to signal pid {pid}")
+        if pid == os.getpid():
+            raise _Refused(f"refusing to signal pid {pid}: that is keysetd itself")
+        return pid
+
+    def _send(self, pid: int) -> None:
+        pidfd = _pidfd_open(pid)
+        try:
+            if self.config.process_name is not None:
+                self._check_name(pid)
+            if pidfd is not None:
+                signal.pidfd_send_signal(pidfd, self.signal)
+            else:
+                os.kill(pid, self.signal)
+        except ProcessLookupError as exc:
+            raise _Refused(f"process {pid} does not exist (stale pid)") from exc
+        except PermissionError as exc:
+            raise _Refused(f"not permitted to signal process {pid}") from exc
+        except OSError as exc:
+            raise _Refused(f"cannot signal process {pid}: {exc.strerror}") from exc
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
+
+    def _check_name(self, pid: int) -> None:
+        try:
+            comm = read_limited(Path(f"/proc/{pid}/comm"), 256)
+        except FileNotFoundError as exc:
+            raise ProcessLookupError(pid) from exc
+        except (OSError, ValueError) as exc:
+            raise _Refused(f"cannot check the name of process {pid}: {exc}") from exc
+        name = comm.decode(errors="replace").strip()
+        if name != self.config.process_name:
+            raise _Refused(
+                f"process {pid} is {name!r}, not {self.config.process_name!r}; not signalled"
+            )
+
+
+def _pidfd_open(pid: int) -> int | None:
+    """A pidfd pinning ``pid``, or None where the platform has none (then plain kill)."""
+    opener = getattr(os, "pidfd_open", None)
+    if opener is None or not hasattr(signal, "pidfd_send_signal"):
+        return None
+    try:
+        fd: int = opener(pid)
+    except ProcessLookupError:
+        raise _Refused(f"process {pid} does not exist (stale pid)") from None
+    except OSError:
+        return None  # ENOSYS (old kernel) or a sandbox forbidding it
+    return fd

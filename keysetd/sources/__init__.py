@@ -1,0 +1,1 @@
+"""Built-in sources: file, command, env."""
