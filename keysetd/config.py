@@ -170,11 +170,12 @@ def _describe(exc: ValidationError, prefix: str = "") -> list[str]:
     return problems
 
 
-def _settings(data: dict[str, Any]) -> Settings:
+def _settings(data: dict[str, Any], problems: list[str]) -> Settings | None:
     try:
         return Settings(**data)
     except ValidationError as exc:
-        raise ConfigError("invalid configuration", tuple(_describe(exc))) from None
+        problems.extend(_describe(exc))
+        return None
 
 
 def _plugin_table(
@@ -224,26 +225,38 @@ def _check_names(
                 problems.append(f"notify.{index}.outputs: no output is named {wanted!r}")
 
 
+def _tables(value: object) -> list[dict[str, Any]]:
+    """The array-of-tables at a key, or nothing when it has another shape (already reported)."""
+    return [t for t in value if isinstance(t, dict)] if isinstance(value, list) else []
+
+
 def load_config(path: Path | None) -> Config:
     """Read the file, override from ``KEYSETD_*``, validate every table; ConfigError lists all."""
-    settings = _settings(_read_toml(path) if path is not None else {})
+    data = _read_toml(path) if path is not None else {}
     problems: list[str] = []
-    source = _plugin_table("keysetd.sources", dict(settings.source), "source", problems)
+    settings = _settings(data, problems)
+    # With a broken top level, still check the plugin tables so every problem shows at once.
+    raw_source = settings.source if settings else data.get("source")
+    raw_outputs = settings.outputs if settings else _tables(data.get("outputs"))
+    raw_notify = settings.notify if settings else _tables(data.get("notify"))
+    source = None
+    if isinstance(raw_source, dict):
+        source = _plugin_table("keysetd.sources", dict(raw_source), "source", problems)
     outputs = [
         found
-        for index, table in enumerate(settings.outputs)
+        for index, table in enumerate(raw_outputs)
         if (found := _plugin_table("keysetd.outputs", table, f"outputs.{index}", problems))
     ]
     notifiers = [
         found
-        for index, table in enumerate(settings.notify)
+        for index, table in enumerate(raw_notify)
         if (found := _plugin_table("keysetd.notifiers", table, f"notify.{index}", problems))
     ]
-    if not settings.outputs:
+    if settings is not None and not settings.outputs:
         problems.append("outputs: at least one [[outputs]] table is required")
     if not problems:
         _check_names(outputs, notifiers, problems)
-    if problems or source is None:
+    if problems or settings is None or source is None:
         raise ConfigError(f"invalid configuration{f' in {path}' if path else ''}", tuple(problems))
     return Config(
         settings=settings,

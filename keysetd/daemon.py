@@ -12,7 +12,6 @@ import random
 import signal
 import threading
 import time
-from pathlib import Path
 from types import FrameType
 
 from keysetd.atomic import clean_temp_files
@@ -20,59 +19,12 @@ from keysetd.config import Config, load_config
 from keysetd.errors import ConfigError
 from keysetd.log import event
 from keysetd.pipeline import CycleResult, Pipeline
+from keysetd.watch import Watcher
 
 __all__ = ["Daemon"]
 
 FAILURE_BACKOFF_INITIAL = 1.0
 FAILURE_BACKOFF_MAX = 60.0
-WATCH_RESTART_DELAY = 1.0
-
-
-class _Watcher:
-    """Sets ``wake`` whenever something changes in the directories of the source files."""
-
-    def __init__(self, paths: tuple[Path, ...], wake: threading.Event) -> None:
-        dirs = {p.absolute().parent for p in paths} | {p.resolve().parent for p in paths}
-        self.directories = sorted(dirs)
-        self.wake = wake
-        self.stop_event = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="keysetd-watch", daemon=True)
-
-    def start(self) -> None:
-        if self.directories:
-            self.thread.start()
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        if self.thread.is_alive():
-            self.thread.join(timeout=5)
-
-    def _run(self) -> None:
-        from watchfiles import watch
-
-        while not self.stop_event.is_set():
-            existing = [str(d) for d in self.directories if d.is_dir()]
-            if not existing:
-                self.stop_event.wait(WATCH_RESTART_DELAY)
-                continue
-            try:
-                for _changes in watch(
-                    *existing,
-                    watch_filter=None,
-                    debounce=50,
-                    step=1,
-                    recursive=False,
-                    stop_event=self.stop_event,
-                    rust_timeout=1000,
-                    yield_on_timeout=False,
-                    ignore_permission_denied=True,
-                ):
-                    self.wake.set()
-            except (OSError, RuntimeError) as exc:
-                event("watch_failed", logging.WARNING, error=str(exc))
-            # A watched directory vanished or the watch ended: wake once and re-arm.
-            self.wake.set()
-            self.stop_event.wait(WATCH_RESTART_DELAY)
 
 
 class Daemon:
@@ -85,7 +37,7 @@ class Daemon:
         self.reload_requested = False
         self.failures = 0
         self.pipeline = Pipeline(config)
-        self.watcher = _Watcher(self.pipeline.source.watch_paths(), self.wake)
+        self.watcher = Watcher(self.pipeline.source.watch_paths(), self.wake)
 
     # -- signals -------------------------------------------------------------
 
@@ -131,7 +83,7 @@ class Daemon:
         old_pipeline, old_watcher = self.pipeline, self.watcher
         self.config = new
         self.pipeline = Pipeline(new)
-        self.watcher = _Watcher(self.pipeline.source.watch_paths(), self.wake)
+        self.watcher = Watcher(self.pipeline.source.watch_paths(), self.wake)
         old_watcher.stop()
         old_pipeline.close()
         self.watcher.start()

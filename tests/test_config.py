@@ -61,13 +61,14 @@ def test_minimal_config_loads(tmp_path: Path) -> None:
 
 
 def test_unknown_keys_are_named_everywhere(tmp_path: Path) -> None:
-    path = write(tmp_path, BASE.format(state=tmp_path) .replace(
-        'type = "file"', 'type = "file"\npathh = "x"').replace(
-        'type = "jwks"', 'type = "jwks"\nmdoe = "0644"') + "\nbogus = 1\n[policy]\nretension = '1h'\n")
+    text = "bogus = 1\n" + BASE.format(state=tmp_path)
+    text = text.replace('type = "file"', 'type = "file"\npathh = "x"')
+    text = text.replace('type = "jwks"', 'type = "jwks"\nmdoe = "0644"')
+    path = write(tmp_path, text + "\n[policy]\nretension = '1h'\n")
     with pytest.raises(ConfigError) as info:
         load_config(path)
     text = str(info.value)
-    for key in ("source.pathh", "outputs.0.mdoe", "policy.retension"):
+    for key in ("bogus", "source.pathh", "outputs.0.mdoe", "policy.retension"):
         assert key in text, text
 
 
