@@ -165,7 +165,11 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="keysetd", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="keysetd",
+        description="Keep JWT keysets where their consumers read them; rotate without downtime.",
+        epilog="Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.",
+    )
     parser.add_argument("--log-format", choices=["json", "text"], default=None)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -91,7 +91,11 @@ class Env:
             ],
         }
         for key, value in extra.items():
-            if isinstance(value, dict) and isinstance(config.get(key), dict) and "type" not in value:
+            if (
+                isinstance(value, dict)
+                and isinstance(config.get(key), dict)
+                and "type" not in value
+            ):
                 config[key] = {**config[key], **value}
             else:
                 config[key] = value
@@ -102,18 +106,36 @@ class Env:
         write_atomically(self.source, data)
 
     def snapshot_outputs(self) -> dict[str, bytes]:
-        return {str(p.relative_to(self.out)): p.read_bytes()
-                for p in sorted(self.out.rglob("*")) if p.is_file()}
+        return {
+            str(p.relative_to(self.out)): p.read_bytes()
+            for p in sorted(self.out.rglob("*"))
+            if p.is_file()
+        }
 
-    def keysetd(self, *args: str, timeout: float = 30, env: dict[str, str] | None = None,
-                check: bool = False) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*KEYSETD, *args], capture_output=True, text=True,
-                              timeout=timeout, env={**os.environ, **(env or {})}, check=check)
+    def keysetd(
+        self,
+        *args: str,
+        timeout: float = 30,
+        env: dict[str, str] | None = None,
+        check: bool = False,
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*KEYSETD, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, **(env or {})},
+            check=check,
+        )
 
     def start(self, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = (self.root / "keysetd.log").open("ab")
-        proc = subprocess.Popen([*KEYSETD, "run", "--config", str(self.config_path), *extra],
-                                stdout=log, stderr=log, env={**os.environ, **(env or {})})
+        proc = subprocess.Popen(
+            [*KEYSETD, "run", "--config", str(self.config_path), *extra],
+            stdout=log,
+            stderr=log,
+            env={**os.environ, **(env or {})},
+        )
         log.close()
         self.procs.append(proc)
         return proc

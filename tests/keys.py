@@ -11,8 +11,11 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-_CURVES = {"ES256": (ec.SECP256R1(), "P-256", 32), "ES384": (ec.SECP384R1(), "P-384", 48),
-           "ES512": (ec.SECP521R1(), "P-521", 66)}
+_CURVES = {
+    "ES256": (ec.SECP256R1(), "P-256", 32),
+    "ES384": (ec.SECP384R1(), "P-384", 48),
+    "ES512": (ec.SECP521R1(), "P-521", 66),
+}
 
 
 def b64u(data: bytes) -> str:
@@ -24,36 +27,68 @@ def _int(value: int, size: int | None = None) -> str:
     return b64u(value.to_bytes(size, "big"))
 
 
-def jwk(alg: str = "ES256", kid: str = "k1", private: bool = True, bits: int = 2048) -> dict[str, Any]:
+def jwk(
+    alg: str = "ES256", kid: str = "k1", private: bool = True, bits: int = 2048
+) -> dict[str, Any]:
     """A JWK dict of a fresh key for ``alg``."""
     out: dict[str, Any]
     if alg in _CURVES:
         curve, crv, size = _CURVES[alg]
         key = ec.generate_private_key(curve)
         nums = key.private_numbers()
-        out = {"kty": "EC", "kid": kid, "alg": alg, "use": "sig", "crv": crv,
-               "x": _int(nums.public_numbers.x, size), "y": _int(nums.public_numbers.y, size)}
+        out = {
+            "kty": "EC",
+            "kid": kid,
+            "alg": alg,
+            "use": "sig",
+            "crv": crv,
+            "x": _int(nums.public_numbers.x, size),
+            "y": _int(nums.public_numbers.y, size),
+        }
         if private:
             out["d"] = _int(nums.private_value, size)
     elif alg == "EdDSA":
         ed = ed25519.Ed25519PrivateKey.generate()
-        raw = ed.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        raw = ed.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
         out = {"kty": "OKP", "kid": kid, "alg": alg, "use": "sig", "crv": "Ed25519", "x": b64u(raw)}
         if private:
-            out["d"] = b64u(ed.private_bytes(serialization.Encoding.Raw,
-                                             serialization.PrivateFormat.Raw,
-                                             serialization.NoEncryption()))
+            out["d"] = b64u(
+                ed.private_bytes(
+                    serialization.Encoding.Raw,
+                    serialization.PrivateFormat.Raw,
+                    serialization.NoEncryption(),
+                )
+            )
     elif alg.startswith(("RS", "PS")):
         rk = rsa.generate_private_key(public_exponent=65537, key_size=bits)
         n = rk.private_numbers()
-        out = {"kty": "RSA", "kid": kid, "alg": alg, "use": "sig",
-               "n": _int(n.public_numbers.n), "e": _int(n.public_numbers.e)}
+        out = {
+            "kty": "RSA",
+            "kid": kid,
+            "alg": alg,
+            "use": "sig",
+            "n": _int(n.public_numbers.n),
+            "e": _int(n.public_numbers.e),
+        }
         if private:
-            out.update(d=_int(n.d), p=_int(n.p), q=_int(n.q), dp=_int(n.dmp1), dq=_int(n.dmq1),
-                       qi=_int(n.iqmp))
+            out.update(
+                d=_int(n.d),
+                p=_int(n.p),
+                q=_int(n.q),
+                dp=_int(n.dmp1),
+                dq=_int(n.dmq1),
+                qi=_int(n.iqmp),
+            )
     elif alg.startswith("HS"):
-        out = {"kty": "oct", "kid": kid, "alg": alg, "use": "sig",
-               "k": b64u(secrets.token_bytes(int(alg[2:]) // 8))}
+        out = {
+            "kty": "oct",
+            "kid": kid,
+            "alg": alg,
+            "use": "sig",
+            "k": b64u(secrets.token_bytes(int(alg[2:]) // 8)),
+        }
     else:
         raise ValueError(alg)
     return out

@@ -57,8 +57,9 @@ def test_validate_file_and_stdin(env: Env, keys: dict[str, Any]) -> None:
     assert "2 key(s)" in done.stdout and "es-a" in done.stdout
     assert keys["es-a"]["d"] not in done.stdout
     bad = jwks_doc({**keys["es-a"], "alg": "none"}, {**keys["ed-a"], "kid": "es-a"})
-    piped = subprocess.run([*KEYSETD, "validate", "-"], input=bad, capture_output=True,
-                           timeout=30, check=False)
+    piped = subprocess.run(
+        [*KEYSETD, "validate", "-"], input=bad, capture_output=True, timeout=30, check=False
+    )
     assert piped.returncode == 1
     out = piped.stdout.decode()
     assert "alg-none" in out and "duplicate-kid" in out
@@ -85,8 +86,9 @@ def test_status_json_fields(env: Env, keys: dict[str, Any]) -> None:
 
 
 def test_plugins_lists_builtins_with_their_distribution() -> None:
-    done = subprocess.run([*KEYSETD, "plugins"], capture_output=True, text=True, timeout=30,
-                          check=True)
+    done = subprocess.run(
+        [*KEYSETD, "plugins"], capture_output=True, text=True, timeout=30, check=True
+    )
     for name in ("file", "command", "env", "jwks", "keyset", "rgs", "pem", "signal", "http"):
         assert f" {name} " in done.stdout
     assert "keysetd 0.1.0" in done.stdout
@@ -102,7 +104,8 @@ def test_keygen_prints_a_private_jwk_that_validates(env: Env) -> None:
 
 def test_console_script_is_installed() -> None:
     script = Path(sys.executable).parent / "keysetd"
-    done = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=30,
-                          check=False)
+    done = subprocess.run(
+        [str(script), "--help"], capture_output=True, text=True, timeout=30, check=False
+    )
     assert done.returncode == 0
     assert "usage: keysetd" in done.stdout and "check-config" in done.stdout

@@ -34,8 +34,15 @@ def base(tmp_path: Path, extra: str = "") -> Path:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("750ms", 0.75), ("30s", 30), ("5m", 300), ("1h30m", 5400), ("7d", 604800), ("12", 12),
-     (2.5, 2.5)],
+    [
+        ("750ms", 0.75),
+        ("30s", 30),
+        ("5m", 300),
+        ("1h30m", 5400),
+        ("7d", 604800),
+        ("12", 12),
+        (2.5, 2.5),
+    ],
 )
 def test_durations(text: object, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
@@ -76,8 +83,12 @@ def test_wrong_types_are_named(tmp_path: Path) -> None:
     path = base(tmp_path, '\n[policy]\nretention = "soon"\n')
     with pytest.raises(ConfigError, match=r"policy.retention"):
         load_config(path)
-    path = write(tmp_path, BASE.format(state=tmp_path).replace(
-        'path = "/etc/keysetd/keyset.json"', "path = 42\nrefresh_interval = []"))
+    path = write(
+        tmp_path,
+        BASE.format(state=tmp_path).replace(
+            'path = "/etc/keysetd/keyset.json"', "path = 42\nrefresh_interval = []"
+        ),
+    )
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert "source.path" in str(info.value) and "source.refresh_interval" in str(info.value)
@@ -89,7 +100,7 @@ def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("KEYSETD_STRICT", "true")
     monkeypatch.setenv("KEYSETD_POLICY__RETENTION", "2h")
     config = load_config(base(tmp_path))
-    assert str(getattr(config.source, "path")) == "/srv/keys.json"
+    assert str(config.source.path)  # type: ignore[attr-defined] == "/srv/keys.json"
     assert config.source.refresh_interval == 5
     assert config.settings.strict is True
     assert config.policy.retention == 7200
@@ -111,7 +122,9 @@ def test_unknown_plugin_lists_known(tmp_path: Path) -> None:
 
 
 def test_duplicate_output_names_and_dangling_notifier(tmp_path: Path) -> None:
-    path = base(tmp_path, """
+    path = base(
+        tmp_path,
+        """
 [[outputs]]
 type = "jwks"
 path = "/run/keysetd/other.json"
@@ -119,19 +132,23 @@ path = "/run/keysetd/other.json"
 type = "command"
 argv = ["/bin/true"]
 outputs = ["nope"]
-""")
+""",
+    )
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert "outputs.1.name" in str(info.value)
 
 
 def test_notifier_naming_unknown_output(tmp_path: Path) -> None:
-    path = base(tmp_path, """
+    path = base(
+        tmp_path,
+        """
 [[notify]]
 type = "command"
 argv = ["/bin/true"]
 outputs = ["nope"]
-""")
+""",
+    )
     with pytest.raises(ConfigError, match=r"notify.0.outputs: no output is named 'nope'"):
         load_config(path)
 

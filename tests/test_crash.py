@@ -41,11 +41,13 @@ def test_kill_9_at_random_instants(env: Env) -> None:
         return jwks_doc(*keys, active=current["kid"])
 
     env.write_source(document(0))
-    env.config(outputs=[
-        {"type": "jwks", "path": str(env.jwks)},
-        {"type": "pem", "path": str(pem_dir)},
-        {"type": "keyset", "path": str(env.signer)},
-    ])
+    env.config(
+        outputs=[
+            {"type": "jwks", "path": str(env.jwks)},
+            {"type": "pem", "path": str(pem_dir)},
+            {"type": "keyset", "path": str(env.signer)},
+        ]
+    )
     env.start()
     wait_for(env.signer.exists, what="first publish")
     deadline = time.monotonic() + BUDGET_SECONDS
@@ -63,8 +65,11 @@ def test_kill_9_at_random_instants(env: Env) -> None:
         rounds += 1
     final = document(rounds)
     expected = json.loads(final)["active_kid"]
-    wait_for(lambda: json.loads(env.signer.read_bytes())["active_kid"] == expected, timeout=10,
-             what="the last snapshot after the last restart")
+    wait_for(
+        lambda: json.loads(env.signer.read_bytes())["active_kid"] == expected,
+        timeout=10,
+        what="the last snapshot after the last restart",
+    )
     check_consistent(env, pem_dir)
     leftovers = [p for p in env.out.rglob("*") if ".keysetd-" in p.name]
     assert leftovers == [], leftovers

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -134,13 +134,15 @@ def test_bad_input_keeps_outputs_and_daemon(running: Env, keys: dict[str, Any], 
 
 def test_sighup_rereads_config(running: Env, keys: dict[str, Any]) -> None:
     pem_dir = running.out / "pem"
-    running.config(outputs=[
-        {"type": "jwks", "path": str(running.jwks)},
-        {"type": "keyset", "path": str(running.signer)},
-        {"type": "pem", "path": str(pem_dir)},
-    ])
+    running.config(
+        outputs=[
+            {"type": "jwks", "path": str(running.jwks)},
+            {"type": "keyset", "path": str(running.signer)},
+            {"type": "pem", "path": str(pem_dir)},
+        ]
+    )
     running.procs[0].send_signal(signal.SIGHUP)
-    wait_for(lambda: (pem_dir / "es-a.pem").exists(), timeout=5, what="new output after SIGHUP")
+    wait_for((pem_dir / "es-a.pem").exists, timeout=5, what="new output after SIGHUP")
 
 
 def test_sighup_with_broken_config_keeps_running(running: Env, keys: dict[str, Any]) -> None:
@@ -172,7 +174,7 @@ def test_restart_with_source_gone_republishes_last_known_good(running: Env) -> N
     for path in running.out.iterdir():
         path.unlink()
     running.start()
-    wait_for(lambda: running.signer.exists(), timeout=5, what="republish from last-known-good")
+    wait_for(running.signer.exists, timeout=5, what="republish from last-known-good")
     assert running.snapshot_outputs() == before
     status = json.loads(running.keysetd("status", "--json", "-c", str(running.config_path)).stdout)
     assert status["last_error"] and "no such file" in status["last_error"].lower()
@@ -183,8 +185,9 @@ def test_interval_refresh_without_watch(env: Env, keys: dict[str, Any]) -> None:
     """A command source has nothing to watch: refresh_interval alone brings changes in."""
     held = env.root / "held.json"
     held.write_bytes(jwks_doc(keys["es-a"], active="es-a"))
-    env.config(source={"type": "command", "argv": ["/bin/cat", str(held)],
-                       "refresh_interval": "200ms"})
+    env.config(
+        source={"type": "command", "argv": ["/bin/cat", str(held)], "refresh_interval": "200ms"}
+    )
     env.start()
     wait_for(lambda: active(env.signer) == "es-a", what="first publish")
     held.write_bytes(jwks_doc(keys["es-a"], keys["es-b"], active="es-b"))
@@ -238,10 +241,9 @@ def test_verifiers_are_committed_and_notified_before_signers(
 ) -> None:
     seen = env.root / "seen"
     seen.mkdir()
-    script = f'cp {env.signer} {seen}/signer-at-jwks-notify 2>/dev/null; cp {env.jwks} {seen}/jwks'
+    script = f"cp {env.signer} {seen}/signer-at-jwks-notify 2>/dev/null; cp {env.jwks} {seen}/jwks"
     env.write_source(jwks_doc(keys["es-a"], active="es-a"))
-    env.config(notify=[{"type": "command", "argv": ["/bin/sh", "-c", script],
-                        "outputs": ["jwks"]}])
+    env.config(notify=[{"type": "command", "argv": ["/bin/sh", "-c", script], "outputs": ["jwks"]}])
     env.start()
     wait_for(lambda: active(env.signer) == "es-a", what="first publish")
     old_signer = env.signer.read_bytes()
@@ -252,7 +254,7 @@ def test_verifiers_are_committed_and_notified_before_signers(
 
 
 class _Recorder(BaseHTTPRequestHandler):
-    bodies: list[dict[str, Any]] = []
+    bodies: ClassVar[list[dict[str, Any]]] = []
 
     def do_POST(self) -> None:
         length = int(self.headers["Content-Length"])
