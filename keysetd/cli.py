@@ -46,7 +46,6 @@ def cmd_once(args: argparse.Namespace) -> int:
     config = _config(args)
     _setup_logging(config, args)
     pipeline = Pipeline(config)
-    pipeline.state.ensure()
     pipeline.state.lock()
     try:
         result = pipeline.cycle(force=True)

@@ -91,7 +91,6 @@ class Daemon:
 
     def prepare(self) -> None:
         """Lock the state dir and clean temp files a crash left next to the outputs."""
-        self.pipeline.state.ensure()
         self.pipeline.state.lock()
         for output in self.pipeline.outputs:
             path = output.config.path

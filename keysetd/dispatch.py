@@ -5,7 +5,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+from tenacity import (
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random,
+)
 
 from keysetd.errors import NotifyError
 from keysetd.log import event
@@ -28,7 +34,8 @@ def notify_once(notifier: Notifier, what: NotifyEvent) -> None:
     """Deliver with exponential backoff and jitter; re-raise the last NotifyError."""
     retrying = Retrying(
         stop=stop_after_attempt(max(1, notifier.config.retries + 1)),
-        wait=wait_exponential_jitter(initial=RETRY_INITIAL, max=RETRY_MAX),
+        wait=wait_exponential(multiplier=RETRY_INITIAL, max=RETRY_MAX)
+        + wait_random(0, RETRY_INITIAL),
         retry=retry_if_exception_type(NotifyError),
         reraise=True,
     )

@@ -49,6 +49,7 @@ class Pipeline:
         self.config = config
         self.clock = clock
         self.state = StateStore(config.state_dir)
+        self.state.ensure()
         self.source: Source = config.build_source()
         self.outputs: tuple[Output, ...] = config.build_outputs()
         self.notifiers: tuple[Notifier, ...] = config.build_notifiers()

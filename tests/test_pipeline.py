@@ -1,0 +1,145 @@
+"""One cycle in-process: change detection, rewrite only what changed, retries, HMAC outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from keysetd.config import load_config
+from keysetd.pipeline import Pipeline
+from tests.conftest import Env
+from tests.keys import jwks_doc
+
+
+def pipeline(env: Env, **extra: Any) -> Pipeline:
+    return Pipeline(load_config(env.config(**extra)))
+
+
+def test_same_keyset_in_other_bytes_rewrites_nothing(env: Env, keys: dict[str, Any]) -> None:
+    calls = env.root / "calls"
+    env.write_source(jwks_doc(keys["es-a"], active="es-a"))
+    cycle = pipeline(
+        env, notify=[{"type": "command", "argv": ["/bin/sh", "-c", f"echo x >> {calls}"]}]
+    )
+    assert cycle.cycle().changed == ("jwks", "keyset")
+    inode = os.stat(env.jwks).st_ino
+    env.write_source(json.dumps(json.loads(jwks_doc(keys["es-a"], active="es-a"))).encode())
+    result = cycle.cycle()
+    assert result.ok and result.changed == () and not result.unchanged_source
+    assert os.stat(env.jwks).st_ino == inode
+    assert calls.read_text().count("x") == 1
+
+
+def test_refresh_restores_an_output_deleted_behind_our_back(env: Env, keys: dict[str, Any]) -> None:
+    env.write_source(jwks_doc(keys["es-a"], active="es-a"))
+    cycle = pipeline(env)
+    cycle.cycle()
+    good = env.jwks.read_bytes()
+    env.jwks.unlink()
+    result = cycle.cycle()
+    assert result.unchanged_source and result.changed == ("jwks",)
+    assert env.jwks.read_bytes() == good
+
+
+def test_mode_drift_is_repaired(env: Env, keys: dict[str, Any]) -> None:
+    env.write_source(jwks_doc(keys["es-a"], active="es-a"))
+    cycle = pipeline(env)
+    cycle.cycle()
+    env.signer.chmod(0o644)
+    cycle.cycle()
+    assert env.signer.stat().st_mode & 0o777 == 0o600
+
+
+def test_notifier_retries_then_succeeds(env: Env, keys: dict[str, Any]) -> None:
+    counter = env.root / "attempts"
+    script = f'echo x >> {counter}; [ "$(wc -l < {counter})" -ge 3 ]'
+    env.write_source(jwks_doc(keys["es-a"], active="es-a"))
+    result = pipeline(
+        env, notify=[{"type": "command", "argv": ["/bin/sh", "-c", script], "retries": 3}]
+    ).cycle()
+    assert result.ok and result.notify_errors == ()
+    assert counter.read_text().count("x") == 3
+
+
+def test_notifier_failure_is_recorded_not_rolled_back(env: Env, keys: dict[str, Any]) -> None:
+    env.write_source(jwks_doc(keys["es-a"], active="es-a"))
+    result = pipeline(
+        env, notify=[{"type": "command", "argv": ["/bin/false"], "retries": 1}]
+    ).cycle()
+    assert result.ok and len(result.notify_errors) == 1
+    assert "command" in result.notify_errors[0]
+    assert env.signer.exists()
+
+
+def test_notifier_filtered_by_outputs(env: Env, keys: dict[str, Any]) -> None:
+    calls = env.root / "calls"
+    env.write_source(jwks_doc(keys["es-a"], active="es-a"))
+    cycle = pipeline(
+        env,
+        outputs=[
+            {"type": "jwks", "path": str(env.jwks)},
+            {"type": "keyset", "path": str(env.signer)},
+            {"type": "jwks", "name": "other", "path": str(env.out / "other.json")},
+        ],
+        notify=[
+            {
+                "type": "command",
+                "argv": ["/bin/sh", "-c", f"echo $KEYSETD_CHANGED_OUTPUTS >> {calls}"],
+                "outputs": ["other"],
+            }
+        ],
+    )
+    cycle.cycle()
+    (env.out / "other.json").unlink()
+    cycle.cycle()
+    assert calls.read_text().split() == ["jwks,other", "other"]
+
+
+def test_hmac_keyset_to_rgs_and_env(env: Env) -> None:
+    secret_a, secret_b = "a" * 32 + "-old-secret", "b" * 32 + "-new-secret"
+    env.write_source(
+        json.dumps({"active_kid": "k2", "keys": {"k1": secret_a, "k2": secret_b}}).encode()
+    )
+    rgs, envfile = env.out / "rgs.json", env.out / "keys.env"
+    result = pipeline(
+        env,
+        outputs=[{"type": "rgs", "path": str(rgs)}, {"type": "env", "path": str(envfile)}],
+    ).cycle()
+    assert result.ok, result.error
+    assert json.loads(rgs.read_text()) == {
+        "active_kid": "k2",
+        "keys": {"k1": secret_a, "k2": secret_b},
+    }
+    text = envfile.read_text()
+    assert "RGS_JWT_ACTIVE_KID=k2" in text
+    assert rgs.stat().st_mode & 0o777 == 0o600
+
+
+def test_jwks_output_over_hmac_only_keyset_is_refused(env: Env) -> None:
+    env.write_source(json.dumps({"active_kid": "k1", "keys": {"k1": "x" * 40}}).encode())
+    result = pipeline(env).cycle()
+    assert not result.ok and "only HMAC keys" in (result.error or "")
+    assert not env.jwks.exists() and not env.signer.exists()
+
+
+def test_pem_output_removes_files_of_unpublished_keys(env: Env, keys: dict[str, Any]) -> None:
+    pem = env.out / "pem"
+    env.write_source(jwks_doc(keys["es-a"], keys["ed-a"], active="es-a"))
+    cycle = pipeline(env, outputs=[{"type": "pem", "path": str(pem), "private": True}])
+    cycle.cycle()
+    assert sorted(p.name for p in pem.iterdir()) == ["active.key", "ed-a.pem", "es-a.pem"]
+    assert (pem / "active.key").stat().st_mode & 0o777 == 0o600
+    assert (pem / "es-a.pem").stat().st_mode & 0o777 == 0o644
+    env.write_source(jwks_doc(keys["es-a"], active="es-a"))
+    cycle.cycle()
+    assert sorted(p.name for p in pem.iterdir()) == ["active.key", "es-a.pem"]
+
+
+def test_state_files_are_private(env: Env, keys: dict[str, Any]) -> None:
+    env.write_source(jwks_doc(keys["es-a"], active="es-a"))
+    pipeline(env).cycle()
+    assert env.state.stat().st_mode & 0o777 == 0o700
+    for path in Path(env.state).iterdir():
+        assert path.stat().st_mode & 0o777 == 0o600, path
