@@ -1,0 +1,1 @@
+"""Benchmarks for keysetd (`make bench`); not tests: figures beside targets, no assertions."""
