@@ -52,6 +52,15 @@ class Key:
     public: tuple[tuple[str, str], ...]
     private: tuple[tuple[str, str], ...] = field(default=(), compare=True)
     use: str = "sig"
+    _digest: str = field(default="", compare=False, init=False)
+
+    def __post_init__(self) -> None:
+        # Computed once: fingerprints and history look it up on every cycle.
+        if self.kty == "oct":
+            material: object = {"kty": "oct", "k": self.member("k") or ""}
+        else:
+            material = {"kty": self.kty, **dict(self.public)}
+        object.__setattr__(self, "_digest", hashlib.sha256(canonical_json(material)).hexdigest())
 
     @property
     def has_private(self) -> bool:
@@ -86,11 +95,7 @@ class Key:
         Used to detect a kid reused for other material and in fingerprints; it
         reveals nothing an attacker could sign with.
         """
-        if self.kty == "oct":
-            material: object = {"kty": "oct", "k": self.member("k") or ""}
-        else:
-            material = {"kty": self.kty, **dict(self.public)}
-        return hashlib.sha256(canonical_json(material)).hexdigest()
+        return self._digest
 
     def without_private(self) -> Key:
         return Key(kid=self.kid, kty=self.kty, alg=self.alg, public=self.public, use=self.use)

@@ -86,7 +86,7 @@ class Pipeline:
             )
         fmt = snapshot.format or self.config.source.format
         self.state.save_lkg(
-            LastKnownGood(snapshot.data, fmt, snapshot.origin, now, keyset.fingerprint())
+            LastKnownGood(snapshot.data, fmt, snapshot.origin, now, result.fingerprint or "")
         )
         self._last_data = snapshot.data
         self._record_success(now, result=result)
@@ -123,8 +123,7 @@ class Pipeline:
         """Plan and render everything, record the kids, then commit and notify."""
         planned = plan(keyset)
         rendered = render_outputs(self.outputs, planned)
-        self.history = observe(self.history, keyset, self.clock())
-        self.state.save_history(self.history)
+        self._remember(observe(self.history, keyset, self.clock()))
         result = self._commit_and_notify(planned, rendered)
         self._published, self._rendered = planned, rendered
         if result.changed:
@@ -137,9 +136,15 @@ class Pipeline:
             )
         return result
 
+    def _remember(self, history: dict[str, KeyRecord]) -> None:
+        """Persist history when a record changed; unchanged cycles write nothing."""
+        if history != self.history:
+            self.state.save_history(history)
+            self.history = history
+
     def _commit_and_notify(self, planned: Plan, rendered: list[Rendered]) -> CycleResult:
         """Commit verifier outputs, run their notifiers, then signer outputs and the rest."""
-        what = NotifyEvent(planned.signer.fingerprint(), planned.active_kid, ())
+        what = NotifyEvent(planned.fingerprint, planned.active_kid, ())
         changed: list[str] = []
         failures: list[str] = []
         phases = [
@@ -223,7 +228,7 @@ class Pipeline:
         if published is not None:
             status["active_kid"] = published.active_kid
             status["published_kids"] = list(published.published_kids)
-            status["fingerprint"] = published.signer.fingerprint()
+            status["fingerprint"] = published.fingerprint
         status["source"] = self.source.describe()
         status["outputs"] = {
             o.name: {"path": str(o.config.path), "role": o.role.value} for o in self.outputs

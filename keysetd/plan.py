@@ -15,6 +15,7 @@ class Plan:
 
     verifier: Keyset
     signer: Keyset
+    fingerprint: str
 
     @property
     def active_kid(self) -> str | None:
@@ -27,4 +28,4 @@ class Plan:
 
 def plan(keyset: Keyset) -> Plan:
     """Publish the source keyset as it is to both roles."""
-    return Plan(verifier=keyset, signer=keyset)
+    return Plan(verifier=keyset, signer=keyset, fingerprint=keyset.fingerprint())

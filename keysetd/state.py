@@ -48,7 +48,7 @@ class KeyRecord:
     kid: str
     material: str
     first_seen: float
-    last_seen: float
+    left_source_at: float | None = None
     first_published: float | None = None
     active_from: float | None = None
     active_until: float | None = None
@@ -105,7 +105,7 @@ class StateStore:
             self._lock_fd = None
 
     def _write_json(self, path: Path, value: object) -> None:
-        data = json.dumps(value, indent=1, sort_keys=True).encode() + b"\n"
+        data = json.dumps(value, sort_keys=True, separators=(",", ":")).encode() + b"\n"
         write_atomic(path, data, STATE_MODE)
 
     def _read_json(self, path: Path) -> Any:
@@ -168,19 +168,22 @@ class StateStore:
 
 
 def observe(records: dict[str, KeyRecord], keyset: Keyset, now: float) -> dict[str, KeyRecord]:
-    """History updated with a validated keyset: new kids recorded, seen kids touched."""
+    """History after a validated keyset: new kids recorded, departures and returns stamped.
+
+    Only transitions change a record, so an unchanged source never rewrites history.
+    """
     updated = dict(records)
     for key in keyset:
         record = updated.get(key.kid)
         if record is None:
             public = None if key.kty == "oct" else key.public_jwk()
             updated[key.kid] = KeyRecord(
-                kid=key.kid,
-                material=key.material_digest(),
-                first_seen=now,
-                last_seen=now,
-                public_jwk=public,
+                kid=key.kid, material=key.material_digest(), first_seen=now, public_jwk=public
             )
-        else:
-            updated[key.kid] = replace(record, last_seen=now)
+        elif record.left_source_at is not None:
+            updated[key.kid] = replace(record, left_source_at=None)
+    present = set(keyset.kids)
+    for kid, record in records.items():
+        if kid not in present and record.left_source_at is None:
+            updated[kid] = replace(record, left_source_at=now)
     return updated

@@ -173,3 +173,18 @@ def test_signer_outputs_default_to_0600(tmp_path: Path) -> None:
     path = base(tmp_path, '\n[[outputs]]\ntype = "keyset"\npath = "/run/keysetd/keyset.json"\n')
     modes = {o.name: (o.role.value, o.mode) for o in load_config(path).build_outputs()}
     assert modes == {"jwks": ("verifier", 0o644), "keyset": ("signer", 0o600)}
+
+
+def test_unknown_environment_key_names_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KEYSETD_SOURCE__PAHT", "/x")
+    with pytest.raises(
+        ConfigError, match=r"source.paht: unknown key \(from \$KEYSETD_SOURCE__PAHT\)"
+    ):
+        load_config(base(tmp_path))
+
+
+def test_config_variable_is_not_a_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KEYSETD_CONFIG", str(tmp_path / "keysetd.toml"))
+    assert load_config(base(tmp_path)).build_outputs()
