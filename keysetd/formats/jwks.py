@@ -1,0 +1,251 @@
+"""The jwks format (RFC 7517 plus ``active_kid``): structural decoding and byte-stable renders.
+
+Also home of the strict JSON reader the JSON formats share: UTF-8 only, no NaN,
+duplicate member names recorded (never "last one wins").
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, TypeGuard
+
+from keysetd.crypto import thumbprint
+from keysetd.errors import InvalidKeyset, Problem
+from keysetd.model import PRIVATE_MEMBERS, PUBLIC_MEMBERS, Key, Keyset
+
+__all__ = [
+    "MAX_KEYS",
+    "JsonObject",
+    "decode_jwks",
+    "kid_label",
+    "load_json",
+    "parse_jwks",
+    "render_jwks",
+    "render_keyset",
+]
+
+#: More keys than this in one document is refused as "too-large".
+MAX_KEYS = 20_000
+
+_EC_ALGS = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
+_OKP_ALGS = {"Ed25519": "EdDSA", "Ed448": "EdDSA"}
+
+
+class JsonObject(dict[str, Any]):
+    """A decoded JSON object that remembers member names it saw more than once."""
+
+    __slots__ = ("duplicates",)
+
+    def __init__(self, pairs: list[tuple[str, Any]]) -> None:
+        super().__init__(pairs)
+        seen: set[str] = set()
+        dups: list[str] = []
+        for name, _ in pairs:
+            if name in seen and name not in dups:
+                dups.append(name)
+            seen.add(name)
+        self.duplicates = tuple(dups)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def short(text: str, limit: int = 40) -> str:
+    """A repr of a document-supplied name, cut so messages stay small."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def kid_label(kid: str) -> str:
+    """The kid as problems name it: whole unless absurdly long."""
+    return kid if len(kid) <= 128 else kid[:64] + "..."
+
+
+def load_json(data: bytes) -> JsonObject:
+    """Strict JSON object from bytes; InvalidKeyset ("malformed") for anything else."""
+
+    def malformed(detail: str) -> InvalidKeyset:
+        return InvalidKeyset([Problem("-", "malformed", detail)])
+
+    try:
+        text = data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError:
+        raise malformed("not UTF-8 text") from None
+    if not text.strip():
+        raise malformed("empty document")
+    try:
+        value = json.loads(text, object_pairs_hook=JsonObject, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise malformed(
+            f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+        ) from None
+    except (ValueError, RecursionError):
+        raise malformed("not valid JSON (NaN/Infinity, an overlong number, or too deep)") from None
+    if not isinstance(value, JsonObject):
+        raise malformed("the top level is not a JSON object")
+    return value
+
+
+def text_ok(value: object) -> TypeGuard[str]:
+    """A str that encodes to UTF-8 (JSON escapes can smuggle in lone surrogates)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def active_kid(doc: Mapping[str, object], problems: list[Problem]) -> str | None:
+    """The optional top-level ``active_kid``; a non-string is a problem."""
+    value = doc.get("active_kid")
+    if value is None:
+        return None
+    if not text_ok(value):
+        problems.append(Problem("-", "bad-member", "active_kid is not a string"))
+        return None
+    return value
+
+
+def _infer_alg(kty: str, crv: str | None, hmac_alg: str) -> str:
+    if kty == "EC":
+        return _EC_ALGS.get(crv or "", "")
+    if kty == "OKP":
+        return _OKP_ALGS.get(crv or "", "")
+    return hmac_alg if kty == "oct" else "RS256"
+
+
+def _decode_key(raw: object, index: int, hmac_alg: str, problems: list[Problem]) -> Key | None:
+    """One JWK, or None after recording why it cannot be built."""
+    label = f"keys[{index}]"
+    if not isinstance(raw, dict):
+        problems.append(Problem("-", "malformed", f"{label} is not a JSON object"))
+        return None
+    kid_raw = raw.get("kid")
+    name = kid_label(kid_raw) if isinstance(kid_raw, str) and text_ok(kid_raw) else "-"
+    found: list[Problem] = []
+
+    def bad(rule: str, detail: str) -> None:
+        found.append(Problem(name, rule, f"{label}: {detail}"))
+
+    for dup in getattr(raw, "duplicates", ()):
+        bad("bad-member", f"member {short(dup)} appears more than once")
+    kty = raw.get("kty")
+    if kty is None:
+        bad("missing-kty", "kty is missing")
+    elif not text_ok(kty):
+        bad("bad-member", "kty is not a string")
+    elif kty not in PUBLIC_MEMBERS:
+        bad("unknown-kty", f"kty {short(kty)} is not one of RSA, EC, OKP, oct")
+    if found or not isinstance(kty, str):
+        problems.extend(found)
+        return None
+    public: dict[str, str] = {}
+    private: dict[str, str] = {}
+    for member in (*PUBLIC_MEMBERS[kty], *PRIVATE_MEMBERS[kty]):
+        if member not in raw:
+            continue
+        value = raw[member]
+        if not text_ok(value):
+            bad("bad-member", f"{member} is not a string")
+            continue
+        (public if member in PUBLIC_MEMBERS[kty] else private)[member] = value
+    if kty == "RSA" and "oth" in raw:
+        bad("invalid-key", "multi-prime RSA keys (oth) are not supported")
+    extras: dict[str, str] = {}
+    for member in ("kid", "alg", "use"):
+        if member in raw:
+            if text_ok(raw[member]):
+                extras[member] = raw[member]
+            else:
+                bad("bad-member", f"{member} is not a string")
+    alg = extras.get("alg", _infer_alg(kty, public.get("crv"), hmac_alg))
+    key = Key(
+        kid=extras.get("kid", ""),
+        kty=kty,
+        alg=alg,
+        public=tuple(sorted(public.items())),
+        private=tuple(sorted(private.items())),
+        use=extras.get("use", "sig"),
+    )
+    if "kid" not in raw and not found:
+        if kty == "oct":
+            # A thumbprint of a secret would publish a hash of it: insist on a kid.
+            bad("missing-member", "kid is required for oct keys")
+        else:
+            try:
+                key = Key(
+                    kid=thumbprint(key),
+                    kty=kty,
+                    alg=alg,
+                    public=key.public,
+                    private=key.private,
+                    use=key.use,
+                )
+            except ValueError:
+                bad("missing-member", "kid is missing and no RFC 7638 thumbprint can be computed")
+    if found:
+        problems.extend(found)
+        return None
+    return key
+
+
+def parse_jwks(
+    doc: Mapping[str, object], *, hmac_alg: str = "HS256"
+) -> tuple[Keyset, tuple[Problem, ...]]:
+    """The keys that could be built plus every structural problem found."""
+    problems: list[Problem] = [
+        Problem("-", "malformed", f"member {short(dup)} appears more than once")
+        for dup in getattr(doc, "duplicates", ())
+    ]
+    raw_keys = doc.get("keys")
+    if not isinstance(raw_keys, list):
+        problems.append(Problem("-", "malformed", 'a JWK Set needs a "keys" list'))
+        return Keyset(()), tuple(problems)
+    if len(raw_keys) > MAX_KEYS:
+        problems.append(Problem("-", "too-large", f"more than {MAX_KEYS} keys"))
+        return Keyset(()), tuple(problems)
+    active = active_kid(doc, problems)
+    keys = [_decode_key(raw, i, hmac_alg, problems) for i, raw in enumerate(raw_keys)]
+    return Keyset(tuple(k for k in keys if k is not None), active), tuple(problems)
+
+
+def decode_jwks(doc: Mapping[str, object], *, hmac_alg: str = "HS256") -> Keyset:
+    """A Keyset from a decoded JWK Set; InvalidKeyset lists every structural problem."""
+    keyset, problems = parse_jwks(doc, hmac_alg=hmac_alg)
+    if problems:
+        raise InvalidKeyset(problems)
+    return keyset
+
+
+def _ordered_jwk(key: Key, *, private: bool) -> dict[str, str]:
+    """kty, kid, alg, use, then the public and (if asked) private members in RFC order."""
+    jwk = {"kty": key.kty, "kid": key.kid, "alg": key.alg, "use": key.use}
+    names = PUBLIC_MEMBERS.get(key.kty, ()) + (PRIVATE_MEMBERS.get(key.kty, ()) if private else ())
+    for name in names:
+        value = key.member(name)
+        if value is not None:
+            jwk[name] = value
+    return jwk
+
+
+def dump(doc: object) -> bytes:
+    """Indented, ASCII-only JSON with a trailing newline: the byte-stable file form."""
+    return (json.dumps(doc, indent=2, ensure_ascii=True) + "\n").encode("ascii")
+
+
+def render_jwks(keyset: Keyset) -> bytes:
+    """``{"keys": [...]}`` with public members only, active first; oct keys are skipped."""
+    keys = [_ordered_jwk(k, private=False) for k in keyset.ordered() if k.kty != "oct"]
+    return dump({"keys": keys})
+
+
+def render_keyset(keyset: Keyset) -> bytes:
+    """The native format for signers: private members and ``active_kid``."""
+    doc: dict[str, object] = {}
+    if keyset.active_kid is not None:
+        doc["active_kid"] = keyset.active_kid
+    doc["keys"] = [_ordered_jwk(k, private=True) for k in keyset.ordered()]
+    return dump(doc)

@@ -1,0 +1,150 @@
+"""The cryptography seam: base64url, thumbprints, members <-> key objects, and PyJWT interop."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, rsa, x25519
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from keysetd.crypto import (
+    HMAC_MIN_BYTES,
+    KeyMaterialError,
+    b64u_decode,
+    b64u_encode,
+    generate,
+    key_from_private,
+    key_from_public,
+    load_private,
+    load_public,
+    pkcs8_pem,
+    spki_pem,
+    thumbprint,
+)
+from keysetd.formats import decode
+from keysetd.model import Key
+
+VALID = Path(__file__).parent / "vectors" / "valid"
+ASYMMETRIC = ["ES256", "ES384", "ES512", "EdDSA", "RS256", "PS256"]
+
+
+@given(st.binary(max_size=200))
+@settings(max_examples=200, deadline=None)
+def test_b64u_round_trip(data: bytes) -> None:
+    text = b64u_encode(data)
+    assert "=" not in text and "+" not in text and "/" not in text
+    assert b64u_decode(text) == data
+
+
+@pytest.mark.parametrize("text", ["AQAB=", "AQ==", "a+b/", "A", "AB", "AR", "é", "AQ AB", "AQ\n"])
+def test_b64u_decode_is_strict(text: str) -> None:
+    with pytest.raises(ValueError):
+        b64u_decode(text)
+
+
+def test_rfc8037_thumbprint_known_answer() -> None:
+    key = Key(
+        kid="x",
+        kty="OKP",
+        alg="EdDSA",
+        public=(("crv", "Ed25519"), ("x", "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo")),
+    )
+    assert thumbprint(key) == "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
+
+
+def test_rfc8037_private_key_matches_its_public_key() -> None:
+    [key] = decode((VALID / "rfc8037-ed25519.json").read_bytes()).keys
+    private = load_private(key)
+    assert isinstance(private, ed25519.Ed25519PrivateKey)
+    assert key.kid == "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
+
+
+def test_thumbprint_ignores_optional_members_and_needs_required_ones() -> None:
+    key = generate("ES256", "a")
+    renamed = Key(kid="b", kty=key.kty, alg="ES256", public=key.public, use="sig")
+    assert thumbprint(key) == thumbprint(renamed)
+    with pytest.raises(ValueError):
+        thumbprint(Key(kid="c", kty="EC", alg="ES256", public=(("crv", "P-256"),)))
+
+
+@pytest.mark.parametrize("alg", [*ASYMMETRIC, "HS256", "HS384", "HS512"])
+def test_generate(alg: str) -> None:
+    key = generate(alg)
+    assert key.alg == alg and key.has_private and key.kid == thumbprint(key)
+    assert generate(alg, "named").kid == "named"
+    if alg.startswith("HS"):
+        secret = b64u_decode(key.member("k") or "")
+        assert len(secret) >= HMAC_MIN_BYTES[alg]
+        secret.decode("utf-8")  # rgs and env can carry it
+    else:
+        assert key_from_private(load_private(key), kid=key.kid, alg=alg) == key
+        assert key_from_public(load_public(key), kid=key.kid, alg=alg) == key.without_private()
+
+
+def test_generate_refuses_unknown_alg() -> None:
+    with pytest.raises(ValueError, match="unknown alg"):
+        generate("none")
+
+
+@pytest.mark.parametrize("alg", ASYMMETRIC)
+def test_pyjwt_accepts_our_jwks_and_pem(alg: str) -> None:
+    """Tokens signed with our PKCS#8 verify with our public JWK and SPKI: members are right."""
+    key = generate(alg, "k")
+    private = serialization.load_pem_private_key(pkcs8_pem(key), None)
+    assert isinstance(
+        private, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+    )
+    token = jwt.encode({"sub": "x"}, private, alg)
+    jwk = jwt.PyJWK.from_json(json.dumps(key.public_jwk()))
+    assert jwt.decode(token, jwk.key, algorithms=[alg]) == {"sub": "x"}
+    public = serialization.load_pem_public_key(spki_pem(key))
+    assert isinstance(
+        public, rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
+    )
+    assert jwt.decode(token, public, algorithms=[alg]) == {"sub": "x"}
+
+
+def test_key_from_public_infers_alg_and_refuses_other_types() -> None:
+    assert (
+        key_from_public(
+            ec.generate_private_key(ec.SECP384R1()).public_key(), kid=None, alg=None
+        ).alg
+        == "ES384"
+    )
+    with pytest.raises(ValueError, match="unsupported EC curve"):
+        key_from_public(ec.generate_private_key(ec.SECP256K1()).public_key(), kid=None, alg=None)
+    with pytest.raises(ValueError, match="unsupported key type"):
+        key_from_public(x25519.X25519PrivateKey.generate().public_key(), kid=None, alg=None)
+    with pytest.raises(ValueError, match="unsupported key type"):
+        key_from_private(dsa.generate_private_key(2048), kid=None, alg=None)
+
+
+def test_ed25519_points_of_real_keys_load() -> None:
+    for _ in range(50):
+        key = key_from_public(ed25519.Ed25519PrivateKey.generate().public_key(), kid="k", alg=None)
+        load_public(key)
+
+
+def test_load_errors_carry_a_rule_and_no_material() -> None:
+    key = generate("ES256", "k")
+    other = generate("ES256", "o")
+    mixed = Key(kid="k", kty="EC", alg="ES256", public=key.public, private=other.private)
+    with pytest.raises(KeyMaterialError) as caught:
+        load_private(mixed)
+    assert caught.value.rule == "private-mismatch"
+    for _, value in (*key.public, *other.private):
+        assert value[:8] not in str(caught.value)
+    short = Key(
+        kid="k", kty="EC", alg="ES256", public=(("crv", "P-256"), ("x", "AQAB"), ("y", "AQAB"))
+    )
+    with pytest.raises(KeyMaterialError) as caught:
+        load_public(short)
+    assert caught.value.rule == "bad-member"
+    with pytest.raises(KeyMaterialError) as caught:
+        load_public(Key(kid="h", kty="oct", alg="HS256", public=(), private=(("k", "AQAB"),)))
+    assert caught.value.rule == "invalid-key"
