@@ -13,7 +13,14 @@ import os
 import secrets
 from pathlib import Path
 
-__all__ = ["TEMP_SUFFIX", "clean_temp_files", "read_current", "remove_file", "write_atomic"]
+__all__ = [
+    "TEMP_SUFFIX",
+    "append_durable",
+    "clean_temp_files",
+    "read_current",
+    "remove_file",
+    "write_atomic",
+]
 
 TEMP_SUFFIX = ".keysetd.tmp"
 _TEMP_MARK = ".keysetd-"
@@ -58,6 +65,18 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
             os.unlink(temp)
         raise
     fsync_dir(directory)
+
+
+def append_durable(fd: int, line: bytes) -> None:
+    """Append one whole line to an O_APPEND descriptor and fsync it (the audit log).
+
+    A crash can tear only the last line; readers drop a line without its newline.
+    """
+    view = memoryview(line)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+    os.fsync(fd)
 
 
 def remove_file(path: Path) -> bool:

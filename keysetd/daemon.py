@@ -19,12 +19,15 @@ from keysetd.config import Config, load_config
 from keysetd.errors import ConfigError
 from keysetd.log import event
 from keysetd.pipeline import CycleResult, Pipeline
+from keysetd.state import StateStore
 from keysetd.watch import Watcher
 
 __all__ = ["Daemon"]
 
 FAILURE_BACKOFF_INITIAL = 1.0
 FAILURE_BACKOFF_MAX = 60.0
+#: Wake this long after a planned change (activation, end of retention) so it is due.
+PLAN_SLACK = 0.01
 
 
 class Daemon:
@@ -37,7 +40,14 @@ class Daemon:
         self.reload_requested = False
         self.failures = 0
         self.pipeline = Pipeline(config)
-        self.watcher = Watcher(self.pipeline.source.watch_paths(), self.wake)
+        #: Held for the daemon's life, across config reloads that rebuild the pipeline.
+        self.lock = StateStore(config.state_dir)
+        self.watcher = self._watcher()
+
+    def _watcher(self) -> Watcher:
+        """Watch the source files and the revocation list (``keysetd revoke`` writes it)."""
+        paths = (*self.pipeline.source.watch_paths(), self.pipeline.state.revocations_path)
+        return Watcher(paths, self.wake)
 
     # -- signals -------------------------------------------------------------
 
@@ -57,13 +67,17 @@ class Daemon:
     # -- loop ----------------------------------------------------------------
 
     def _next_wait(self, result: CycleResult) -> float:
-        interval = float(self.config.source.refresh_interval)
+        """Seconds until the next cycle: refresh interval, failure backoff, or a planned change."""
+        wait = float(self.config.source.refresh_interval)
         if result.ok:
             self.failures = 0
-            return interval
-        self.failures += 1
-        backoff = min(FAILURE_BACKOFF_MAX, FAILURE_BACKOFF_INITIAL * 2.0 ** (self.failures - 1))
-        return min(interval, backoff * random.uniform(0.8, 1.2))  # noqa: S311 (jitter)
+        else:
+            self.failures += 1
+            backoff = min(FAILURE_BACKOFF_MAX, FAILURE_BACKOFF_INITIAL * 2.0 ** (self.failures - 1))
+            wait = min(wait, backoff * random.uniform(0.8, 1.2))  # noqa: S311 (jitter)
+        if result.next_change_at is not None:
+            wait = min(wait, max(0.0, result.next_change_at - time.time()) + PLAN_SLACK)
+        return wait
 
     def _reload(self) -> None:
         """Re-read the config; a bad one is refused and the running one stays."""
@@ -83,7 +97,7 @@ class Daemon:
         old_pipeline, old_watcher = self.pipeline, self.watcher
         self.config = new
         self.pipeline = Pipeline(new)
-        self.watcher = Watcher(self.pipeline.source.watch_paths(), self.wake)
+        self.watcher = self._watcher()
         old_watcher.stop()
         old_pipeline.close()
         self.watcher.start()
@@ -91,7 +105,7 @@ class Daemon:
 
     def prepare(self) -> None:
         """Lock the state dir and clean temp files a crash left next to the outputs."""
-        self.pipeline.state.lock()
+        self.lock.lock()
         for output in self.pipeline.outputs:
             path = output.config.path
             clean_temp_files(path if path.is_dir() else path.parent)
@@ -126,6 +140,6 @@ class Daemon:
         finally:
             self.watcher.stop()
             self.pipeline.close()
-            self.pipeline.state.unlock()
+            self.lock.unlock()
             event("stopped")
         return 0

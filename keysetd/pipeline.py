@@ -3,6 +3,10 @@
 Never sleeps and never loops: the daemon decides when a cycle runs. A cycle
 that fails at any stage leaves every output as it was; the error is recorded
 and returned, and the last-known-good stays in ``state_dir``.
+
+Crash ordering: history learns a kid was published only after the verifier
+outputs holding it are on disk, and that it is active only after the signer
+outputs are; so a restart never shortens an activation delay or a retention.
 """
 
 from __future__ import annotations
@@ -10,18 +14,22 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from keysetd.audit import AuditLog
 from keysetd.commit import Rendered, commit_output, render_outputs
 from keysetd.config import Config
 from keysetd.dispatch import interested, run_notifiers
-from keysetd.errors import InvalidKeyset, KeysetdError, OutputError, SourceError
+from keysetd.errors import InvalidKeyset, KeysetdError, OutputError, Problem, SourceError
+from keysetd.formats import decode
+from keysetd.formats.jwks import render_keyset
+from keysetd.history import Records, apply_revocations, mark_active, mark_published, observe
 from keysetd.log import event
 from keysetd.model import Keyset
-from keysetd.plan import Plan, plan
+from keysetd.plan import Plan, Policy, plan
 from keysetd.plugin import Notifier, NotifyEvent, Output, Role, Source
-from keysetd.state import KeyRecord, LastKnownGood, StateStore, observe
+from keysetd.state import LastKnownGood, StateStore
 from keysetd.validate import check
 
 __all__ = ["CycleResult", "Pipeline"]
@@ -40,6 +48,7 @@ class CycleResult:
     from_lkg: bool = False
     unchanged_source: bool = False
     notify_errors: tuple[str, ...] = field(default=())
+    next_change_at: float | None = None
 
 
 class Pipeline:
@@ -48,12 +57,16 @@ class Pipeline:
     def __init__(self, config: Config, *, clock: Clock = time.time) -> None:
         self.config = config
         self.clock = clock
+        self.policy = Policy(config.policy.activation_delay, config.policy.retention)
         self.state = StateStore(config.state_dir)
         self.state.ensure()
+        self.audit = AuditLog(self.state.audit_path, clock)
         self.source: Source = config.build_source()
         self.outputs: tuple[Output, ...] = config.build_outputs()
         self.notifiers: tuple[Notifier, ...] = config.build_notifiers()
-        self.history: dict[str, KeyRecord] = self.state.load_history()
+        self.history: Records = self.state.load_history()
+        self._signer: Keyset | None = self._load_signer()
+        self._keyset: Keyset | None = None
         self._last_data: bytes | None = None
         self._published: Plan | None = None
         self._rendered: list[Rendered] = []
@@ -63,38 +76,61 @@ class Pipeline:
     def needs_active(self) -> bool:
         return any(o.role is Role.SIGNER for o in self.outputs)
 
+    @property
+    def published(self) -> Plan | None:
+        return self._published
+
     def close(self) -> None:
         self.source.close()
+
+    def _load_signer(self) -> Keyset | None:
+        raw = self.state.load_signer()
+        if raw is None:
+            return None
+        try:
+            return decode(raw, "jwks")
+        except InvalidKeyset:
+            return None
 
     # -- the cycle ---------------------------------------------------------
 
     def cycle(self, *, force: bool = False) -> CycleResult:
         """Run one cycle for the current source snapshot."""
         now = self.clock()
+        revoked_now = self._sync_revocations(now)
+        if revoked_now and self._keyset is not None:
+            self._apply_revocations(now)
         try:
             snapshot = self.source.fetch()
         except SourceError as exc:
             return self._failed(exc, "fetch", now)
-        if not force and self._published is not None and snapshot.data == self._last_data:
+        if not force and self._keyset is not None and snapshot.data == self._last_data:
             return self._refresh(now)
         try:
             keyset = self._validate(snapshot.data, snapshot.format, snapshot.origin)
-            result = self._publish(keyset)
+            result = self._publish(keyset, now)
+        except InvalidKeyset as exc:
+            return self._failed(exc, "validate", now)
         except KeysetdError as exc:
-            return self._failed(
-                exc, "validate" if isinstance(exc, InvalidKeyset) else "commit", now
-            )
+            return self._failed(exc, "commit", now)
         fmt = snapshot.format or self.config.source.format
         self.state.save_lkg(
             LastKnownGood(snapshot.data, fmt, snapshot.origin, now, result.fingerprint or "")
         )
         self._last_data = snapshot.data
-        self._record_success(now, result=result)
+        self._record_success(now, result)
         return result
 
-    def _validate(self, data: bytes, fmt: str | None, origin: str) -> Keyset:
+    def plan_now(self, keyset: Keyset, now: float | None = None) -> Plan:
+        """What outputs would get for ``keyset`` now (``keysetd plan`` and the cycle)."""
+        when = self.clock() if now is None else now
+        return plan(keyset, self.history, self.policy, when, self._signer)
+
+    def _validate(
+        self, data: bytes, fmt: str | None, origin: str, *, refuse_revoked: bool = True
+    ) -> Keyset:
         known = {kid: rec.material for kid, rec in self.history.items()}
-        return check(
+        keyset = check(
             data,
             fmt or self.config.source.format,
             hmac_alg=self.config.policy.hmac_alg,
@@ -102,122 +138,175 @@ class Pipeline:
             history=known,
             require_active=self.needs_active,
         )
+        revoked = [
+            Problem(kid, "revoked-kid", "revoked by keysetd revoke; lift with keysetd unrevoke")
+            for kid in keyset.kids
+            if kid in self.history and self.history[kid].revoked is not None
+        ]
+        if refuse_revoked and revoked:
+            raise InvalidKeyset(revoked, origin)
+        return keyset
 
     def _refresh(self, now: float) -> CycleResult:
-        """Same bytes as last time: restore any output changed behind our back, nothing more."""
-        assert self._published is not None
+        """Same bytes as last time: re-plan (time may have passed) and restore drifted files."""
+        assert self._keyset is not None
         try:
-            result = self._commit_and_notify(self._published, self._rendered)
+            planned = self.plan_now(self._keyset, now)
+            if self._published is not None and planned.fingerprint == self._published.fingerprint:
+                result = self._commit_and_notify(planned, self._rendered, now)
+            else:
+                result = self._publish_plan(planned, now)
         except KeysetdError as exc:
             return self._failed(exc, "commit", now)
-        self._record_success(now, result=result)
-        return CycleResult(
-            ok=True,
-            changed=result.changed,
-            fingerprint=result.fingerprint,
-            unchanged_source=True,
-            notify_errors=result.notify_errors,
-        )
+        result = replace(result, unchanged_source=True)
+        self._record_success(now, result)
+        return result
 
-    def _publish(self, keyset: Keyset) -> CycleResult:
-        """Plan and render everything, record the kids, then commit and notify."""
-        planned = plan(keyset)
+    def _publish(self, keyset: Keyset, now: float) -> CycleResult:
+        """Record the kids the source brings, then plan, render, commit and notify."""
+        self._remember(observe(self.history, keyset, now))
+        result = self._publish_plan(self.plan_now(keyset, now), now)
+        self._keyset = keyset
+        return result
+
+    def _publish_plan(self, planned: Plan, now: float) -> CycleResult:
         rendered = render_outputs(self.outputs, planned)
-        self._remember(observe(self.history, keyset, self.clock()))
-        result = self._commit_and_notify(planned, rendered)
-        self._published, self._rendered = planned, rendered
+        result = self._commit_and_notify(planned, rendered, now)
         if result.changed:
             event(
                 "published",
-                fingerprint=result.fingerprint,
+                fingerprint=planned.fingerprint,
                 active_kid=planned.active_kid,
                 kids=",".join(planned.published_kids),
                 outputs=",".join(result.changed),
             )
+            self.audit.append(
+                "published",
+                fingerprint=planned.fingerprint,
+                active_kid=planned.active_kid,
+                kids=list(planned.published_kids),
+                outputs=list(result.changed),
+            )
+        self._published, self._rendered = planned, rendered
         return result
 
-    def _remember(self, history: dict[str, KeyRecord]) -> None:
-        """Persist history when a record changed; unchanged cycles write nothing."""
+    def _remember(self, history: Records, events: Sequence[dict[str, Any]] = ()) -> None:
+        """Persist history when a record changed, then audit what changed."""
         if history != self.history:
             self.state.save_history(history)
             self.history = history
+        for entry in events:
+            fields = {k: v for k, v in entry.items() if k != "event"}
+            self.audit.append(entry["event"], **fields)
+            event(entry["event"], **fields)
 
-    def _commit_and_notify(self, planned: Plan, rendered: list[Rendered]) -> CycleResult:
-        """Commit verifier outputs, run their notifiers, then signer outputs and the rest."""
-        what = NotifyEvent(planned.fingerprint, planned.active_kid, ())
+    def _commit_and_notify(
+        self, planned: Plan, rendered: list[Rendered], now: float
+    ) -> CycleResult:
+        """Verifier outputs, their notifiers, then signer outputs and the remaining notifiers."""
         changed: list[str] = []
         failures: list[str] = []
-        phases = [
-            [r for r in rendered if r.output.role is Role.VERIFIER],
-            [r for r in rendered if r.output.role is Role.SIGNER],
-        ]
+        verifiers = [r for r in rendered if r.output.role is Role.VERIFIER]
+        signers = [r for r in rendered if r.output.role is Role.SIGNER]
+        signer_names = {r.output.name for r in signers}
         pending = list(self.notifiers)
-        for index, phase in enumerate(phases):
-            changed += self._commit_phase(phase)
-            later = {r.output.name for p in phases[index + 1 :] for r in p}
-            due = [n for n in pending if interested(n, changed) and not _follows_any(n, later)]
-            if due:
-                event_now = NotifyEvent(what.fingerprint, what.active_kid, tuple(changed))
-                failures += [str(e) for e in run_notifiers(due, event_now)]
-                pending = [n for n in pending if n not in due]
-        due = [n for n in pending if interested(n, changed)]
-        if due:
-            failures += [
-                str(e)
-                for e in run_notifiers(
-                    due, NotifyEvent(what.fingerprint, what.active_kid, tuple(changed))
-                )
-            ]
+
+        changed += self._commit_phase(verifiers)
+        self._remember(*mark_published(self.history, planned, now))
+        early = [n for n in pending if interested(n, changed) and not _follows(n, signer_names)]
+        failures += self._notify(early, planned, changed)
+        pending = [n for n in pending if n not in early]
+
+        changed += self._commit_phase(signers)
+        self._remember(*mark_active(self.history, planned, now))
+        self._keep_signer(planned.signer)
+        failures += self._notify([n for n in pending if interested(n, changed)], planned, changed)
         return CycleResult(
             ok=True,
             changed=tuple(changed),
-            fingerprint=what.fingerprint,
+            fingerprint=planned.fingerprint,
             notify_errors=tuple(failures),
+            next_change_at=planned.next_change_at,
         )
 
     def _commit_phase(self, phase: Sequence[Rendered]) -> list[str]:
-        changed = []
-        for item in phase:
-            if commit_output(item):
-                changed.append(item.output.name)
-        return changed
+        return [item.output.name for item in phase if commit_output(item)]
+
+    def _notify(self, due: list[Notifier], planned: Plan, changed: list[str]) -> list[str]:
+        if not due:
+            return []
+        what = NotifyEvent(planned.fingerprint, planned.active_kid, tuple(changed))
+        return [str(e) for e in run_notifiers(due, what)]
+
+    def _keep_signer(self, signer: Keyset) -> None:
+        """Remember the signer keyset (with private keys) so a held-back key survives restarts."""
+        if signer == self._signer or signer.active is None:
+            return
+        self.state.save_signer(render_keyset(signer))
+        self._signer = signer
+
+    # -- revocation ------------------------------------------------------------
+
+    def _sync_revocations(self, now: float) -> bool:
+        revoked = {kid: float(v.get("at", now)) for kid, v in self.state.load_revocations().items()}
+        history, events = apply_revocations(self.history, revoked, now)
+        self._remember(history, events)
+        return bool(events)
+
+    def _apply_revocations(self, now: float) -> None:
+        """Publish at once without revoked kids, whatever the source is doing."""
+        assert self._keyset is not None
+        try:
+            self._publish_plan(self.plan_now(self._keyset, now), now)
+        except KeysetdError as exc:
+            event("revocation_failed", logging.ERROR, error=str(exc))
 
     # -- failure and last-known-good ----------------------------------------
 
     def _failed(self, exc: KeysetdError, stage: str, now: float) -> CycleResult:
-        event(
-            "cycle_failed",
-            logging.ERROR,
-            stage=stage,
-            source=self.source.describe(),
-            error=str(exc),
-        )
+        source = self.source.describe()
+        event("cycle_failed", logging.ERROR, stage=stage, source=source, error=str(exc))
+        if isinstance(exc, InvalidKeyset):
+            self.audit.append(
+                "refused",
+                source=source,
+                rules=sorted(exc.rules),
+                kids=sorted({p.kid for p in exc.problems}),
+            )
+        elif isinstance(exc, SourceError):
+            self.audit.append("source_failed", source=source, error=exc.reason)
+        else:
+            self.audit.append("commit_failed", error=str(exc))
         from_lkg = False
-        if self._published is None and not isinstance(exc, OutputError):
-            from_lkg = self._republish_lkg()
+        if self._keyset is None and not isinstance(exc, OutputError):
+            from_lkg = self._republish_lkg(now)
         self._record_failure(now, str(exc))
         return CycleResult(
-            ok=False, error=str(exc), from_lkg=from_lkg, fingerprint=self._status.get("fingerprint")
+            ok=False,
+            error=str(exc),
+            from_lkg=from_lkg,
+            fingerprint=self._status.get("fingerprint"),
+            next_change_at=self._published.next_change_at if self._published else None,
         )
 
-    def _republish_lkg(self) -> bool:
+    def _republish_lkg(self, now: float) -> bool:
         """After a restart with a failing source, publish the last-known-good again."""
         lkg = self.state.load_lkg()
         if lkg is None:
             return False
         try:
-            keyset = self._validate(lkg.data, lkg.format, "last-known-good")
-            result = self._publish(keyset)
+            keyset = self._validate(lkg.data, lkg.format, "last-known-good", refuse_revoked=False)
+            result = self._publish(keyset, now)
         except KeysetdError as exc:
             event("lkg_unusable", logging.ERROR, error=str(exc))
             return False
         self._status["lkg_fetched_at"] = lkg.fetched_at
-        self._status["fingerprint"] = result.fingerprint
         event(
             "published_last_known_good",
-            fingerprint=lkg.fingerprint,
+            fingerprint=result.fingerprint,
             outputs=",".join(result.changed),
         )
+        self.audit.append("published_last_known_good", fingerprint=result.fingerprint)
         return True
 
     # -- status ----------------------------------------------------------------
@@ -229,13 +318,18 @@ class Pipeline:
             status["active_kid"] = published.active_kid
             status["published_kids"] = list(published.published_kids)
             status["fingerprint"] = published.fingerprint
+            status["keys"] = [
+                {"kid": d.kid, "state": d.state, "reason": d.reason, "until": d.until}
+                for d in published.decisions
+            ]
+            status["next_change_at"] = published.next_change_at
         status["source"] = self.source.describe()
         status["outputs"] = {
             o.name: {"path": str(o.config.path), "role": o.role.value} for o in self.outputs
         }
         return status
 
-    def _record_success(self, now: float, *, result: CycleResult) -> None:
+    def _record_success(self, now: float, result: CycleResult) -> None:
         status = self._base_status()
         status.update(last_error=None, last_success_at=now, lkg_fetched_at=now)
         status["notify_errors"] = list(result.notify_errors)
@@ -261,7 +355,7 @@ class Pipeline:
             )
 
 
-def _follows_any(notifier: Notifier, names: set[str]) -> bool:
-    """Whether the notifier also follows an output committed in a later phase."""
+def _follows(notifier: Notifier, names: set[str]) -> bool:
+    """Whether the notifier follows any of ``names`` (a notifier without a filter follows all)."""
     wanted = notifier.config.outputs
     return bool(names) if wanted is None else bool(names.intersection(wanted))

@@ -1,12 +1,53 @@
-"""What verifiers and signers get now: a pure function of (keyset, history, policy, now)."""
+"""What verifiers and signers get now: a pure function of (keyset, history, policy, now).
+
+The rules that make rotation safe by construction:
+
+- every key in the source, and the key signers use, is published to verifiers;
+- a new ``active_kid`` reaches signers only once it has been published to
+  verifiers for ``activation_delay``; until then signers keep the key they had
+  (from the last signer keyset, even if the source already dropped it);
+- a kid that left the source stays published, from history, for ``retention``
+  after it was last seen or last active, whichever is later;
+- a revoked kid is in no output at all.
+
+The one exception is the very first key: with nothing published before, it is
+active at once.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
-from keysetd.model import Keyset
+from keysetd.model import Key, Keyset
+from keysetd.state import KeyRecord
 
-__all__ = ["Plan", "plan"]
+__all__ = [
+    "Decision",
+    "Plan",
+    "Policy",
+    "current_signer_kid",
+    "plan",
+    "public_key_from_record",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The timings of rotation, in seconds."""
+
+    activation_delay: float = 0.0
+    retention: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Why a kid is where it is: shown by ``keysetd plan`` and recorded in status."""
+
+    kid: str
+    state: str  # active | pending | published | retained | revoked | expired
+    reason: str
+    until: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,7 +56,10 @@ class Plan:
 
     verifier: Keyset
     signer: Keyset
+    #: Of the verifier keyset with the signers' active kid: what is published, in one value.
     fingerprint: str
+    decisions: tuple[Decision, ...] = field(default=())
+    next_change_at: float | None = None
 
     @property
     def active_kid(self) -> str | None:
@@ -25,7 +69,132 @@ class Plan:
     def published_kids(self) -> tuple[str, ...]:
         return tuple(k.kid for k in self.verifier.ordered())
 
+    def decision(self, kid: str) -> Decision | None:
+        return next((d for d in self.decisions if d.kid == kid), None)
 
-def plan(keyset: Keyset) -> Plan:
-    """Publish the source keyset as it is to both roles."""
-    return Plan(verifier=keyset, signer=keyset, fingerprint=keyset.fingerprint())
+
+def public_key_from_record(record: KeyRecord) -> Key | None:
+    """The public key history keeps for a kid (None for HMAC keys: history holds no secrets)."""
+    jwk = record.public_jwk
+    if not jwk:
+        return None
+    fixed = {"kty", "kid", "alg", "use"}
+    members = tuple(sorted((k, v) for k, v in jwk.items() if k not in fixed))
+    return Key(
+        kid=record.kid,
+        kty=jwk["kty"],
+        alg=jwk["alg"],
+        public=members,
+        use=jwk.get("use", "sig"),
+    )
+
+
+def current_signer_kid(history: Mapping[str, KeyRecord]) -> str | None:
+    """The kid signers were last given: active_from set, active_until not yet."""
+    live = [r for r in history.values() if r.active_from is not None and r.active_until is None]
+    return max(live, key=lambda r: r.active_from or 0.0).kid if live else None
+
+
+def _current_signer_key(
+    keyset: Keyset, history: Mapping[str, KeyRecord], previous_signer: Keyset | None
+) -> Key | None:
+    """The key signers hold now: from the source, else the last signer keyset, else history."""
+    kid = current_signer_kid(history)
+    if kid is None or history[kid].revoked is not None:
+        return None
+    key = keyset.get(kid)
+    if key is None and previous_signer is not None:
+        key = previous_signer.get(kid)
+    return key if key is not None else public_key_from_record(history[kid])
+
+
+def _choose_active(
+    keyset: Keyset,
+    current: Key | None,
+    history: Mapping[str, KeyRecord],
+    policy: Policy,
+    now: float,
+) -> tuple[Key | None, list[Decision], float | None]:
+    """The key signers get now, why, and when that may change."""
+    desired = keyset.active
+    if desired is None:
+        return current, [], None
+    if current is None or current.kid == desired.kid:
+        reason = "active in the source" if current else "first active key: nothing to wait for"
+        return desired, [Decision(desired.kid, "active", reason)], None
+    record = history.get(desired.kid)
+    published = record.first_published if record and record.first_published else now
+    eligible_at = published + policy.activation_delay
+    if now >= eligible_at:
+        reason = f"published to verifiers since {published:.0f}, activation delay over"
+        return desired, [Decision(desired.kid, "active", reason)], None
+    decisions = [
+        Decision(
+            desired.kid, "pending", "activation delay: published, not yet signing", eligible_at
+        ),
+        Decision(
+            current.kid, "active", f"signers keep it until {desired.kid} is eligible", eligible_at
+        ),
+    ]
+    return current, decisions, eligible_at
+
+
+def plan(
+    keyset: Keyset,
+    history: Mapping[str, KeyRecord] | None = None,
+    policy: Policy | None = None,
+    now: float = 0.0,
+    previous_signer: Keyset | None = None,
+) -> Plan:
+    """Decide what verifier and signer outputs publish for ``keyset`` at ``now``."""
+    history = history or {}
+    policy = policy or Policy()
+    revoked = {kid for kid, r in history.items() if r.revoked is not None}
+    source = Keyset(tuple(k for k in keyset if k.kid not in revoked), keyset.active_kid)
+    if source.active_kid in revoked:
+        source = Keyset(source.keys, None)
+    current = _current_signer_key(source, history, previous_signer)
+    active, decisions, next_change = _choose_active(source, current, history, policy, now)
+    verifier_keys = list(source.keys)
+    if active is not None and source.get(active.kid) is None:
+        verifier_keys.append(active)
+    if current is not None and active is not None and current.kid != active.kid:
+        # Signers hold ``current`` until this cycle's signer commit: it stays published
+        # through that commit, then for the retention (from active_until) as usual.
+        if source.get(current.kid) is None:
+            verifier_keys.append(current.without_private())
+        until = now + policy.retention
+        decisions.append(Decision(current.kid, "retained", "signers are moving off it", until))
+        next_change = until if next_change is None else min(next_change, until)
+    present = {k.kid for k in verifier_keys}
+    for kid, record in sorted(history.items()):
+        if kid in present:
+            continue
+        if kid in revoked:
+            decisions.append(Decision(kid, "revoked", "break-glass revocation", None))
+            continue
+        last = max(record.left_source_at or now, record.active_until or 0.0)
+        until = last + policy.retention
+        public = public_key_from_record(record)
+        if record.left_source_at is None or public is None or now >= until:
+            continue
+        verifier_keys.append(public)
+        decisions.append(Decision(kid, "retained", "left the source; kept for retention", until))
+        next_change = until if next_change is None else min(next_change, until)
+    decided = {d.kid for d in decisions}
+    decisions += [
+        Decision(k.kid, "published", "in the source") for k in source if k.kid not in decided
+    ]
+    signer_keys = list(source.keys)
+    if active is not None and source.get(active.kid) is None:
+        signer_keys.append(active)
+    active_kid = active.kid if active else None
+    verifier = Keyset(tuple(verifier_keys), active_kid)
+    signer = Keyset(tuple(signer_keys), active_kid)
+    return Plan(
+        verifier=verifier,
+        signer=signer,
+        fingerprint=verifier.fingerprint(),
+        decisions=tuple(sorted(decisions, key=lambda d: d.kid)),
+        next_change_at=next_change,
+    )

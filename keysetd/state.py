@@ -13,13 +13,12 @@ import contextlib
 import fcntl
 import json
 import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from keysetd.atomic import clean_temp_files, write_atomic
 from keysetd.errors import ConfigError
-from keysetd.model import Keyset
 
 __all__ = ["KeyRecord", "LastKnownGood", "StateStore"]
 
@@ -53,6 +52,7 @@ class KeyRecord:
     active_from: float | None = None
     active_until: float | None = None
     revoked: float | None = None
+    retired_at: float | None = None
     public_jwk: dict[str, str] | None = field(default=None)
 
 
@@ -74,6 +74,19 @@ class StateStore:
     @property
     def status_path(self) -> Path:
         return self.directory / "status.json"
+
+    @property
+    def signer_path(self) -> Path:
+        """The signer keyset last published, private members included: what signers hold."""
+        return self.directory / "signer-keyset.json"
+
+    @property
+    def revocations_path(self) -> Path:
+        return self.directory / "revocations.json"
+
+    @property
+    def audit_path(self) -> Path:
+        return self.directory / "audit.jsonl"
 
     def ensure(self) -> None:
         """Create the directory (0700) and drop temp files a crash left behind."""
@@ -159,31 +172,43 @@ class StateStore:
             {"version": 1, "keys": {kid: asdict(rec) for kid, rec in sorted(records.items())}},
         )
 
+    def load_signer(self) -> bytes | None:
+        try:
+            with self.signer_path.open("rb") as handle:
+                return handle.read(_MAX_STATE_FILE)
+        except OSError:
+            return None
+
+    def save_signer(self, document: bytes) -> None:
+        write_atomic(self.signer_path, document, STATE_MODE)
+
+    def load_revocations(self) -> dict[str, dict[str, Any]]:
+        """kid -> {"at": time, "reason": text}; written by ``keysetd revoke``."""
+        doc = self._read_json(self.revocations_path)
+        if not isinstance(doc, dict) or not isinstance(doc.get("revoked"), dict):
+            return {}
+        return {k: v for k, v in doc["revoked"].items() if isinstance(v, dict)}
+
+    def update_revocations(
+        self, kid: str, entry: dict[str, Any] | None
+    ) -> dict[str, dict[str, Any]]:
+        """Add (entry) or lift (None) one revocation, serialised against other writers."""
+        lock = os.open(self.directory / "revocations.lock", os.O_RDWR | os.O_CREAT, STATE_MODE)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            revoked = self.load_revocations()
+            if entry is None:
+                revoked.pop(kid, None)
+            else:
+                revoked[kid] = entry
+            self._write_json(self.revocations_path, {"version": 1, "revoked": revoked})
+            return revoked
+        finally:
+            os.close(lock)
+
     def load_status(self) -> dict[str, Any] | None:
         doc = self._read_json(self.status_path)
         return doc if isinstance(doc, dict) else None
 
     def save_status(self, status: dict[str, Any]) -> None:
         self._write_json(self.status_path, status)
-
-
-def observe(records: dict[str, KeyRecord], keyset: Keyset, now: float) -> dict[str, KeyRecord]:
-    """History after a validated keyset: new kids recorded, departures and returns stamped.
-
-    Only transitions change a record, so an unchanged source never rewrites history.
-    """
-    updated = dict(records)
-    for key in keyset:
-        record = updated.get(key.kid)
-        if record is None:
-            public = None if key.kty == "oct" else key.public_jwk()
-            updated[key.kid] = KeyRecord(
-                kid=key.kid, material=key.material_digest(), first_seen=now, public_jwk=public
-            )
-        elif record.left_source_at is not None:
-            updated[key.kid] = replace(record, left_source_at=None)
-    present = set(keyset.kids)
-    for kid, record in records.items():
-        if kid not in present and record.left_source_at is None:
-            updated[kid] = replace(record, left_source_at=now)
-    return updated

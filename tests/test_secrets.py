@@ -46,7 +46,7 @@ def bad_documents(keys: dict[str, dict[str, Any]]) -> list[bytes]:
 
 
 def test_errors_and_reprs_carry_no_key_material(keys: dict[str, dict[str, Any]]) -> None:
-    secrets = secrets_of(keys["es-b"], keys["es-c"], keys["rs-a"]) + [keys["es-b"]["d"]]
+    secrets = [*secrets_of(keys["es-b"], keys["es-c"], keys["rs-a"]), keys["es-b"]["d"]]
     history = {"es-a": "0" * 64}
     for document in bad_documents(keys):
         with pytest.raises(InvalidKeyset) as info:
@@ -90,9 +90,16 @@ def test_daemon_logs_status_and_public_outputs_stay_clean(
     assert keys["es-a"]["d"] in env.signer.read_text()  # the signer output does hold it
 
 
+#: State files that must hold private keys (to republish and to hold back a signer key).
+SECRET_STATE = {"last-known-good.json", "signer-keyset.json"}
+
+
 def _state_texts(state: Path) -> str:
+    """Every state file except the two that hold keys by design (and those are 0600)."""
+    for name in SECRET_STATE:
+        assert (state / name).stat().st_mode & 0o777 == 0o600
     return "".join(
-        p.read_text() for p in state.iterdir() if p.is_file() and p.name != "last-known-good.json"
+        p.read_text() for p in state.iterdir() if p.is_file() and p.name not in SECRET_STATE
     )
 
 

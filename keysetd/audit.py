@@ -1,0 +1,138 @@
+"""The audit log: ``audit.jsonl`` in state_dir, JSON lines chained by SHA-256.
+
+Each line carries ``prev``, the SHA-256 (hex) of the previous line's bytes, and
+``seq``; the first line's ``prev`` is 64 zeros. Editing, deleting, reordering or
+inserting a line breaks the chain at that line. The daemon and the CLI (revoke)
+both append, under an exclusive flock, so their lines never interleave. Lines
+carry kids, fingerprints, rules and reasons, never key material.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from keysetd.atomic import append_durable
+
+__all__ = ["GENESIS", "AuditLog", "Verdict", "verify"]
+
+GENESIS = "0" * 64
+AUDIT_MODE = 0o600
+_TAIL_WINDOW = 1 << 16
+
+
+def _digest(line: bytes) -> str:
+    return hashlib.sha256(line).hexdigest()
+
+
+def _last_line(fd: int) -> bytes | None:
+    """The last complete line of the file (a torn tail from a crash does not count)."""
+    size = os.fstat(fd).st_size
+    window = _TAIL_WINDOW
+    while True:
+        start = max(0, size - window)
+        data = os.pread(fd, size - start, start)
+        end = data.rfind(b"\n")
+        if end < 0:
+            if start == 0:
+                return None
+            window *= 2
+            continue
+        begin = data.rfind(b"\n", 0, end) + 1
+        if begin == 0 and start > 0:
+            window *= 2
+            continue
+        return data[begin:end]
+
+
+class AuditLog:
+    """Appends events to one ``audit.jsonl``."""
+
+    def __init__(self, path: Path, clock: Any = time.time) -> None:
+        self.path = path
+        self.clock = clock
+
+    def append(self, event: str, **fields: Any) -> None:
+        """Write one event line, chained to the line before it."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, AUDIT_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._repair_torn_tail(fd)
+            last = _last_line(fd)
+            seq, prev = 1, GENESIS
+            if last is not None:
+                prev = _digest(last)
+                try:
+                    seq = int(json.loads(last).get("seq", 0)) + 1
+                except (ValueError, AttributeError):
+                    seq = 0
+            entry = {"seq": seq, "time": round(self.clock(), 3), "event": event}
+            entry.update({k: v for k, v in fields.items() if v is not None})
+            entry["prev"] = prev
+            line = json.dumps(entry, sort_keys=True, separators=(",", ":"), default=str)
+            append_durable(fd, line.encode() + b"\n")
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _repair_torn_tail(fd: int) -> None:
+        """Cut a last line that a crash left without its newline."""
+        size = os.fstat(fd).st_size
+        if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+            return
+        start = max(0, size - _TAIL_WINDOW)
+        data = os.pread(fd, size - start, start)
+        cut = data.rfind(b"\n")
+        os.ftruncate(fd, start + cut + 1 if cut >= 0 else 0)
+        os.fsync(fd)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The result of checking the chain: ``broken_line`` is 1-based, None when intact."""
+
+    lines: int
+    broken_line: int | None = None
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.broken_line is None
+
+
+def _lines(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as handle:
+        yield from handle
+
+
+def verify(path: Path) -> Verdict:
+    """Check every line's JSON, sequence number and hash link; stop at the first break."""
+    prev, expected_seq, count = GENESIS, 1, 0
+    try:
+        lines = _lines(path)
+        for number, raw in enumerate(lines, start=1):
+            count = number
+            if not raw.endswith(b"\n"):
+                return Verdict(number, number, "the line is torn (no newline)")
+            line = raw[:-1]
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                return Verdict(number, number, "not valid JSON")
+            if not isinstance(entry, dict):
+                return Verdict(number, number, "not a JSON object")
+            if entry.get("prev") != prev:
+                return Verdict(number, number, "prev does not match the previous line's SHA-256")
+            if entry.get("seq") != expected_seq:
+                return Verdict(number, number, f"seq {entry.get('seq')!r}, expected {expected_seq}")
+            prev, expected_seq = _digest(line), expected_seq + 1
+    except FileNotFoundError:
+        return Verdict(0, None, "no audit log yet")
+    return Verdict(count)

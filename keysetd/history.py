@@ -1,0 +1,90 @@
+"""Key history transitions: pure functions from (records, what happened, now) to new records.
+
+Each returns the new records and the audit events the change amounts to, so the
+pipeline writes history and the audit log from one source of truth. Records
+change only on transitions, so an unchanged source never rewrites history.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+from keysetd.model import Keyset
+from keysetd.plan import Plan, current_signer_kid
+from keysetd.state import KeyRecord
+
+__all__ = ["Records", "apply_revocations", "mark_active", "mark_published", "observe"]
+
+Records = dict[str, KeyRecord]
+Event = dict[str, Any]
+
+
+def observe(records: Records, keyset: Keyset, now: float) -> Records:
+    """A validated source keyset: new kids recorded, departures and returns stamped."""
+    updated = dict(records)
+    for key in keyset:
+        record = updated.get(key.kid)
+        if record is None:
+            public = None if key.kty == "oct" else key.public_jwk()
+            updated[key.kid] = KeyRecord(
+                kid=key.kid, material=key.material_digest(), first_seen=now, public_jwk=public
+            )
+        elif record.left_source_at is not None:
+            updated[key.kid] = replace(record, left_source_at=None)
+    present = set(keyset.kids)
+    for kid, record in records.items():
+        if kid not in present and record.left_source_at is None:
+            updated[kid] = replace(record, left_source_at=now)
+    return updated
+
+
+def mark_published(records: Records, planned: Plan, now: float) -> tuple[Records, list[Event]]:
+    """After verifier outputs were committed: first publications and retirements."""
+    updated = dict(records)
+    events: list[Event] = []
+    published = set(planned.verifier.kids)
+    for kid, record in records.items():
+        if kid in published:
+            if record.first_published is None:
+                updated[kid] = replace(record, first_published=now, retired_at=None)
+                events.append({"event": "key_published", "kid": kid})
+            elif record.retired_at is not None:
+                updated[kid] = replace(record, retired_at=None)
+                events.append({"event": "key_published", "kid": kid, "again": True})
+        elif record.first_published is not None and record.retired_at is None:
+            updated[kid] = replace(record, retired_at=now)
+            reason = "revoked" if record.revoked is not None else "retention over"
+            events.append({"event": "key_retired", "kid": kid, "reason": reason})
+    return updated, events
+
+
+def mark_active(records: Records, planned: Plan, now: float) -> tuple[Records, list[Event]]:
+    """After signer outputs were committed: the active kid changed hands, or not."""
+    new = planned.active_kid
+    old = current_signer_kid(records)
+    if new == old:
+        return records, []
+    updated = dict(records)
+    if old is not None:
+        updated[old] = replace(records[old], active_until=now)
+    if new is not None and new in updated:
+        updated[new] = replace(updated[new], active_from=now, active_until=None)
+    return updated, [{"event": "key_activated", "kid": new, "previous_kid": old}]
+
+
+def apply_revocations(
+    records: Records, revoked: Mapping[str, float], now: float
+) -> tuple[Records, list[Event]]:
+    """Bring the revoked flag of each record in line with the revocation list."""
+    updated = dict(records)
+    events: list[Event] = []
+    for kid, record in records.items():
+        if kid in revoked and record.revoked is None:
+            updated[kid] = replace(record, revoked=revoked[kid])
+            events.append({"event": "revocation_applied", "kid": kid})
+        elif kid not in revoked and record.revoked is not None:
+            updated[kid] = replace(record, revoked=None)
+            events.append({"event": "revocation_lifted", "kid": kid})
+    return updated, events
