@@ -19,6 +19,7 @@ __all__ = [
     "clean_temp_files",
     "read_current",
     "remove_file",
+    "replace_if_unchanged",
     "write_atomic",
 ]
 
@@ -39,32 +40,63 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _stage(path: Path, data: bytes, mode: int) -> Path:
+    """A fsynced temp file with ``data`` and ``mode`` next to ``path``, ready to rename."""
+    temp = _temp_path(path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(temp, flags, 0o600)
+    try:
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    os.close(fd)
+    return temp
+
+
+def _commit(temp: Path, path: Path) -> None:
+    try:
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    fsync_dir(path.parent)
+
+
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Replace ``path`` with ``data`` atomically, with ``mode`` set before the rename.
 
     Raises OSError; the caller names the output. The target is replaced, never
     written through: a symlink at ``path`` is replaced by the regular file.
     """
-    directory = path.parent
-    temp = _temp_path(path)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(temp, flags, 0o600)
-    try:
-        try:
-            os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temp, path)
-    except BaseException:
+    _commit(_stage(path, data, mode), path)
+
+
+def replace_if_unchanged(path: Path, expected: bytes | None, data: bytes, mode: int) -> bool:
+    """Write ``data`` only if ``path`` still holds ``expected`` (None: must not exist).
+
+    A compare-and-swap for files keysetd co-owns with operators (a managed source):
+    the content is compared before and after the new bytes are staged, so an edit
+    made meanwhile is never overwritten. Returns False when the content moved.
+    """
+    limit = len(expected) if expected is not None else 0
+    if read_current(path, limit) != expected:
+        return False
+    temp = _stage(path, data, mode)
+    if read_current(path, limit) != expected:
         with contextlib.suppress(OSError):
             os.unlink(temp)
-        raise
-    fsync_dir(directory)
+        return False
+    _commit(temp, path)
+    return True
 
 
 def append_durable(fd: int, line: bytes) -> None:

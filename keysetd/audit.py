@@ -1,8 +1,10 @@
 """The audit log: ``audit.jsonl`` in state_dir, JSON lines chained by SHA-256.
 
 Each line carries ``prev``, the SHA-256 (hex) of the previous line's bytes, and
-``seq``; the first line's ``prev`` is 64 zeros. Editing, deleting, reordering or
-inserting a line breaks the chain at that line. The daemon and the CLI (revoke)
+``seq``; the first line's ``prev`` is 64 zeros. Deleting, reordering or inserting
+a line breaks the chain at that line; an edited line is caught by the next line's
+``prev``. The chain alone cannot show an edited last line or lines cut off the end:
+that needs the head's hash kept elsewhere. The daemon and the CLI (revoke)
 both append, under an exclusive flock, so their lines never interleave. Lines
 carry kids, fingerprints, rules and reasons, never key material.
 """
@@ -26,6 +28,7 @@ __all__ = ["GENESIS", "AuditLog", "Verdict", "verify"]
 GENESIS = "0" * 64
 AUDIT_MODE = 0o600
 _TAIL_WINDOW = 1 << 16
+_RESERVED = frozenset({"seq", "time", "prev"})
 
 
 def _digest(line: bytes) -> str:
@@ -61,6 +64,8 @@ class AuditLog:
 
     def append(self, event: str, **fields: Any) -> None:
         """Write one event line, chained to the line before it."""
+        if reserved := _RESERVED & fields.keys():
+            raise ValueError(f"audit fields {sorted(reserved)} are set by the log itself")
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, AUDIT_MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -71,8 +76,8 @@ class AuditLog:
                 prev = _digest(last)
                 try:
                     seq = int(json.loads(last).get("seq", 0)) + 1
-                except (ValueError, AttributeError):
-                    seq = 0
+                except (ValueError, TypeError, AttributeError):
+                    seq = 0  # the chain is already broken there; verify reports it
             entry = {"seq": seq, "time": round(self.clock(), 3), "event": event}
             entry.update({k: v for k, v in fields.items() if v is not None})
             entry["prev"] = prev
@@ -87,9 +92,15 @@ class AuditLog:
         size = os.fstat(fd).st_size
         if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
             return
-        start = max(0, size - _TAIL_WINDOW)
-        data = os.pread(fd, size - start, start)
-        cut = data.rfind(b"\n")
+        window = _TAIL_WINDOW
+        while True:
+            # Widen until a newline is found: a torn tail longer than one window must
+            # not cut the whole log (it used to truncate to 0).
+            start = max(0, size - window)
+            cut = os.pread(fd, size - start, start).rfind(b"\n")
+            if cut >= 0 or start == 0:
+                break
+            window *= 2
         os.ftruncate(fd, start + cut + 1 if cut >= 0 else 0)
         os.fsync(fd)
 
@@ -112,6 +123,15 @@ def _lines(path: Path) -> Iterator[bytes]:
         yield from handle
 
 
+def _broken_link(number: int) -> str:
+    if number == 1:
+        return "prev is not the genesis value: the log does not start here"
+    return (
+        f"prev does not match the SHA-256 of line {number - 1}"
+        f" (line {number - 1} edited, or lines removed, inserted or reordered here)"
+    )
+
+
 def verify(path: Path) -> Verdict:
     """Check every line's JSON, sequence number and hash link; stop at the first break."""
     prev, expected_seq, count = GENESIS, 1, 0
@@ -129,8 +149,9 @@ def verify(path: Path) -> Verdict:
             if not isinstance(entry, dict):
                 return Verdict(number, number, "not a JSON object")
             if entry.get("prev") != prev:
-                return Verdict(number, number, "prev does not match the previous line's SHA-256")
-            if entry.get("seq") != expected_seq:
+                return Verdict(number, number, _broken_link(number))
+            seq = entry.get("seq")
+            if type(seq) is not int or seq != expected_seq:
                 return Verdict(number, number, f"seq {entry.get('seq')!r}, expected {expected_seq}")
             prev, expected_seq = _digest(line), expected_seq + 1
     except FileNotFoundError:

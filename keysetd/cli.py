@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from keysetd.config import Config, config_path, load_config
@@ -141,6 +143,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"last error:     {doc['last_error'] or 'none'}")
         age = doc["lkg_age_seconds"]
         print(f"lkg age:        {'-' if age is None else f'{age:.1f}s'}")
+        for key in doc.get("keys") or []:
+            until = f" until {_when(key['until'])}" if key.get("until") else ""
+            print(f"  {key['kid']:24} {key['state']:10} {key['reason']}{until}")
     if doc["fingerprint"] is None:
         return EXIT_FAILED
     return EXIT_OK if doc["last_error"] is None else EXIT_FAILED
@@ -160,6 +165,140 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
     key = generate(args.alg, args.kid)
     print(json.dumps(key.private_jwk(), indent=2))
+    return EXIT_OK
+
+
+def _when(at: float | None) -> str:
+    if at is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at))
+
+
+def _current_keyset(pipeline: Any) -> tuple[Any, str]:
+    """The keyset the source holds now, or the last-known-good when the source fails."""
+    from keysetd.errors import SourceError
+
+    try:
+        snapshot = pipeline.source.fetch()
+        return pipeline.validate_snapshot(snapshot.data, snapshot.format, snapshot.origin), "the source"
+    except (SourceError, InvalidKeyset) as exc:
+        lkg = pipeline.state.load_lkg()
+        if lkg is None:
+            raise
+        print(f"note: {exc}; planning from the last-known-good", file=sys.stderr)
+        keyset = pipeline.validate_snapshot(lkg.data, lkg.format, "last-known-good", refuse_revoked=False)
+        return keyset, "the last-known-good"
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from keysetd.history import observe
+    from keysetd.pipeline import Pipeline
+
+    pipeline = Pipeline(_config(args))
+    keyset, origin = _current_keyset(pipeline)
+    now = time.time()
+    pipeline.history = observe(pipeline.history, keyset, now)
+    planned = pipeline.plan_now(keyset, now)
+    print(f"plan from {origin} at {_when(now)}")
+    print(f"  signers use:   {planned.active_kid or '-'}")
+    print(f"  verifiers get: {', '.join(planned.published_kids) or '-'}")
+    print(f"  fingerprint:   {planned.fingerprint}")
+    for decision in planned.decisions:
+        until = f" (until {_when(decision.until)})" if decision.until else ""
+        print(f"  {decision.kid:24} {decision.state:10} {decision.reason}{until}")
+    if planned.next_change_at is not None:
+        print(f"  next change:   {_when(planned.next_change_at)}")
+    return EXIT_OK
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    from keysetd.audit import AuditLog
+    from keysetd.state import StateStore
+
+    config = _config(args)
+    state = StateStore(config.state_dir)
+    state.ensure()
+    known = args.kid in state.load_history()
+    state.update_revocations(args.kid, {"at": time.time(), "reason": args.reason})
+    AuditLog(state.audit_path).append(
+        "revoked", kid=args.kid, reason=args.reason, known=known, by=_operator()
+    )
+    print(f"revoked {args.kid}: a running keysetd removes it from every output within a second")
+    if not known:
+        print(f"note: {args.kid} was never published here; it is refused if it appears")
+    return EXIT_OK
+
+
+def cmd_unrevoke(args: argparse.Namespace) -> int:
+    from keysetd.audit import AuditLog
+    from keysetd.state import StateStore
+
+    config = _config(args)
+    state = StateStore(config.state_dir)
+    state.ensure()
+    if args.kid not in state.load_revocations():
+        print(f"keysetd: {args.kid} is not revoked", file=sys.stderr)
+        return EXIT_FAILED
+    state.update_revocations(args.kid, None)
+    AuditLog(state.audit_path).append("unrevoked", kid=args.kid, by=_operator())
+    print(f"lifted the revocation of {args.kid}; the source may bring it back")
+    return EXIT_OK
+
+
+def _operator() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from keysetd.audit import verify
+    from keysetd.state import StateStore
+
+    config = _config(args)
+    verdict = verify(StateStore(config.state_dir).audit_path)
+    if verdict.ok:
+        print(f"audit log intact: {verdict.lines} line(s)")
+        return EXIT_OK
+    print(f"audit log broken at line {verdict.broken_line}: {verdict.reason}")
+    return EXIT_FAILED
+
+
+def cmd_rotate(args: argparse.Namespace) -> int:
+    from keysetd.atomic import replace_if_unchanged
+    from keysetd.crypto import generate
+    from keysetd.formats.jwks import render_keyset
+    from keysetd.model import Keyset
+    from keysetd.rotation import new_kid
+    from keysetd.validate import check
+
+    config = _config(args)
+    path = getattr(config.source, "path", None)
+    if config.source.type != "file" or not isinstance(path, Path):
+        raise ConfigError("keysetd rotate works on a file source")
+    try:
+        current = path.read_bytes()
+    except OSError as exc:
+        print(f"keysetd: cannot read {path}: {exc.strerror}", file=sys.stderr)
+        return EXIT_FAILED
+    keyset = check(current, config.source.format, hmac_alg=config.policy.hmac_alg, where=str(path))
+    rotation = config.settings.rotation
+    alg = args.alg or (rotation.alg if rotation else "ES256")
+    key = generate(alg, args.kid or new_kid(rotation.kid_prefix if rotation else "", time.time()))
+    if keyset.get(key.kid) is not None:
+        print(f"keysetd: {key.kid} is already in {path}", file=sys.stderr)
+        return EXIT_FAILED
+    rotated = Keyset((*keyset.keys, key), key.kid)
+    if not replace_if_unchanged(path, current, render_keyset(rotated), 0o600):
+        print(
+            f"keysetd: {path} changed while rotating; nothing written, try again", file=sys.stderr
+        )
+        return EXIT_FAILED
+    print(f"added {key.kid} ({alg}) to {path} as active_kid; previous {keyset.active_kid or '-'}")
+    print("verifiers get it at once; signers after policy.activation_delay")
     return EXIT_OK
 
 
@@ -196,6 +335,17 @@ def _parser() -> argparse.ArgumentParser:
     s = command("status", cmd_status, "what the daemon publishes now")
     s.add_argument("--json", action="store_true")
     command("plugins", cmd_plugins, "list sources, outputs and notifiers", needs_config=False)
+    command("plan", cmd_plan, "what the next cycle would publish, and why")
+    r = command("revoke", cmd_revoke, "break-glass: remove a kid from every output now")
+    r.add_argument("kid")
+    r.add_argument("--reason", default="break-glass")
+    u = command("unrevoke", cmd_unrevoke, "lift a revocation so the source may bring the kid back")
+    u.add_argument("kid")
+    a = command("audit", cmd_audit, "check the audit log's hash chain")
+    a.add_argument("action", choices=["verify"])
+    rot = command("rotate", cmd_rotate, "add a new key to a file source and make it active")
+    rot.add_argument("--alg", choices=["ES256", "ES384", "ES512", "EdDSA", "RS256", "PS256"])
+    rot.add_argument("--kid")
     k = command("keygen", cmd_keygen, "print a new private JWK", needs_config=False)
     k.add_argument(
         "--alg",

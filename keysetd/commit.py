@@ -27,11 +27,21 @@ class Rendered:
 
 
 def render_outputs(outputs: Sequence[Output], plan: Plan) -> list[Rendered]:
-    """Render all outputs before writing any, so a render error writes nothing."""
-    return [
-        Rendered(o, o.render(plan.verifier if o.role is Role.VERIFIER else plan.signer))
-        for o in outputs
-    ]
+    """Render all outputs before writing any, so a render error writes nothing.
+
+    With no usable active key (its kid was revoked and the source offers no other),
+    signer outputs render to nothing and are withdrawn: better no signing key than
+    a revoked one.
+    """
+    rendered = []
+    for output in outputs:
+        if output.role is Role.VERIFIER:
+            rendered.append(Rendered(output, output.render(plan.verifier)))
+        elif plan.signer.active_kid is None:
+            rendered.append(Rendered(output, {}))
+        else:
+            rendered.append(Rendered(output, output.render(plan.signer)))
+    return rendered
 
 
 def _ensure_directory(output: Output, directory: Path) -> None:

@@ -39,6 +39,7 @@ __all__ = [
     "DEFAULT_MAX_STALENESS",
     "Config",
     "PolicySettings",
+    "RotationSettings",
     "ServerSettings",
     "Settings",
     "config_path",
@@ -74,6 +75,14 @@ class PolicySettings(_Table):
         return DEFAULT_MAX_STALENESS if self.max_staleness is None else self.max_staleness
 
 
+class RotationSettings(_Table):
+    """Managed keys: keysetd owns the file source and rotates its key every ``every``."""
+
+    every: Duration
+    alg: Literal["ES256", "ES384", "EdDSA", "RS256", "PS256"] = "ES256"
+    kid_prefix: str = ""
+
+
 class Settings(_Table):
     """The schema of the config file; plugin tables stay raw until their plugin validates them."""
 
@@ -84,6 +93,7 @@ class Settings(_Table):
     server: ServerSettings | None = None
     source: dict[str, Any]
     policy: PolicySettings = PolicySettings()
+    rotation: RotationSettings | None = None
     outputs: list[dict[str, Any]] = Field(default_factory=list)
     notify: list[dict[str, Any]] = Field(default_factory=list)
 
@@ -266,6 +276,17 @@ def _check_names(
                 problems.append(f"notify.{index}.outputs: no output is named {wanted!r}")
 
 
+def _check_rotation(settings: Settings, problems: list[str]) -> None:
+    rotation = settings.rotation
+    assert rotation is not None
+    if settings.source.get("type") != "file":
+        problems.append("rotation: managed keys need a file source that keysetd owns")
+    if settings.source.get("format", "auto") not in ("auto", "jwks"):
+        problems.append("rotation: a managed source is in the jwks format")
+    if rotation.every <= settings.policy.activation_delay:
+        problems.append("rotation.every: must be longer than policy.activation_delay")
+
+
 def _tables(value: object) -> list[dict[str, Any]]:
     """The array-of-tables at a key, or nothing when it has another shape (already reported)."""
     return [t for t in value if isinstance(t, dict)] if isinstance(value, list) else []
@@ -300,6 +321,8 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
         problems.append("outputs: at least one [[outputs]] table is required")
     if not problems:
         _check_names(outputs, notifiers, problems)
+    if settings is not None and settings.rotation is not None:
+        _check_rotation(settings, problems)
     if problems or settings is None or source is None:
         raise ConfigError(f"invalid configuration{f' in {path}' if path else ''}", tuple(problems))
     return Config(

@@ -71,6 +71,8 @@ def mark_active(records: Records, planned: Plan, now: float) -> tuple[Records, l
         updated[old] = replace(records[old], active_until=now)
     if new is not None and new in updated:
         updated[new] = replace(updated[new], active_from=now, active_until=None)
+    if new is None:
+        return updated, [{"event": "signing_withdrawn", "previous_kid": old}]
     return updated, [{"event": "key_activated", "kid": new, "previous_kid": old}]
 
 

@@ -15,8 +15,10 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
+from keysetd.atomic import replace_if_unchanged
 from keysetd.audit import AuditLog
 from keysetd.commit import Rendered, commit_output, render_outputs
 from keysetd.config import Config
@@ -29,6 +31,7 @@ from keysetd.log import event
 from keysetd.model import Keyset
 from keysetd.plan import Plan, Policy, plan
 from keysetd.plugin import Notifier, NotifyEvent, Output, Role, Source
+from keysetd.rotation import next_source
 from keysetd.state import LastKnownGood, StateStore
 from keysetd.validate import check
 
@@ -107,7 +110,7 @@ class Pipeline:
         if not force and self._keyset is not None and snapshot.data == self._last_data:
             return self._refresh(now)
         try:
-            keyset = self._validate(snapshot.data, snapshot.format, snapshot.origin)
+            keyset = self.validate_snapshot(snapshot.data, snapshot.format, snapshot.origin)
             result = self._publish(keyset, now)
         except InvalidKeyset as exc:
             return self._failed(exc, "validate", now)
@@ -119,14 +122,14 @@ class Pipeline:
         )
         self._last_data = snapshot.data
         self._record_success(now, result)
-        return result
+        return self._manage(result, now)
 
     def plan_now(self, keyset: Keyset, now: float | None = None) -> Plan:
         """What outputs would get for ``keyset`` now (``keysetd plan`` and the cycle)."""
         when = self.clock() if now is None else now
         return plan(keyset, self.history, self.policy, when, self._signer)
 
-    def _validate(
+    def validate_snapshot(
         self, data: bytes, fmt: str | None, origin: str, *, refuse_revoked: bool = True
     ) -> Keyset:
         known = {kid: rec.material for kid, rec in self.history.items()}
@@ -160,7 +163,7 @@ class Pipeline:
             return self._failed(exc, "commit", now)
         result = replace(result, unchanged_source=True)
         self._record_success(now, result)
-        return result
+        return self._manage(result, now)
 
     def _publish(self, keyset: Keyset, now: float) -> CycleResult:
         """Record the kids the source brings, then plan, render, commit and notify."""
@@ -245,6 +248,48 @@ class Pipeline:
         self.state.save_signer(render_keyset(signer))
         self._signer = signer
 
+    # -- managed keys ------------------------------------------------------------
+
+    def _manage(self, result: CycleResult, now: float) -> CycleResult:
+        """With ``[rotation]``, write the owned source's next content (compare-and-swap)."""
+        rotation = self.config.settings.rotation
+        if rotation is None:
+            return result
+        step = next_source(
+            self._keyset,
+            self.history,
+            every=rotation.every,
+            activation_delay=self.policy.activation_delay,
+            alg=rotation.alg,
+            kid_prefix=rotation.kid_prefix,
+            now=now,
+        )
+        if step.keyset is None:
+            return _sooner(result, step.next_at)
+        path: Path = self.config.source.path  # type: ignore[attr-defined]
+        expected = self._last_data if self._keyset is not None else None
+        try:
+            written = replace_if_unchanged(path, expected, render_keyset(step.keyset), 0o600)
+        except OSError as exc:
+            event("rotation_failed", logging.ERROR, path=str(path), error=exc.strerror or str(exc))
+            return result
+        if not written:
+            event(
+                "rotation_skipped",
+                logging.WARNING,
+                path=str(path),
+                reason="the source changed meanwhile; the next cycle reads it",
+            )
+            return _sooner(result, now)
+        event("rotation_step", reason=step.reason, active_kid=step.keyset.active_kid)
+        self.audit.append(
+            "managed_rotation",
+            reason=step.reason,
+            active_kid=step.keyset.active_kid,
+            kids=list(step.keyset.kids),
+        )
+        return _sooner(result, now)
+
     # -- revocation ------------------------------------------------------------
 
     def _sync_revocations(self, now: float) -> bool:
@@ -281,12 +326,24 @@ class Pipeline:
         if self._keyset is None and not isinstance(exc, OutputError):
             from_lkg = self._republish_lkg(now)
         self._record_failure(now, str(exc))
-        return CycleResult(
+        result = CycleResult(
             ok=False,
             error=str(exc),
             from_lkg=from_lkg,
             fingerprint=self._status.get("fingerprint"),
             next_change_at=self._published.next_change_at if self._published else None,
+        )
+        if isinstance(exc, SourceError) and self._source_missing():
+            return self._manage(result, now)
+        return result
+
+    def _source_missing(self) -> bool:
+        """A managed source file that is gone: keysetd writes it again (or its first key)."""
+        path = getattr(self.config.source, "path", None)
+        return (
+            self.config.settings.rotation is not None
+            and isinstance(path, Path)
+            and (not path.exists())
         )
 
     def _republish_lkg(self, now: float) -> bool:
@@ -295,7 +352,7 @@ class Pipeline:
         if lkg is None:
             return False
         try:
-            keyset = self._validate(lkg.data, lkg.format, "last-known-good", refuse_revoked=False)
+            keyset = self.validate_snapshot(lkg.data, lkg.format, "last-known-good", refuse_revoked=False)
             result = self._publish(keyset, now)
         except KeysetdError as exc:
             event("lkg_unusable", logging.ERROR, error=str(exc))
@@ -353,6 +410,13 @@ class Pipeline:
                 path=str(self.state.status_path),
                 error=exc.strerror or str(exc),
             )
+
+
+def _sooner(result: CycleResult, when: float | None) -> CycleResult:
+    """The result with ``next_change_at`` moved earlier to ``when``."""
+    if when is None or (result.next_change_at is not None and result.next_change_at <= when):
+        return result
+    return replace(result, next_change_at=when)
 
 
 def _follows(notifier: Notifier, names: set[str]) -> bool:

@@ -122,7 +122,8 @@ class Output:
 
     def stale_files(self, rendered: Iterable[Path]) -> tuple[Path, ...]:
         """Files this output wrote before that ``rendered`` no longer includes (to remove)."""
-        return ()
+        path = self.config.path
+        return (path,) if path not in set(rendered) and path.is_file() else ()
 
 
 class NotifierConfig(PluginConfig):

@@ -89,11 +89,14 @@ class StateStore:
         return self.directory / "audit.jsonl"
 
     def ensure(self) -> None:
-        """Create the directory (0700) and drop temp files a crash left behind."""
+        """Create the directory (0700) if it is missing."""
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"state_dir {self.directory}: {exc.strerror or exc}") from exc
+
+    def clean(self) -> None:
+        """Drop temp files a crash left behind; only the lock holder may do this."""
         clean_temp_files(self.directory)
 
     def lock(self) -> None:
@@ -111,6 +114,7 @@ class StateStore:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
+        self.clean()
 
     def unlock(self) -> None:
         if self._lock_fd is not None:

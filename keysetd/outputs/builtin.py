@@ -58,7 +58,8 @@ class JwksOutput(_SingleFile):
     role_ = Role.VERIFIER
 
     def check(self, keyset: Keyset) -> None:
-        if not any(key.kty != "oct" for key in keyset):
+        # An empty set is legitimate (every kid revoked); an HMAC-only one is a config error.
+        if len(keyset) and all(key.kty == "oct" for key in keyset):
             raise self.fail("a jwks output needs asymmetric keys; this keyset has only HMAC keys")
 
     def render_bytes(self, keyset: Keyset) -> bytes:

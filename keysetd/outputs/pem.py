@@ -49,7 +49,7 @@ class PemOutput(Output):
                 files[directory / f"{key.kid}.pem"] = render_public_pem(key)
             except ValueError as exc:
                 raise self._fail(str(exc)) from exc
-        if not files:
+        if not files and len(keyset):
             raise self._fail("a pem output needs asymmetric keys; this keyset has only HMAC keys")
         if self.private:
             active = keyset.active
