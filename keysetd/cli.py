@@ -180,13 +180,17 @@ def _current_keyset(pipeline: Any) -> tuple[Any, str]:
 
     try:
         snapshot = pipeline.source.fetch()
-        return pipeline.validate_snapshot(snapshot.data, snapshot.format, snapshot.origin), "the source"
+        return pipeline.validate_snapshot(
+            snapshot.data, snapshot.format, snapshot.origin
+        ), "the source"
     except (SourceError, InvalidKeyset) as exc:
         lkg = pipeline.state.load_lkg()
         if lkg is None:
             raise
         print(f"note: {exc}; planning from the last-known-good", file=sys.stderr)
-        keyset = pipeline.validate_snapshot(lkg.data, lkg.format, "last-known-good", refuse_revoked=False)
+        keyset = pipeline.validate_snapshot(
+            lkg.data, lkg.format, "last-known-good", refuse_revoked=False
+        )
         return keyset, "the last-known-good"
 
 
@@ -302,6 +306,37 @@ def cmd_rotate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_evidence(args: argparse.Namespace) -> int:
+    from keysetd.evidence import build_evidence, write_evidence
+    from keysetd.pipeline import Pipeline
+
+    pipeline = Pipeline(_config(args))
+    lkg = pipeline.state.load_lkg()
+    if lkg is None:
+        print("keysetd: nothing was published yet: no evidence to write", file=sys.stderr)
+        return EXIT_FAILED
+    keyset = pipeline.validate_snapshot(
+        lkg.data, lkg.format, "last-known-good", refuse_revoked=False
+    )
+    previous = None
+    if args.previous_summary:
+        try:
+            previous = json.loads(Path(args.previous_summary).read_text())
+        except (OSError, ValueError) as exc:
+            print(f"keysetd: cannot read {args.previous_summary}: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+    try:
+        files = build_evidence(pipeline.plan_now(keyset), args.event_id, previous)
+        directory = write_evidence(Path(args.workdir), args.event_id, files)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    except OSError as exc:
+        print(f"keysetd: cannot write evidence: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"evidence written to {directory}: {', '.join(sorted(files))}")
+    return EXIT_OK
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="keysetd",
@@ -341,6 +376,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--reason", default="break-glass")
     u = command("unrevoke", cmd_unrevoke, "lift a revocation so the source may bring the kid back")
     u.add_argument("kid")
+    e = command("evidence", cmd_evidence, "write rotation evidence for an auditor")
+    e.add_argument("--event-id", required=True)
+    e.add_argument("--previous-summary", help="summary.json of the previous event")
+    e.add_argument("--workdir", default=".", help="evidence goes to WORKDIR/EVENT_ID/")
     a = command("audit", cmd_audit, "check the audit log's hash chain")
     a.add_argument("action", choices=["verify"])
     rot = command("rotate", cmd_rotate, "add a new key to a file source and make it active")

@@ -154,3 +154,37 @@ def test_managed_rotation_under_live_signing_loses_no_token(env: Env) -> None:
     assert failures == [], failures[:5]
     assert len(used) >= 4, used
     assert verified[0] >= 1000, verified[0]
+
+
+def test_evidence_after_a_rotation(env: Env, keys: dict[str, Any]) -> None:
+    env.write_source(jwks_doc(keys["es-a"], active="es-a"))
+    env.config()
+    env.keysetd("once", "-c", str(env.config_path), check=True)
+    work = env.root / "evidence"
+    first = env.keysetd(
+        "evidence", "-c", str(env.config_path), "--event-id", "r1", "--workdir", str(work)
+    )
+    assert first.returncode == 0, first.stderr
+    env.write_source(jwks_doc(keys["es-a"], keys["es-b"], active="es-b"))
+    env.keysetd("once", "-c", str(env.config_path), check=True)
+    second = env.keysetd(
+        "evidence",
+        "-c",
+        str(env.config_path),
+        "--event-id",
+        "r2",
+        "--workdir",
+        str(work),
+        "--previous-summary",
+        str(work / "r1" / "summary.json"),
+    )
+    assert second.returncode == 0, second.stderr
+    summary = json.loads((work / "r2" / "summary.json").read_text())
+    assert summary["active_kid"] == "es-b" and summary["previous_active_kid"] == "es-a"
+    assert summary["active_kid_changed"] is True and summary["key_count"] == 2
+    assert sorted(summary["kids"]) == ["es-a", "es-b"]
+    text = (work / "r2" / "keyset.json").read_text()
+    assert keys["es-b"]["d"] not in text and keys["es-a"]["d"] not in text
+    assert (work / "r2" / "fingerprint.sha256").exists()
+    bad = env.keysetd("evidence", "-c", str(env.config_path), "--event-id", "../x")
+    assert bad.returncode == 2
