@@ -157,21 +157,25 @@ def _okp_crv(key: Key) -> str:
     return crv
 
 
+_ED_P = 2**255 - 19
+_ED_D = (-121665 * pow(121666, _ED_P - 2, _ED_P)) % _ED_P
+_ED_SQRT_M1 = pow(2, (_ED_P - 1) // 4, _ED_P)
+
+
 def _ed25519_on_curve(encoded: bytes) -> bool:
-    """RFC 8032 5.1.3 point decoding: True when the 32 bytes name a curve point."""
-    p = 2**255 - 19
-    d = (-121665 * pow(121666, p - 2, p)) % p
+    """RFC 8032 5.1.3 point decoding (one exponentiation): True when it names a curve point."""
+    p = _ED_P
     y = int.from_bytes(encoded, "little")
     sign, y = y >> 255, y & ((1 << 255) - 1)
     if y >= p:
         return False
-    u, v = (y * y - 1) % p, (d * y * y + 1) % p
-    x2 = u * pow(v, p - 2, p) % p
-    x = pow(x2, (p + 3) // 8, p)
-    if (x * x - x2) % p != 0:
-        x = x * pow(2, (p - 1) // 4, p) % p
-        if (x * x - x2) % p != 0:
-            return False
+    u, v = (y * y - 1) % p, (_ED_D * y * y + 1) % p
+    x = u * pow(v, 3, p) * pow(u * pow(v, 7, p), (p - 5) // 8, p) % p
+    vx2 = v * x * x % p
+    if vx2 == (-u) % p:
+        x = x * _ED_SQRT_M1 % p
+    elif vx2 != u:
+        return False
     return not (x == 0 and sign == 1)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 from collections.abc import Mapping
+from functools import lru_cache
 
 from keysetd.crypto import (
     ALGORITHMS,
@@ -60,6 +61,8 @@ _REQUIRED: Mapping[str, tuple[str, ...]] = {
 }
 _RSA_MIN_BITS = 2048
 _KID_MAX = 1024
+#: Validated keys remembered per process (a 10,000-key keyset plus churn).
+_VERDICT_CACHE = 32768
 # Set-level rules that a key dropped while decoding can trigger spuriously.
 _SET_RULES = frozenset({"empty-keyset", "active-kid-unknown", "missing-active-kid"})
 
@@ -128,7 +131,17 @@ def _material_problems(key: Key, declared_public: bool) -> list[Problem]:
     return found
 
 
-def _key_problems(key: Key, declared_public: bool) -> list[Problem]:
+@lru_cache(maxsize=_VERDICT_CACHE)
+def _key_problems(key: Key, declared_public: bool) -> tuple[Problem, ...]:
+    """Every problem of one key on its own; memoised, since the same keys come every cycle.
+
+    Loading an RSA private key alone costs ~45 ms (OpenSSL's full check), so a
+    refresh that changed one kid must not pay it again for the others.
+    """
+    return tuple(_uncached_key_problems(key, declared_public))
+
+
+def _uncached_key_problems(key: Key, declared_public: bool) -> list[Problem]:
     found: list[Problem] = []
     if not key.kid or not key.kid.isprintable() or len(key.kid) > _KID_MAX:
         detail = f"kid must be 1 to {_KID_MAX} printable characters"

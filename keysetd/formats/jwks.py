@@ -236,16 +236,28 @@ def dump(doc: object) -> bytes:
     return (json.dumps(doc, indent=2, ensure_ascii=True) + "\n").encode("ascii")
 
 
+def _dump_keyset(head: dict[str, str], keys: list[dict[str, str]]) -> bytes:
+    """Like ``dump`` but one key per line: as readable, and C-encoded (indent= is pure Python)."""
+    lines = ["{"]
+    lines += [f"  {json.dumps(name)}: {json.dumps(value)}," for name, value in head.items()]
+    if not keys:
+        lines.append('  "keys": []')
+    else:
+        lines.append('  "keys": [')
+        body = [json.dumps(key, ensure_ascii=True, separators=(", ", ": ")) for key in keys]
+        lines.append(",\n".join(f"    {line}" for line in body))
+        lines.append("  ]")
+    lines.append("}\n")
+    return "\n".join(lines).encode("ascii")
+
+
 def render_jwks(keyset: Keyset) -> bytes:
     """``{"keys": [...]}`` with public members only, active first; oct keys are skipped."""
     keys = [_ordered_jwk(k, private=False) for k in keyset.ordered() if k.kty != "oct"]
-    return dump({"keys": keys})
+    return _dump_keyset({}, keys)
 
 
 def render_keyset(keyset: Keyset) -> bytes:
     """The native format for signers: private members and ``active_kid``."""
-    doc: dict[str, object] = {}
-    if keyset.active_kid is not None:
-        doc["active_kid"] = keyset.active_kid
-    doc["keys"] = [_ordered_jwk(k, private=True) for k in keyset.ordered()]
-    return dump(doc)
+    head = {"active_kid": keyset.active_kid} if keyset.active_kid is not None else {}
+    return _dump_keyset(head, [_ordered_jwk(k, private=True) for k in keyset.ordered()])
