@@ -83,6 +83,8 @@ def _evidence_jwk(key: Key) -> dict[str, str | None]:
 def _previous_active_kid(previous: Mapping[str, Any] | None) -> str | None:
     if previous is None:
         return None
+    if not isinstance(previous, Mapping):  # a caller's json.loads can give any type
+        raise ValueError("the previous summary is not a JSON object")
     if "active_kid" not in previous:
         raise ValueError('the previous summary has no "active_kid"')
     kid = previous["active_kid"]

@@ -142,12 +142,10 @@ def test_previous_summary(keys: dict[str, dict[str, Any]]) -> None:
 
 @pytest.mark.parametrize(
     "previous",
-    [{}, {"active_kid": 3}, {"active_kid": ["rs-a"]}],
-    ids=["missing", "number", "list"],
+    [{}, {"active_kid": 3}, {"active_kid": ["rs-a"]}, ["active_kid"], "active_kid", 7],
+    ids=["missing", "number", "list", "not-an-object", "string", "int"],
 )
-def test_malformed_previous_summary_refused(
-    keys: dict[str, dict[str, Any]], previous: dict[str, Any]
-) -> None:
+def test_malformed_previous_summary_refused(keys: dict[str, dict[str, Any]], previous: Any) -> None:
     with pytest.raises(ValueError, match="previous summary"):
         build_evidence(plan_of(keys["rs-a"], active="rs-a"), "x", previous)
 
