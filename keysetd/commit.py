@@ -12,7 +12,7 @@ from keysetd.errors import OutputError
 from keysetd.plan import Plan
 from keysetd.plugin import Output, Role
 
-__all__ = ["Rendered", "commit_output", "render_outputs"]
+__all__ = ["Rendered", "Written", "commit_output", "render_outputs"]
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -56,20 +56,58 @@ def _ensure_directory(output: Output, directory: Path) -> None:
         raise OutputError(output.name, str(directory), exc.strerror or str(exc)) from exc
 
 
-def commit_output(rendered: Rendered) -> bool:
+class Written:
+    """What keysetd last wrote where, so an unchanged file costs one stat, not a read.
+
+    A file counts as ours while its inode, size, mtime and mode are those we left;
+    any edit, replacement, chmod or deletion behind our back shows in the stat.
+    """
+
+    def __init__(self) -> None:
+        self._files: dict[Path, tuple[tuple[int, int, int, int], bytes]] = {}
+
+    @staticmethod
+    def _signature(path: Path) -> tuple[int, int, int, int] | None:
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode)
+
+    def current(self, path: Path, data: bytes, mode: int) -> bool:
+        """Whether ``path`` holds ``data`` with ``mode`` now."""
+        known = self._files.get(path)
+        signature = self._signature(path)
+        if signature is None:
+            return False
+        if known is not None and known[0] == signature and known[1] == data:
+            return True
+        if read_current(path, len(data)) == data and signature[3] & 0o7777 == mode:
+            self._files[path] = (signature, data)
+            return True
+        return False
+
+    def wrote(self, path: Path, data: bytes) -> None:
+        signature = self._signature(path)
+        if signature is not None:
+            self._files[path] = (signature, data)
+
+
+def commit_output(rendered: Rendered, written: Written | None = None) -> bool:
     """Atomically write changed files and remove stale ones; True when anything changed."""
     output = rendered.output
+    written = written or Written()
     changed = False
     for path, data in rendered.files.items():
         _ensure_directory(output, path.parent)
         mode = output.file_mode(path)
         try:
-            current = read_current(path, len(data))
-            if current == data and (os.stat(path).st_mode & 0o777) == mode:
+            if written.current(path, data, mode):
                 continue
             write_atomic(path, data, mode)
         except OSError as exc:
             raise OutputError(output.name, str(path), exc.strerror or str(exc)) from exc
+        written.wrote(path, data)
         changed = True
     for path in output.stale_files(rendered.files):
         try:

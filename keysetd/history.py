@@ -41,7 +41,11 @@ def observe(records: Records, keyset: Keyset, now: float) -> Records:
 
 
 def mark_published(records: Records, planned: Plan, now: float) -> tuple[Records, list[Event]]:
-    """After verifier outputs were committed: first publications and retirements."""
+    """After verifier outputs were committed: first publications and retirements.
+
+    ``first_published`` is when the kid's current, unbroken publication began: a
+    retired kid published again starts it anew, so its activation delay starts anew.
+    """
     updated = dict(records)
     events: list[Event] = []
     published = set(planned.verifier.kids)
@@ -51,7 +55,7 @@ def mark_published(records: Records, planned: Plan, now: float) -> tuple[Records
                 updated[kid] = replace(record, first_published=now, retired_at=None)
                 events.append({"event": "key_published", "kid": kid})
             elif record.retired_at is not None:
-                updated[kid] = replace(record, retired_at=None)
+                updated[kid] = replace(record, first_published=now, retired_at=None)
                 events.append({"event": "key_published", "kid": kid, "again": True})
         elif record.first_published is not None and record.retired_at is None:
             updated[kid] = replace(record, retired_at=now)

@@ -20,7 +20,7 @@ from typing import Any
 
 from keysetd.atomic import replace_if_unchanged
 from keysetd.audit import AuditLog
-from keysetd.commit import Rendered, commit_output, render_outputs
+from keysetd.commit import Rendered, Written, commit_output, render_outputs
 from keysetd.config import Config
 from keysetd.dispatch import interested, run_notifiers
 from keysetd.errors import InvalidKeyset, KeysetdError, OutputError, Problem, SourceError
@@ -73,6 +73,7 @@ class Pipeline:
         self._last_data: bytes | None = None
         self._published: Plan | None = None
         self._rendered: list[Rendered] = []
+        self._written = Written()
         self._status: dict[str, Any] = self.state.load_status() or {}
 
     @property
@@ -153,9 +154,14 @@ class Pipeline:
     def _refresh(self, now: float) -> CycleResult:
         """Same bytes as last time: re-plan (time may have passed) and restore drifted files."""
         assert self._keyset is not None
+        published = self._published
         try:
-            planned = self.plan_now(self._keyset, now)
-            if self._published is not None and planned.fingerprint == self._published.fingerprint:
+            due = published is None or (
+                published.next_change_at is not None and now >= published.next_change_at
+            )
+            planned = self.plan_now(self._keyset, now) if due else published
+            assert planned is not None
+            if published is not None and planned.fingerprint == published.fingerprint:
                 result = self._commit_and_notify(planned, self._rendered, now)
             else:
                 result = self._publish_plan(planned, now)
@@ -198,10 +204,9 @@ class Pipeline:
         if history != self.history:
             self.state.save_history(history)
             self.history = history
+        self.audit.append_all(events)
         for entry in events:
-            fields = {k: v for k, v in entry.items() if k != "event"}
-            self.audit.append(entry["event"], **fields)
-            event(entry["event"], **fields)
+            event(entry["event"], **{k: v for k, v in entry.items() if k != "event"})
 
     def _commit_and_notify(
         self, planned: Plan, rendered: list[Rendered], now: float
@@ -233,7 +238,7 @@ class Pipeline:
         )
 
     def _commit_phase(self, phase: Sequence[Rendered]) -> list[str]:
-        return [item.output.name for item in phase if commit_output(item)]
+        return [item.output.name for item in phase if commit_output(item, self._written)]
 
     def _notify(self, due: list[Notifier], planned: Plan, changed: list[str]) -> list[str]:
         if not due:
@@ -352,7 +357,9 @@ class Pipeline:
         if lkg is None:
             return False
         try:
-            keyset = self.validate_snapshot(lkg.data, lkg.format, "last-known-good", refuse_revoked=False)
+            keyset = self.validate_snapshot(
+                lkg.data, lkg.format, "last-known-good", refuse_revoked=False
+            )
             result = self._publish(keyset, now)
         except KeysetdError as exc:
             event("lkg_unusable", logging.ERROR, error=str(exc))

@@ -123,7 +123,11 @@ def _choose_active(
         reason = "active in the source" if current else "first active key: nothing to wait for"
         return desired, [Decision(desired.kid, "active", reason)], None
     record = history.get(desired.kid)
-    published = record.first_published if record and record.first_published else now
+    # Published since the start of its unbroken publication: a kid retired (retention
+    # over, revoked) and published again waits the full delay again, as a new one does.
+    published = now
+    if record is not None and record.first_published is not None and record.retired_at is None:
+        published = record.first_published
     eligible_at = published + policy.activation_delay
     if now >= eligible_at:
         reason = f"published to verifiers since {published:.0f}, activation delay over"
@@ -173,10 +177,14 @@ def plan(
         if kid in revoked:
             decisions.append(Decision(kid, "revoked", "break-glass revocation", None))
             continue
-        last = max(record.left_source_at or now, record.active_until or 0.0)
+        if record.left_source_at is None:
+            continue
+        last = record.left_source_at
+        if record.active_until is not None:
+            last = max(last, record.active_until)
         until = last + policy.retention
         public = public_key_from_record(record)
-        if record.left_source_at is None or public is None or now >= until:
+        if public is None or now >= until:
             continue
         verifier_keys.append(public)
         decisions.append(Decision(kid, "retained", "left the source; kept for retention", until))

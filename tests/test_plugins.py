@@ -1,0 +1,88 @@
+"""Entry-point plugins: found without importing, validated when loaded, no name twice."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from keysetd import plugin
+from keysetd.errors import PluginError
+
+
+@pytest.fixture
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A directory on sys.path where tests write dist-info folders."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    plugin.load.cache_clear()
+    yield tmp_path
+    plugin.load.cache_clear()
+
+
+def register(site: Path, dist: str, body: str) -> None:
+    info = site / f"{dist}.dist-info"
+    info.mkdir()
+    name, version = dist.split("-")
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    (info / "entry_points.txt").write_text(body)
+
+
+def test_third_party_source_loads_and_is_listed(site: Path) -> None:
+    register(
+        site, "keysetd_echo-1.2", "[keysetd.sources]\necho = tests.plugin_fixture:EchoSource\n"
+    )
+    cls = plugin.load("keysetd.sources", "echo")
+    assert cls.__name__ == "EchoSource"
+    listed = {(i.name, i.distribution) for i in plugin.available()}
+    assert ("echo", "keysetd_echo 1.2") in listed
+    assert ("file", "keysetd 0.1.0") in listed
+
+
+def test_a_name_registered_twice_is_an_error(site: Path) -> None:
+    register(site, "rogue-0.1", "[keysetd.sources]\nfile = tests.plugin_fixture:EchoSource\n")
+    with pytest.raises(PluginError, match=r"registered more than once.*rogue 0.1"):
+        plugin.load("keysetd.sources", "file")
+
+
+def test_a_plugin_of_the_wrong_shape_is_named(site: Path) -> None:
+    register(
+        site,
+        "broken-1",
+        "[keysetd.sources]\nodd = tests.plugin_fixture:NotAPlugin\ngone = tests.no_such_module:X\n",
+    )
+    with pytest.raises(PluginError, match=r"'odd'.*not a Source subclass"):
+        plugin.load("keysetd.sources", "odd")
+    with pytest.raises(PluginError, match=r"'gone'.*cannot import tests.no_such_module"):
+        plugin.load("keysetd.sources", "gone")
+
+
+def test_only_the_plugins_a_config_names_are_imported(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'state_dir = "{tmp_path}"\n[source]\ntype = "file"\npath = "/x"\n'
+        f'[[outputs]]\ntype = "jwks"\npath = "{tmp_path}/j.json"\n'
+    )
+    code = (
+        "import sys\nfrom pathlib import Path\nfrom keysetd.config import load_config\n"
+        f"load_config(Path({str(config)!r}))\n"
+        "print(sorted(m for m in sys.modules if m.startswith('keysetd.') or m in "
+        "('hvac', 'boto3', 'botocore')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
+    )
+    loaded = done.stdout
+    assert "keysetd.sources.file" in loaded and "keysetd.outputs.builtin" in loaded
+    for absent in (
+        "keysetd.notifiers",
+        "keysetd.sources.command",
+        "keysetd.outputs.pem",
+        "hvac",
+        "boto3",
+        "importlib.metadata",
+        "'email'",
+    ):
+        assert absent not in loaded, absent
