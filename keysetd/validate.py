@@ -141,6 +141,11 @@ def _key_problems(key: Key, declared_public: bool) -> tuple[Problem, ...]:
     return tuple(_uncached_key_problems(key, declared_public))
 
 
+def forget_verdicts() -> None:
+    """Drop the memo of validated keys (benchmarks measure first-sight cost with it)."""
+    _key_problems.cache_clear()
+
+
 def _uncached_key_problems(key: Key, declared_public: bool) -> list[Problem]:
     found: list[Problem] = []
     if not key.kid or not key.kid.isprintable() or len(key.kid) > _KID_MAX:
