@@ -40,7 +40,7 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _stage(path: Path, data: bytes, mode: int) -> Path:
+def _stage(path: Path, data: bytes, mode: int, durable: bool = True) -> Path:
     """A fsynced temp file with ``data`` and ``mode`` next to ``path``, ready to rename."""
     temp = _temp_path(path)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -51,7 +51,8 @@ def _stage(path: Path, data: bytes, mode: int) -> Path:
         while view:
             written = os.write(fd, view)
             view = view[written:]
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         with contextlib.suppress(OSError):
@@ -61,23 +62,26 @@ def _stage(path: Path, data: bytes, mode: int) -> Path:
     return temp
 
 
-def _commit(temp: Path, path: Path) -> None:
+def _commit(temp: Path, path: Path, durable: bool = True) -> None:
     try:
         os.replace(temp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temp)
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+def write_atomic(path: Path, data: bytes, mode: int = 0o644, *, durable: bool = True) -> None:
     """Replace ``path`` with ``data`` atomically, with ``mode`` set before the rename.
 
     Raises OSError; the caller names the output. The target is replaced, never
     written through: a symlink at ``path`` is replaced by the regular file.
+    ``durable=False`` skips the fsyncs: still old-or-new after a process crash,
+    for files that are rewritten every cycle and may lag after a power cut (status).
     """
-    _commit(_stage(path, data, mode), path)
+    _commit(_stage(path, data, mode, durable), path, durable)
 
 
 def replace_if_unchanged(path: Path, expected: bytes | None, data: bytes, mode: int) -> bool:

@@ -74,6 +74,7 @@ class Pipeline:
         self._published: Plan | None = None
         self._rendered: list[Rendered] = []
         self._written = Written()
+        self._audit_pending: list[dict[str, Any]] = []
         self._status: dict[str, Any] = self.state.load_status() or {}
 
     @property
@@ -99,7 +100,18 @@ class Pipeline:
     # -- the cycle ---------------------------------------------------------
 
     def cycle(self, *, force: bool = False) -> CycleResult:
-        """Run one cycle for the current source snapshot."""
+        """Run one cycle for the current source snapshot; its audit lines go out in one write."""
+        try:
+            return self._cycle(force)
+        finally:
+            events, self._audit_pending = self._audit_pending, []
+            self.audit.append_all(events)
+
+    def _audit(self, event_name: str, **fields: Any) -> None:
+        """Queue an audit line; ``cycle`` writes the cycle's lines with one fsync, at its end."""
+        self._audit_pending.append({"event": event_name, **fields})
+
+    def _cycle(self, force: bool) -> CycleResult:
         now = self.clock()
         revoked_now = self._sync_revocations(now)
         if revoked_now and self._keyset is not None:
@@ -189,7 +201,7 @@ class Pipeline:
                 kids=",".join(planned.published_kids),
                 outputs=",".join(result.changed),
             )
-            self.audit.append(
+            self._audit(
                 "published",
                 fingerprint=planned.fingerprint,
                 active_kid=planned.active_kid,
@@ -204,7 +216,7 @@ class Pipeline:
         if history != self.history:
             self.state.save_history(history)
             self.history = history
-        self.audit.append_all(events)
+        self._audit_pending += events
         for entry in events:
             event(entry["event"], **{k: v for k, v in entry.items() if k != "event"})
 
@@ -287,7 +299,7 @@ class Pipeline:
             )
             return _sooner(result, now)
         event("rotation_step", reason=step.reason, active_kid=step.keyset.active_kid)
-        self.audit.append(
+        self._audit(
             "managed_rotation",
             reason=step.reason,
             active_kid=step.keyset.active_kid,
@@ -317,16 +329,16 @@ class Pipeline:
         source = self.source.describe()
         event("cycle_failed", logging.ERROR, stage=stage, source=source, error=str(exc))
         if isinstance(exc, InvalidKeyset):
-            self.audit.append(
+            self._audit(
                 "refused",
                 source=source,
                 rules=sorted(exc.rules),
                 kids=sorted({p.kid for p in exc.problems}),
             )
         elif isinstance(exc, SourceError):
-            self.audit.append("source_failed", source=source, error=exc.reason)
+            self._audit("source_failed", source=source, error=exc.reason)
         else:
-            self.audit.append("commit_failed", error=str(exc))
+            self._audit("commit_failed", error=str(exc))
         from_lkg = False
         if self._keyset is None and not isinstance(exc, OutputError):
             from_lkg = self._republish_lkg(now)
@@ -370,7 +382,7 @@ class Pipeline:
             fingerprint=result.fingerprint,
             outputs=",".join(result.changed),
         )
-        self.audit.append("published_last_known_good", fingerprint=result.fingerprint)
+        self._audit("published_last_known_good", fingerprint=result.fingerprint)
         return True
 
     # -- status ----------------------------------------------------------------

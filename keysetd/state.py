@@ -129,9 +129,9 @@ class StateStore:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def _write_json(self, path: Path, value: object) -> None:
+    def _write_json(self, path: Path, value: object, *, durable: bool = True) -> None:
         data = json.dumps(value, sort_keys=True, separators=(",", ":")).encode() + b"\n"
-        write_atomic(path, data, STATE_MODE)
+        write_atomic(path, data, STATE_MODE, durable=durable)
 
     def _read_json(self, path: Path) -> Any:
         """The parsed file, or None when absent; a corrupt file reads as absent."""
@@ -223,4 +223,5 @@ class StateStore:
         return doc if isinstance(doc, dict) else None
 
     def save_status(self, status: dict[str, Any]) -> None:
-        self._write_json(self.status_path, status)
+        """Rewritten every cycle and re-derived by the next one: no fsync needed."""
+        self._write_json(self.status_path, status, durable=False)

@@ -145,8 +145,8 @@ class Sim:
             if self.keyset is not None:
                 self.publish(self.keyset)
             return
-        # `keysetd revoke` promises a revoked kid "is refused if it appears"; the
-        # pipeline's validate refuses it (history flag), a failed cycle changes nothing.
+        # `keysetd revoke` promises a revoked kid "is refused if it appears", even one
+        # never seen before; a refused snapshot is a failed cycle and changes nothing.
         if any(kid in self.revocations for kid in snapshot.kids):
             return
         keyset = Keyset(tuple(POOL[k] for k in snapshot.kids), snapshot.active)
@@ -213,8 +213,14 @@ def check_plan(cycle: Cycle, keyset: Keyset, policy: Policy) -> None:
         assert active is not None and active.has_private, "signers got no private key"
     assert signer <= verifier
     assert planned.fingerprint == planned.verifier.fingerprint()
+    # Signers get their previous kid or the source's active kid, nothing else; they
+    # lose their key only to a revocation.
+    usable = cycle.signer_before not in (None, *cycle.revoked)
+    assert planned.active_kid in (None, cycle.signer_before, keyset.active_kid)
+    if usable or keyset.active_kid not in (None, *cycle.revoked):
+        assert planned.active_kid is not None, "signers got no key though one is usable"
     # Signers keep their key while the source has no active_kid.
-    if keyset.active_kid is None and cycle.signer_before not in (None, *cycle.revoked):
+    if keyset.active_kid is None and usable:
         assert planned.active_kid == cycle.signer_before
     if planned.next_change_at is not None:
         assert planned.next_change_at >= now
