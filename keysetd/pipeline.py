@@ -75,6 +75,7 @@ class Pipeline:
         self._rendered: list[Rendered] = []
         self._written = Written()
         self._audit_pending: list[dict[str, Any]] = []
+        self._revoked: frozenset[str] = frozenset()
         self._status: dict[str, Any] = self.state.load_status() or {}
 
     @property
@@ -157,7 +158,7 @@ class Pipeline:
         revoked = [
             Problem(kid, "revoked-kid", "revoked by keysetd revoke; lift with keysetd unrevoke")
             for kid in keyset.kids
-            if kid in self.history and self.history[kid].revoked is not None
+            if kid in self._revoked
         ]
         if refuse_revoked and revoked:
             raise InvalidKeyset(revoked, origin)
@@ -311,6 +312,7 @@ class Pipeline:
 
     def _sync_revocations(self, now: float) -> bool:
         revoked = {kid: float(v.get("at", now)) for kid, v in self.state.load_revocations().items()}
+        self._revoked = frozenset(revoked)
         history, events = apply_revocations(self.history, revoked, now)
         self._remember(history, events)
         return bool(events)

@@ -143,3 +143,14 @@ def test_state_files_are_private(env: Env, keys: dict[str, Any]) -> None:
     assert env.state.stat().st_mode & 0o777 == 0o700
     for path in Path(env.state).iterdir():
         assert path.stat().st_mode & 0o777 == 0o600, path
+
+
+def test_a_kid_revoked_before_it_was_ever_seen_is_refused(env: Env, keys: dict[str, Any]) -> None:
+    env.write_source(jwks_doc(keys["es-a"], active="es-a"))
+    cycle = pipeline(env)
+    assert cycle.cycle().ok
+    cycle.state.update_revocations("es-b", {"at": 0, "reason": "pre-emptive"})
+    env.write_source(jwks_doc(keys["es-a"], keys["es-b"], active="es-a"))
+    result = cycle.cycle()
+    assert not result.ok and "revoked-kid" in (result.error or "")
+    assert "es-b" not in env.jwks.read_text()
