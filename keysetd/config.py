@@ -321,6 +321,13 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
         problems.append("outputs: at least one [[outputs]] table is required")
     if not problems:
         _check_names(outputs, notifiers, problems)
+    if source is not None and source[0].public_only:
+        for index, (cls, cfg) in enumerate(outputs):
+            if cls(cfg).role is Role.SIGNER:
+                problems.append(
+                    f"outputs.{index}: a {cfg.type} output needs private keys, and a "
+                    f"{source[1].type} source has public keys only"
+                )
     if settings is not None and settings.rotation is not None:
         _check_rotation(settings, problems)
     if problems or settings is None or source is None:

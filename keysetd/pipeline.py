@@ -153,6 +153,7 @@ class Pipeline:
             hmac_alg=self.config.policy.hmac_alg,
             where=origin,
             history=known,
+            declared_public=self.source.public_only,
             require_active=self.needs_active,
         )
         revoked = [

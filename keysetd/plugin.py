@@ -57,6 +57,9 @@ class Source:
     """Fetches one snapshot of the keyset. Failures raise ``SourceError``."""
 
     Config: ClassVar[type[SourceConfig]] = SourceConfig
+    #: A source of public keys only (a JWKS URL, a KMS): private members are refused,
+    #: and a config with signer outputs is a configuration error.
+    public_only: ClassVar[bool] = False
 
     def __init__(self, config: Any) -> None:
         self.config: SourceConfig = config
