@@ -99,8 +99,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from keysetd.strict import config_violations
+
     config = _config(args)
-    print(f"{config.path}: ok")
+    print(f"{config.path}: ok" + (" (strict mode)" if config.settings.strict else ""))
+    for violation in config_violations(config):
+        print(f"  warning (refused with strict = true): {violation}")
     print(f"  source: {config.build_source().describe()}")
     for output in config.build_outputs():
         print(

@@ -332,7 +332,7 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
         _check_rotation(settings, problems)
     if problems or settings is None or source is None:
         raise ConfigError(f"invalid configuration{f' in {path}' if path else ''}", tuple(problems))
-    return Config(
+    config = Config(
         settings=settings,
         path=path,
         source_class=source[0],
@@ -340,6 +340,13 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
         outputs=tuple(outputs),
         notifiers=tuple(notifiers),
     )
+    if settings.strict:
+        from keysetd.strict import config_violations
+
+        if violations := config_violations(config):
+            where = f" in {path}" if path else ""
+            raise ConfigError(f"strict mode refuses the configuration{where}", tuple(violations))
+    return config
 
 
 def signer_outputs(config: Config) -> tuple[str, ...]:

@@ -20,6 +20,7 @@ from keysetd.errors import ConfigError
 from keysetd.log import event
 from keysetd.pipeline import CycleResult, Pipeline
 from keysetd.state import StateStore
+from keysetd.strict import config_violations
 from keysetd.watch import Watcher
 
 __all__ = ["Daemon"]
@@ -114,6 +115,8 @@ class Daemon:
         """Cycle until SIGTERM/SIGINT; returns the exit code."""
         self.prepare()
         self.install_signal_handlers()
+        for violation in config_violations(self.config):
+            event("strict_mode_warning", logging.WARNING, rule=violation)
         self.watcher.start()
         event(
             "started",

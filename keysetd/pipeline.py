@@ -33,6 +33,7 @@ from keysetd.plan import Plan, Policy, plan
 from keysetd.plugin import Notifier, NotifyEvent, Output, Role, Source
 from keysetd.rotation import next_source
 from keysetd.state import LastKnownGood, StateStore
+from keysetd.strict import weak_secrets
 from keysetd.validate import check
 
 __all__ = ["CycleResult", "Pipeline"]
@@ -163,6 +164,11 @@ class Pipeline:
         ]
         if refuse_revoked and revoked:
             raise InvalidKeyset(revoked, origin)
+        if weak := weak_secrets(keyset):
+            if self.config.settings.strict:
+                raise InvalidKeyset(weak, origin)
+            for problem in weak:
+                event("weak_secret", logging.WARNING, kid=problem.kid, detail=problem.detail)
         return keyset
 
     def _refresh(self, now: float) -> CycleResult:

@@ -1,0 +1,131 @@
+"""Strict production mode (DESIGN section 7): what production refuses and development warns about.
+
+Two kinds of rule: config rules (``config_violations``), checked at start-up, on
+reload and by ``keysetd check-config``; and keyset rules (``weak_secrets``),
+checked on every HMAC keyset. With ``strict = true`` each violation is a
+refusal; without it, a warning.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import stat
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from keysetd.config import Config
+from keysetd.crypto import b64u_decode
+from keysetd.errors import Problem
+from keysetd.model import Keyset
+from keysetd.plugin import PluginConfig, Role
+
+__all__ = ["config_violations", "weak_secrets"]
+
+#: Config keys that would hold a credential or key material inline.
+_INLINE_SECRET_KEYS = frozenset(
+    {"token", "secret", "secret_id", "password", "keyset", "private_key"}
+)
+#: Config keys that switch TLS verification off when true, and when false.
+_SKIP_VERIFY_KEYS = frozenset({"insecure", "tls_skip_verify", "skip_verify"})
+_VERIFY_KEYS = frozenset({"verify", "tls_verify", "verify_tls"})
+_URL_KEYS = frozenset({"url", "address", "endpoint_url"})
+_PRIVATE_MODE_LIMIT = 0o640
+#: Secrets seen in tutorials, defaults and leaked configs; compared case-insensitively.
+_KNOWN_SECRETS = frozenset(
+    {
+        "secret", "changeme", "change-me", "password", "default", "your-256-bit-secret",
+        "your-secret-key", "supersecret", "super-secret", "jwt-secret", "jwtsecret", "test",
+        "example", "keyboard cat", "a-string-secret-at-least-256-bits-long", "shhhhh", "mysecret", "my-secret", "secretkey", "12345678",
+    }
+)  # fmt: skip
+_MIN_SECRET_BYTES = 32
+_MIN_BITS_PER_CHAR = 3.0
+
+
+def _is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _table_rules(where: str, table: PluginConfig) -> Iterable[str]:
+    values: dict[str, Any] = table.model_dump()
+    for key, value in values.items():
+        if key in _INLINE_SECRET_KEYS and value:
+            yield f"{where}.{key}: secrets inline in the config; read them from a file"
+        if (key in _SKIP_VERIFY_KEYS and value is True) or (key in _VERIFY_KEYS and value is False):
+            yield f"{where}.{key}: TLS verification must stay on"
+        if key in _URL_KEYS and isinstance(value, str):
+            parts = urlsplit(value)
+            if parts.scheme == "http" and not _is_loopback(parts.hostname):
+                yield f"{where}.{key}: http:// to {parts.hostname} (only loopback may skip TLS)"
+        if key == "argv" and isinstance(value, list) and value and not os.path.isabs(value[0]):
+            yield f"{where}.argv: {value[0]!r} is not an absolute path (PATH can be hijacked)"
+
+
+def _writable_by_others(path: Path) -> str | None:
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"{stat.filemode(mode)}"
+    return None
+
+
+def config_violations(config: Config) -> list[str]:
+    """Every strict-mode rule the config breaks, each naming the key."""
+    found: list[str] = []
+    if config.source.type == "env":
+        found.append("source.type: an env source puts key material in the environment")
+    found += _table_rules("source", config.source)
+    path = getattr(config.source, "path", None)
+    if isinstance(path, Path) and (mode := _writable_by_others(path)):
+        found.append(f"source.path: {path} is group- or world-writable ({mode})")
+    for index, output in enumerate(config.build_outputs()):
+        found += _table_rules(f"outputs.{index}", output.config)
+        if output.role is Role.SIGNER and output.mode & ~_PRIVATE_MODE_LIMIT & 0o777:
+            found.append(
+                f"outputs.{index}.mode: {output.mode:04o} is wider than 0640 for an output "
+                "holding private keys"
+            )
+    for index, (_cls, table) in enumerate(config.notifiers):
+        found += _table_rules(f"notify.{index}", table)
+    if config.policy.max_staleness is None:
+        found.append("policy.max_staleness: not set (readiness must turn false on stale keys)")
+    return found
+
+
+def _bits_per_char(text: bytes) -> float:
+    counts = Counter(text)
+    total = len(text)
+    return -sum(n / total * math.log2(n / total) for n in counts.values())
+
+
+def weak_secrets(keyset: Keyset) -> list[Problem]:
+    """HMAC secrets that are short, low in entropy or well-known defaults."""
+    found = []
+    for key in keyset:
+        if key.kty != "oct":
+            continue
+        try:
+            secret = b64u_decode(key.member("k") or "")
+        except ValueError:
+            continue
+        if secret.decode("utf-8", "replace").strip().lower() in _KNOWN_SECRETS:
+            found.append(Problem(key.kid, "weak-secret", "a well-known default secret"))
+        elif len(secret) < _MIN_SECRET_BYTES:
+            found.append(Problem(key.kid, "weak-secret", f"{len(secret)} bytes; use 32 or more"))
+        elif _bits_per_char(secret) < _MIN_BITS_PER_CHAR:
+            found.append(Problem(key.kid, "weak-secret", "low entropy (repetitive characters)"))
+    return found
