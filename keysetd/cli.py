@@ -117,27 +117,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def status_document(config: Config, now: float | None = None) -> dict[str, Any]:
-    """The ``status --json`` object, from what the daemon recorded in state_dir."""
-    from keysetd.state import StateStore
-
-    recorded = StateStore(config.state_dir).load_status() or {}
-    now = time.time() if now is None else now
-    fetched = recorded.get("lkg_fetched_at")
-    doc: dict[str, Any] = {
-        "fingerprint": recorded.get("fingerprint"),
-        "active_kid": recorded.get("active_kid"),
-        "published_kids": recorded.get("published_kids", []),
-        "last_error": recorded.get("last_error"),
-        "lkg_age_seconds": round(now - fetched, 3) if isinstance(fetched, int | float) else None,
-    }
-    doc.update({k: v for k, v in recorded.items() if k not in doc and k != "lkg_fetched_at"})
-    return doc
-
-
 def cmd_status(args: argparse.Namespace) -> int:
+    from keysetd.status import status_document
+
     config = _config(args)
-    doc = status_document(config)
+    doc = status_document(config.state_dir)
     if args.json:
         print(json.dumps(doc, indent=2, sort_keys=True))
     else:

@@ -13,20 +13,30 @@ import signal
 import threading
 import time
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from keysetd.atomic import clean_temp_files
 from keysetd.config import Config, load_config
 from keysetd.errors import ConfigError
 from keysetd.log import event
 from keysetd.pipeline import CycleResult, Pipeline
+from keysetd.sdnotify import notify as sd_notify
+from keysetd.sdnotify import watchdog_period
 from keysetd.state import StateStore
+from keysetd.status import readiness, status_document
 from keysetd.strict import config_violations
 from keysetd.watch import Watcher
+
+if TYPE_CHECKING:
+    from keysetd.metrics import Metrics
+    from keysetd.server import StatusServer
 
 __all__ = ["Daemon"]
 
 FAILURE_BACKOFF_INITIAL = 1.0
 FAILURE_BACKOFF_MAX = 60.0
+#: /healthz fails when one cycle runs longer than this (or 3x the source timeout).
+STUCK_CYCLE_MIN = 120.0
 #: Wake this long after a planned change (activation, end of retention) so it is due.
 PLAN_SLACK = 0.01
 
@@ -44,6 +54,61 @@ class Daemon:
         #: Held for the daemon's life, across config reloads that rebuild the pipeline.
         self.lock = StateStore(config.state_dir)
         self.watcher = self._watcher()
+        self.cycle_started: float | None = None
+        self.ready_sent = False
+        self.watchdog = watchdog_period()
+        self.metrics: Metrics | None = None
+        self.server: StatusServer | None = None
+        if config.settings.server is not None:
+            self._serve(config.settings.server.listen)
+
+    def _serve(self, listen: str) -> None:
+        """Build the HTTP listener and the metrics it serves (imported only when asked for)."""
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        from keysetd.metrics import Metrics
+        from keysetd.server import Endpoints, StatusServer
+
+        self.metrics = Metrics()
+        endpoints = Endpoints(
+            alive=self.alive,
+            ready=self.ready,
+            status=lambda: status_document(self.config.state_dir),
+            metrics=self.metrics.render,
+            metrics_type=CONTENT_TYPE_LATEST,
+        )
+        self.server = StatusServer(listen, endpoints)
+
+    # -- health ---------------------------------------------------------------
+
+    def alive(self) -> tuple[bool, str]:
+        """The loop is alive unless one cycle has run far longer than any cycle should."""
+        started = self.cycle_started
+        limit = max(STUCK_CYCLE_MIN, 3 * float(self.config.source.timeout))
+        if started is not None and time.monotonic() - started > limit:
+            return False, f"a cycle has been running for over {limit:g}s"
+        return True, "alive"
+
+    def ready(self) -> tuple[bool, str]:
+        doc = status_document(self.config.state_dir)
+        return readiness(doc, self.config.policy.staleness_limit)
+
+    def _report(self, result: CycleResult, duration: float) -> None:
+        """Metrics, and systemd: READY=1 once outputs exist, then a STATUS= line per cycle."""
+        if self.metrics is not None:
+            self.metrics.observe(result, duration, self.pipeline.status)
+        published = self.pipeline.published
+        if published is not None:
+            line = f"STATUS=publishing {published.fingerprint[:12]}, active {published.active_kid}"
+        else:
+            line = "STATUS=nothing published yet"
+        if not result.ok:
+            line += f"; last cycle failed: {(result.error or '')[:200]}"
+        if published is not None and not self.ready_sent:
+            sd_notify("READY=1", line)
+            self.ready_sent = True
+        else:
+            sd_notify(line)
 
     def _watcher(self) -> Watcher:
         """Watch the source files and the revocation list (``keysetd revoke`` writes it)."""
@@ -118,6 +183,8 @@ class Daemon:
         for violation in config_violations(self.config):
             event("strict_mode_warning", logging.WARNING, rule=violation)
         self.watcher.start()
+        if self.server is not None:
+            self.server.start()
         event(
             "started",
             source=self.pipeline.source.describe(),
@@ -127,20 +194,27 @@ class Daemon:
         try:
             while not self.stopping:
                 self.wake.clear()
-                started = time.monotonic()
+                started = self.cycle_started = time.monotonic()
                 result = self.pipeline.cycle(force=force)
+                self.cycle_started = None
+                self._report(result, time.monotonic() - started)
                 force = False
                 if self.stopping:
                     break
                 deadline = started + self._next_wait(result)
                 while not self.stopping and not self.reload_requested:
+                    if self.watchdog is not None:
+                        sd_notify("WATCHDOG=1")
                     remaining = deadline - time.monotonic()
-                    if remaining <= 0 or self.wake.wait(remaining):
+                    if remaining <= 0 or self.wake.wait(min(remaining, self.watchdog or remaining)):
                         break
                 if self.reload_requested and not self.stopping:
                     self._reload()
                     force = True
         finally:
+            sd_notify("STOPPING=1")
+            if self.server is not None:
+                self.server.stop()
             self.watcher.stop()
             self.pipeline.close()
             self.lock.unlock()

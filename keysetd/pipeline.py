@@ -23,7 +23,14 @@ from keysetd.audit import AuditLog
 from keysetd.commit import Rendered, Written, commit_output, render_outputs
 from keysetd.config import Config
 from keysetd.dispatch import interested, run_notifiers
-from keysetd.errors import InvalidKeyset, KeysetdError, OutputError, Problem, SourceError
+from keysetd.errors import (
+    InvalidKeyset,
+    KeysetdError,
+    NotifyError,
+    OutputError,
+    Problem,
+    SourceError,
+)
 from keysetd.formats import decode
 from keysetd.formats.jwks import render_keyset
 from keysetd.history import Records, apply_revocations, mark_active, mark_published, observe
@@ -53,6 +60,10 @@ class CycleResult:
     unchanged_source: bool = False
     notify_errors: tuple[str, ...] = field(default=())
     next_change_at: float | None = None
+    #: Where a failed cycle stopped (fetch | validate | commit) and the rules it broke.
+    stage: str | None = None
+    rules: tuple[str, ...] = ()
+    failed_notifiers: tuple[str, ...] = ()
 
 
 class Pipeline:
@@ -86,6 +97,11 @@ class Pipeline:
     @property
     def published(self) -> Plan | None:
         return self._published
+
+    @property
+    def status(self) -> dict[str, Any]:
+        """What was last recorded in status.json."""
+        return self._status
 
     def close(self) -> None:
         self.source.close()
@@ -233,7 +249,7 @@ class Pipeline:
     ) -> CycleResult:
         """Verifier outputs, their notifiers, then signer outputs and the remaining notifiers."""
         changed: list[str] = []
-        failures: list[str] = []
+        failures: list[NotifyError] = []
         verifiers = [r for r in rendered if r.output.role is Role.VERIFIER]
         signers = [r for r in rendered if r.output.role is Role.SIGNER]
         signer_names = {r.output.name for r in signers}
@@ -253,18 +269,20 @@ class Pipeline:
             ok=True,
             changed=tuple(changed),
             fingerprint=planned.fingerprint,
-            notify_errors=tuple(failures),
+            notify_errors=tuple(str(f) for f in failures),
+            failed_notifiers=tuple(f.notifier for f in failures),
             next_change_at=planned.next_change_at,
         )
 
     def _commit_phase(self, phase: Sequence[Rendered]) -> list[str]:
         return [item.output.name for item in phase if commit_output(item, self._written)]
 
-    def _notify(self, due: list[Notifier], planned: Plan, changed: list[str]) -> list[str]:
+    def _notify(self, due: list[Notifier], planned: Plan, changed: list[str]) -> list[NotifyError]:
         if not due:
             return []
-        what = NotifyEvent(planned.fingerprint, planned.active_kid, tuple(changed))
-        return [str(e) for e in run_notifiers(due, what)]
+        return run_notifiers(
+            due, NotifyEvent(planned.fingerprint, planned.active_kid, tuple(changed))
+        )
 
     def _keep_signer(self, signer: Keyset) -> None:
         """Remember the signer keyset (with private keys) so a held-back key survives restarts."""
@@ -355,6 +373,8 @@ class Pipeline:
         result = CycleResult(
             ok=False,
             error=str(exc),
+            stage=stage,
+            rules=tuple(sorted(exc.rules)) if isinstance(exc, InvalidKeyset) else (),
             from_lkg=from_lkg,
             fingerprint=self._status.get("fingerprint"),
             next_change_at=self._published.next_change_at if self._published else None,

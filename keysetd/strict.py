@@ -38,9 +38,10 @@ _PRIVATE_MODE_LIMIT = 0o640
 #: Secrets seen in tutorials, defaults and leaked configs; compared case-insensitively.
 _KNOWN_SECRETS = frozenset(
     {
-        "secret", "changeme", "change-me", "password", "default", "your-256-bit-secret",
-        "your-secret-key", "supersecret", "super-secret", "jwt-secret", "jwtsecret", "test",
-        "example", "keyboard cat", "a-string-secret-at-least-256-bits-long", "shhhhh", "mysecret", "my-secret", "secretkey", "12345678",
+        "secret", "changeme", "change-me", "password", "default", "test", "example",
+        "your-256-bit-secret", "your-secret-key", "supersecret", "super-secret",
+        "jwt-secret", "jwtsecret", "keyboard cat", "shhhhh", "mysecret", "my-secret",
+        "secretkey", "12345678", "a-string-secret-at-least-256-bits-long",
     }
 )  # fmt: skip
 _MIN_SECRET_BYTES = 32

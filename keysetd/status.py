@@ -1,0 +1,41 @@
+"""The status document (``keysetd status --json``, ``GET /status``) and readiness, from state_dir.
+
+Both read what the daemon records in ``status.json``, so they agree, work while
+the daemon runs, and need no connection to it.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from keysetd.state import StateStore
+
+__all__ = ["readiness", "status_document"]
+
+
+def status_document(state_dir: Path, now: float | None = None) -> dict[str, Any]:
+    """At least fingerprint, active_kid, published_kids, last_error and lkg_age_seconds."""
+    recorded = StateStore(state_dir).load_status() or {}
+    now = time.time() if now is None else now
+    fetched = recorded.get("lkg_fetched_at")
+    doc: dict[str, Any] = {
+        "fingerprint": recorded.get("fingerprint"),
+        "active_kid": recorded.get("active_kid"),
+        "published_kids": recorded.get("published_kids", []),
+        "last_error": recorded.get("last_error"),
+        "lkg_age_seconds": round(now - fetched, 3) if isinstance(fetched, int | float) else None,
+    }
+    doc.update({k: v for k, v in recorded.items() if k not in doc and k != "lkg_fetched_at"})
+    return doc
+
+
+def readiness(doc: dict[str, Any], max_staleness: float) -> tuple[bool, str]:
+    """Ready when outputs were published and the last good fetch is younger than the limit."""
+    if doc.get("fingerprint") is None:
+        return False, "nothing published yet"
+    age = doc.get("lkg_age_seconds")
+    if age is None or age > max_staleness:
+        return False, f"last good fetch {age}s ago, older than max_staleness {max_staleness:g}s"
+    return True, "ready"
