@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -183,6 +184,35 @@ def environment_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], d
     return tree, origins
 
 
+def compat_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The ``RGS_JWT_KEYSET_*`` convention as config keys, so such a deployment keeps its env.
+
+    ``RGS_JWT_KEYSET_FILE`` (a file source) or ``RGS_JWT_KEYSET_COMMAND`` (a command
+    source, split like a shell would, run without one), ``RGS_JWT_KEYSET_REFRESH_INTERVAL``
+    and ``RGS_STRICT_PRODUCTION_MODE``. ``KEYSETD_*`` variables win over these.
+    """
+    tree: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    source: dict[str, Any] = {}
+    if path := environ.get("RGS_JWT_KEYSET_FILE"):
+        source.update(type="file", path=path)
+        origins["source.path"] = "RGS_JWT_KEYSET_FILE"
+    if command := environ.get("RGS_JWT_KEYSET_COMMAND"):
+        if source:
+            raise ConfigError("set RGS_JWT_KEYSET_FILE or RGS_JWT_KEYSET_COMMAND, not both")
+        source.update(type="command", argv=shlex.split(command))
+        origins["source.argv"] = "RGS_JWT_KEYSET_COMMAND"
+    if interval := environ.get("RGS_JWT_KEYSET_REFRESH_INTERVAL"):
+        source["refresh_interval"] = interval
+        origins["source.refresh_interval"] = "RGS_JWT_KEYSET_REFRESH_INTERVAL"
+    if source:
+        tree["source"] = source
+    if (strict := environ.get("RGS_STRICT_PRODUCTION_MODE")) is not None:
+        tree["strict"] = strict.strip().lower() in {"1", "true", "yes", "on"}
+        origins["strict"] = "RGS_STRICT_PRODUCTION_MODE"
+    return tree, origins
+
+
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in override.items():
@@ -294,8 +324,15 @@ def _tables(value: object) -> list[dict[str, Any]]:
 
 def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> Config:
     """Read the file, override from ``KEYSETD_*``, validate every table; ConfigError lists all."""
-    overrides, origins = environment_overrides(os.environ if environ is None else environ)
-    data = _merge(_read_toml(path) if path is not None else {}, overrides)
+    env = os.environ if environ is None else environ
+    compat, compat_origins = compat_overrides(env)
+    overrides, origins = environment_overrides(env)
+    file_data = _read_toml(path) if path is not None else {}
+    file_type = file_data.get("source", {}).get("type")
+    if "source" in compat and file_type not in (None, compat["source"]["type"]):
+        file_data = {**file_data, "source": {}}  # the convention names its own source type
+    data = _merge(_merge(file_data, compat), overrides)
+    origins = {**compat_origins, **origins}
     problems: list[str] = []
     settings = _settings(data, problems, origins)
     # With a broken top level, still check the plugin tables so every problem shows at once.

@@ -99,6 +99,7 @@ def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("KEYSETD_SOURCE__REFRESH_INTERVAL", "5s")
     monkeypatch.setenv("KEYSETD_STRICT", "true")
     monkeypatch.setenv("KEYSETD_POLICY__RETENTION", "2h")
+    monkeypatch.setenv("KEYSETD_POLICY__MAX_STALENESS", "1h")
     config = load_config(base(tmp_path))
     assert str(config.source.path)  # type: ignore[attr-defined] == "/srv/keys.json"
     assert config.source.refresh_interval == 5
@@ -188,3 +189,35 @@ def test_unknown_environment_key_names_the_variable(
 def test_config_variable_is_not_a_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KEYSETD_CONFIG", str(tmp_path / "keysetd.toml"))
     assert load_config(base(tmp_path)).build_outputs()
+
+
+def test_rgs_jwt_keyset_file_convention(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RGS_JWT_KEYSET_FILE", "/etc/app/keyset.json")
+    monkeypatch.setenv("RGS_JWT_KEYSET_REFRESH_INTERVAL", "15s")
+    monkeypatch.setenv("RGS_STRICT_PRODUCTION_MODE", "false")
+    config = load_config(base(tmp_path))
+    assert config.build_source().describe() == "file:/etc/app/keyset.json"
+    assert config.source.refresh_interval == 15
+    monkeypatch.setenv("KEYSETD_SOURCE__PATH", "/wins.json")
+    assert load_config(base(tmp_path)).build_source().describe() == "file:/wins.json"
+
+
+def test_rgs_jwt_keyset_command_convention(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RGS_JWT_KEYSET_COMMAND", "/usr/bin/kms-client get-jwt-keyset --format json")
+    config = load_config(base(tmp_path))
+    assert config.source.type == "command"
+    assert config.source.argv == [  # type: ignore[attr-defined]
+        "/usr/bin/kms-client",
+        "get-jwt-keyset",
+        "--format",
+        "json",
+    ]
+    monkeypatch.setenv("RGS_JWT_KEYSET_FILE", "/x.json")
+    with pytest.raises(ConfigError, match="not both"):
+        load_config(base(tmp_path))
+
+
+def test_rgs_strict_production_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RGS_STRICT_PRODUCTION_MODE", "true")
+    with pytest.raises(ConfigError, match="strict mode refuses"):
+        load_config(base(tmp_path))  # BASE has no max_staleness
