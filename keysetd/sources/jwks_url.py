@@ -1,0 +1,493 @@
+"""The ``jwks_url`` source: a remote JWK Set, such as a Keycloak realm's certs endpoint.
+
+One GET per fetch over ``http.client`` (no redirects, no environment proxies),
+TLS always verified against the system store or ``ca_file``, the whole exchange
+bounded by ``timeout``. Keys that are not for signatures (``use`` other than
+"sig", encryption ``key_ops``/``alg``, ECDH curves) and keys of an unknown
+``kty`` are skipped with a warning; the rest go to the pipeline's validation
+as a canonical JWKS. A key's ``x5c`` certificate must carry the key itself.
+
+Caching: ETag/Last-Modified are sent back as If-None-Match/If-Modified-Since,
+and a 304 returns the previous snapshot (same bytes: the pipeline does
+nothing). ``Cache-Control: max-age`` lets a fetch skip the request, but for at
+most half of ``refresh_interval``: every scheduled refresh still asks the
+provider, so max-age only spares it the extra fetches in between (retries,
+planned wakes). SIGHUP rebuilds the source, so "refetch now" skips the cache.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import http.client
+import ipaddress
+import logging
+import re
+import socket
+import ssl
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+from urllib.parse import urlsplit, urlunsplit
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from keysetd.crypto import KeyMaterialError, load_public
+from keysetd.errors import InvalidKeyset, SourceError
+from keysetd.formats import MAX_DOCUMENT
+from keysetd.formats.jwks import JsonObject, kid_label, load_json, short
+from keysetd.log import event
+from keysetd.model import PUBLIC_MEMBERS, Key, Snapshot, canonical_json
+from keysetd.plugin import Source, SourceConfig
+from keysetd.proc import redact
+from keysetd.sources.file import READ_LIMIT
+from keysetd.units import Duration
+
+__all__ = ["JwksUrlSource", "JwksUrlSourceConfig", "filter_jwks"]
+
+_KNOWN_KTY = frozenset({"RSA", "EC", "OKP", "oct"})
+#: RFC 7518 section 4.1: key management algorithms, i.e. encryption keys.
+_JWE_ALGS = frozenset(
+    {
+        "RSA1_5",
+        "RSA-OAEP",
+        "RSA-OAEP-256",
+        "RSA-OAEP-384",
+        "RSA-OAEP-512",
+        "A128KW",
+        "A192KW",
+        "A256KW",
+        "dir",
+        "ECDH-ES",
+        "ECDH-ES+A128KW",
+        "ECDH-ES+A192KW",
+        "ECDH-ES+A256KW",
+        "A128GCMKW",
+        "A192GCMKW",
+        "A256GCMKW",
+        "PBES2-HS256+A128KW",
+        "PBES2-HS384+A192KW",
+        "PBES2-HS512+A256KW",
+    }
+)
+_ECDH_CURVES = frozenset({"X25519", "X448"})
+_SIGNATURE_OPS = frozenset({"sign", "verify"})
+#: Members dropped from kept keys once checked: certificates and hints verifiers do not need.
+_STRIPPED = ("x5c", "x5t", "x5t#S256", "key_ops")
+#: Request headers keysetd sets itself.
+_RESERVED_HEADERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "if-none-match",
+        "if-modified-since",
+    }
+)
+_BODY_EXCERPT = 200
+_CHUNK = 65536
+_MAX_AGE = re.compile(r'max-age\s*=\s*"?(\d+)"?')
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _safe_url(url: str) -> str:
+    """scheme://host[:port]/path: no credentials, query or fragment (they may carry tokens)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port is not None else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+class JwksUrlSourceConfig(SourceConfig):
+    # headers may carry bearer tokens, the url a query token: keep them out of errors.
+    model_config = ConfigDict(hide_input_in_errors=True)
+
+    url: str
+    ca_file: Path | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    max_bytes: int = Field(default=READ_LIMIT, gt=0)
+    timeout: Duration = Field(default=10.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("url must be an https:// (or loopback http://) URL with a host")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("url must not hold credentials; use headers = {Authorization = ...}")
+        try:
+            _ = parts.port
+        except ValueError:
+            raise ValueError("url has an invalid port") from None
+        return url
+
+    @field_validator("headers")
+    @classmethod
+    def _clean_headers(cls, headers: dict[str, str]) -> dict[str, str]:
+        for name, value in headers.items():
+            if not name or not all(33 <= ord(c) < 127 and c != ":" for c in name):
+                raise ValueError(f"not a valid header name: {name!r}")
+            if any(c in value for c in "\r\n\0"):
+                raise ValueError(f"header {name} must not contain CR, LF or NUL")
+            if name.lower() in _RESERVED_HEADERS:
+                raise ValueError(f"header {name} is set by keysetd")
+        return headers
+
+    @field_validator("format")
+    @classmethod
+    def _jwks_only(cls, fmt: str) -> str:
+        if fmt not in ("auto", "jwks"):
+            raise ValueError("a jwks_url source is always in the jwks format")
+        return fmt
+
+    @model_validator(mode="after")
+    def _ca_needs_https(self) -> JwksUrlSourceConfig:
+        if self.ca_file is not None and urlsplit(self.url).scheme != "https":
+            raise ValueError("ca_file needs an https:// url")
+        return self
+
+
+# --- filtering ------------------------------------------------------------------------------
+
+
+def _skip_reason(raw: Mapping[str, Any]) -> str | None:
+    """Why a key is no signature key keysetd can use, or None to keep it for validation."""
+    use = raw.get("use")
+    if isinstance(use, str) and use != "sig":
+        return f"use {short(use)}: not a signature key"
+    ops = raw.get("key_ops")
+    if isinstance(ops, list) and not _SIGNATURE_OPS.intersection(
+        o for o in ops if isinstance(o, str)
+    ):
+        return "key_ops has neither sign nor verify"
+    kty = raw.get("kty")
+    if isinstance(kty, str) and kty not in _KNOWN_KTY:
+        return f"kty {short(kty)} is not one of RSA, EC, OKP, oct"
+    alg = raw.get("alg")
+    if isinstance(alg, str) and alg in _JWE_ALGS:
+        return f"alg {short(alg)} is an encryption algorithm"
+    crv = raw.get("crv")
+    if kty == "OKP" and isinstance(crv, str) and crv in _ECDH_CURVES:
+        return f"crv {short(crv)} is a key agreement curve"
+    return None
+
+
+def _kid_of(raw: Mapping[str, Any], index: int) -> str:
+    kid = raw.get("kid")
+    return kid_label(kid) if isinstance(kid, str) else f"keys[{index}]"
+
+
+def _check_x5c(raw: Mapping[str, Any], kid: str) -> str | None:
+    """None when the first x5c certificate holds the key's public key, else why not.
+
+    Only the binding of certificate and key is checked, not a chain or expiry:
+    Keycloak publishes self-signed realm certificates that nobody renews, and
+    the trust in the key comes from the TLS connection to the provider.
+    """
+    chain = raw.get("x5c")
+    if not isinstance(chain, list) or not chain or not isinstance(chain[0], str):
+        return "x5c is not a list of base64 certificates"
+    try:
+        der = base64.b64decode(chain[0], validate=True)
+        certificate = x509.load_der_x509_certificate(der)
+        cert_key = certificate.public_key()
+    except (binascii.Error, ValueError, UnsupportedAlgorithm):
+        return "x5c[0] is not a base64 DER certificate"
+    kty = raw.get("kty")
+    members = PUBLIC_MEMBERS.get(kty, ()) if isinstance(kty, str) else ()
+    public = tuple(sorted((m, raw[m]) for m in members if isinstance(raw.get(m), str)))
+    try:
+        jwk_key = load_public(Key(kid=kid, kty=str(kty), alg="", public=public))
+    except KeyMaterialError:
+        return None  # the key itself is broken: validation names the rule
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    try:
+        same = cert_key.public_bytes(*spki) == jwk_key.public_bytes(*spki)
+    except ValueError:
+        same = False
+    return None if same else "x5c certificate does not match the key"
+
+
+def filter_jwks(data: bytes) -> tuple[bytes, list[tuple[str, str]], list[tuple[str, str]]]:
+    """(document for the pipeline, skipped (kid, reason), x5c failures (kid, reason)).
+
+    Anything that is not a plain JWK Set (not JSON, no "keys" list, duplicate
+    members, over the size limit) is returned unchanged, so validation names it.
+    oct keys are kept: an HMAC secret on a public endpoint is a leak, and
+    validation refuses it (private-in-public) rather than keysetd hiding it.
+    """
+    if len(data) > MAX_DOCUMENT:
+        return data, [], []
+    try:
+        doc = load_json(data)
+    except InvalidKeyset:  # validation reports the same problem
+        return data, [], []
+    raw_keys = doc.get("keys")
+    if not isinstance(raw_keys, list) or doc.duplicates:
+        return data, [], []
+    if any(isinstance(raw, JsonObject) and raw.duplicates for raw in raw_keys):
+        return data, [], []
+    kept: list[object] = []
+    skipped: list[tuple[str, str]] = []
+    broken: list[tuple[str, str]] = []
+    for index, raw in enumerate(raw_keys):
+        if not isinstance(raw, dict):
+            kept.append(raw)
+            continue
+        kid = _kid_of(raw, index)
+        reason = _skip_reason(raw)
+        if reason is not None:
+            skipped.append((kid, reason))
+            continue
+        if "x5c" in raw and (problem := _check_x5c(raw, kid)) is not None:
+            broken.append((kid, problem))
+        kept.append({name: value for name, value in raw.items() if name not in _STRIPPED})
+    return canonical_json({**doc, "keys": kept}), skipped, broken
+
+
+def _shrink_timeout(sock: socket.socket, deadline: float) -> None:
+    """Give the next socket operation only what is left of the fetch's timeout."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise TimeoutError
+    sock.settimeout(remaining)
+
+
+def _lifetime(headers: http.client.HTTPMessage) -> float | None:
+    """Seconds the response stays fresh by Cache-Control (minus Age), or None without one."""
+    directives = ",".join(headers.get_all("Cache-Control") or []).lower()
+    if not directives.strip():
+        return None
+    if "no-store" in directives or "no-cache" in directives:
+        return 0.0
+    match = _MAX_AGE.search(directives)
+    if match is None:
+        return 0.0
+    try:
+        age = int(headers.get("Age", "0"))
+    except ValueError:
+        age = 0
+    return max(0.0, float(int(match.group(1)) - max(age, 0)))
+
+
+# --- the source -----------------------------------------------------------------------------
+
+
+class JwksUrlSource(Source):
+    """GETs ``url`` at each fetch (unless max-age allows the cached answer)."""
+
+    Config: ClassVar[type[SourceConfig]] = JwksUrlSourceConfig
+    public_only: ClassVar[bool] = True
+
+    def __init__(
+        self, config: JwksUrlSourceConfig, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        super().__init__(config)
+        self.config: JwksUrlSourceConfig = config
+        self._clock = clock
+        parts = urlsplit(config.url)
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname or ""
+        self._port = parts.port
+        self._target = urlunsplit(("", "", parts.path or "/", parts.query, ""))
+        self._snapshot: Snapshot | None = None
+        self._etag: str | None = None
+        self._last_modified: str | None = None
+        self._fresh_until = 0.0
+        self._lifetime = 0.0
+        self._skipped: frozenset[tuple[str, str]] = frozenset()
+        if not self._https and not _is_loopback(self._host):
+            event(
+                "jwks_url_plain_http",
+                logging.WARNING,
+                source=self.describe(),
+                detail="http:// to a non-loopback host: keys can be swapped in transit"
+                " (strict mode refuses this)",
+            )
+
+    def describe(self) -> str:
+        return f"jwks_url:{_safe_url(self.config.url)}"
+
+    def _fail(self, reason: str) -> SourceError:
+        return SourceError(self.describe(), reason)
+
+    # -- fetch -------------------------------------------------------------
+
+    def fetch(self) -> Snapshot:
+        now = self._clock()
+        if self._snapshot is not None and now < self._fresh_until:
+            return self._snapshot
+        status, headers, body = self._request(time.monotonic() + float(self.config.timeout))
+        if status == 304:
+            if self._snapshot is None:
+                raise self._fail("HTTP 304 Not Modified to an unconditional request")
+            self._remember(headers, now, keep_lifetime=True)
+            return self._snapshot
+        snapshot = self._process(body)
+        self._snapshot = snapshot
+        self._etag = self._last_modified = None
+        self._remember(headers, now, keep_lifetime=False)
+        return snapshot
+
+    def _remember(
+        self, headers: http.client.HTTPMessage, now: float, *, keep_lifetime: bool
+    ) -> None:
+        """Validators and freshness of a 200, or as updated by a 304 (RFC 9111 4.3.4)."""
+        lifetime = _lifetime(headers)
+        if lifetime is None:
+            lifetime = self._lifetime if keep_lifetime else 0.0
+        self._lifetime = lifetime
+        self._fresh_until = now + min(lifetime, float(self.config.refresh_interval) / 2)
+        if "no-store" in ",".join(headers.get_all("Cache-Control") or []).lower():
+            self._etag = self._last_modified = None
+            return
+        self._etag = headers.get("ETag") or self._etag
+        self._last_modified = headers.get("Last-Modified") or self._last_modified
+
+    def _process(self, body: bytes) -> Snapshot:
+        data, skipped, broken = filter_jwks(body)
+        if broken:
+            detail = "; ".join(f"kid {kid!r}: {reason}" for kid, reason in broken)
+            raise self._fail(detail)
+        for kid, reason in skipped:
+            if (kid, reason) not in self._skipped:
+                event(
+                    "jwks_key_skipped",
+                    logging.WARNING,
+                    source=self.describe(),
+                    kid=kid,
+                    reason=reason,
+                )
+        self._skipped = frozenset(skipped)
+        return Snapshot(data, origin=self.describe(), format="jwks")
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"User-Agent": "keysetd", "Accept": "application/json"}
+        headers.update(self.config.headers)
+        if self._snapshot is not None and self._etag is not None:
+            headers["If-None-Match"] = self._etag
+        if self._snapshot is not None and self._last_modified is not None:
+            headers["If-Modified-Since"] = self._last_modified
+        return headers
+
+    def _connection(self) -> http.client.HTTPConnection:
+        timeout = float(self.config.timeout)
+        if not self._https:
+            return http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+        ca_file = self.config.ca_file
+        try:
+            # Built per fetch so a rotated ca_file is picked up; verification is never off.
+            context = ssl.create_default_context(
+                cafile=str(ca_file) if ca_file is not None else None
+            )
+        except (OSError, ssl.SSLError) as exc:
+            raise self._fail(f"cannot load ca_file {ca_file}: {exc}") from exc
+        return http.client.HTTPSConnection(self._host, self._port, timeout=timeout, context=context)
+
+    def _request(self, deadline: float) -> tuple[int, http.client.HTTPMessage, bytes]:
+        """(status, headers, body) of one GET; non-2xx other than 304 raise SourceError."""
+        conn = self._connection()
+        try:
+            conn.connect()
+            # Kept: with "Connection: close", getresponse() hands the socket to the response.
+            sock = conn.sock
+            _shrink_timeout(sock, deadline)
+            conn.request("GET", self._target, headers=self._headers())
+            _shrink_timeout(sock, deadline)
+            with conn.getresponse() as response:  # closed here: it may own the socket
+                return self._answer(sock, response, deadline)
+        except SourceError:
+            raise
+        except TimeoutError as exc:
+            raise self._fail(f"timed out after {self.config.timeout:g}s") from exc
+        except ssl.SSLCertVerificationError as exc:
+            raise self._fail(f"TLS verification failed: {exc.verify_message}") from exc
+        except (OSError, http.client.HTTPException) as exc:
+            raise self._fail(self._reason(exc)) from exc
+        finally:
+            conn.close()
+
+    def _answer(
+        self, sock: socket.socket, response: http.client.HTTPResponse, deadline: float
+    ) -> tuple[int, http.client.HTTPMessage, bytes]:
+        status = response.status
+        if status == 304 or 200 <= status < 300:
+            body = b"" if status == 304 else self._read_body(sock, response, deadline)
+            return status, response.headers, body
+        if 300 <= status < 400:
+            location = urlsplit(response.getheader("Location") or "").hostname
+            where = f" to {location}" if location else ""
+            raise self._fail(
+                f"HTTP {status} redirect{where} not followed (set url to the final address)"
+            )
+        excerpt = self._excerpt(sock, response, deadline)
+        reason = redact(" ".join(response.reason.split()))[:60]
+        raise self._fail(f"HTTP {status} {reason}{excerpt}")
+
+    def _read(
+        self,
+        sock: socket.socket,
+        response: http.client.HTTPResponse,
+        deadline: float,
+        limit: int,
+    ) -> bytes:
+        """The body, stopping once it passes ``limit`` bytes; each read gets what time is left.
+
+        ``read1`` returns what one socket read brings, so a server dripping a byte at
+        a time cannot stretch the fetch past its deadline.
+        """
+        parts: list[bytes] = []
+        size = 0
+        while size <= limit:
+            _shrink_timeout(sock, deadline)
+            chunk = response.read1(min(_CHUNK, limit + 1 - size))
+            if not chunk:
+                break
+            parts.append(chunk)
+            size += len(chunk)
+        return b"".join(parts)
+
+    def _read_body(
+        self, sock: socket.socket, response: http.client.HTTPResponse, deadline: float
+    ) -> bytes:
+        limit = self.config.max_bytes
+        declared = response.getheader("Content-Length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise self._fail(f"response of {int(declared)} bytes is over max_bytes ({limit})")
+        body = self._read(sock, response, deadline, limit)
+        if len(body) > limit:
+            raise self._fail(f"response is over max_bytes ({limit})")
+        return body
+
+    def _excerpt(
+        self, sock: socket.socket, response: http.client.HTTPResponse, deadline: float
+    ) -> str:
+        """At most ``_BODY_EXCERPT`` redacted characters of an error response body."""
+        try:
+            raw = self._read(sock, response, deadline, _BODY_EXCERPT * 4)
+        except (OSError, http.client.HTTPException):
+            return ""
+        text = redact(" ".join(raw.decode("utf-8", errors="replace").split()))[:_BODY_EXCERPT]
+        return f": {text}" if text else ""
+
+    def _reason(self, exc: BaseException) -> str:
+        """A connection failure in a few words: errno text, or the error's (redacted) text."""
+        if isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError) and exc.strerror:
+            return exc.strerror
+        return redact(f"{type(exc).__name__}: {exc}")[:_BODY_EXCERPT]

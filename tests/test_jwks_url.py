@@ -1,0 +1,657 @@
+"""The jwks_url source against a real HTTP(S) server on loopback serving Keycloak-shaped certs."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import http.server
+import ipaddress
+import json
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from pydantic import ValidationError
+
+from keysetd.errors import InvalidKeyset, SourceError
+from keysetd.plugin import load
+from keysetd.sources.jwks_url import JwksUrlSource, JwksUrlSourceConfig
+from keysetd.validate import check
+from tests.conftest import Env
+from tests.keys import b64u, jwk
+
+CERTS_PATH = "/realms/app/protocol/openid-connect/certs"
+
+# --- keys and certificates -------------------------------------------------------------------
+
+
+def _rsa_private(key: dict[str, Any]) -> rsa.RSAPrivateKey:
+    def num(name: str) -> int:
+        return int.from_bytes(base64.urlsafe_b64decode(key[name] + "=" * (-len(key[name]) % 4)))
+
+    public = rsa.RSAPublicNumbers(num("e"), num("n"))
+    return rsa.RSAPrivateNumbers(
+        num("p"), num("q"), num("d"), num("dp"), num("dq"), num("qi"), public
+    ).private_key()
+
+
+def _certificate(
+    subject: str,
+    public_key: Any,
+    signer: CertificateIssuerPrivateKeyTypes,
+    issuer: str | None = None,
+    *,
+    ca: bool = False,
+    ip: str | None = None,
+) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer or subject)]))
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+    )
+    if ca:
+        builder = builder.add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+    if ip is not None:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]),
+            critical=False,
+        ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()),
+            critical=False,
+        )
+    return builder.sign(signer, hashes.SHA256())
+
+
+def _with_x5c(key: dict[str, Any], cert: x509.Certificate) -> dict[str, Any]:
+    """The key as Keycloak publishes it: x5c (standard base64 DER), x5t, x5t#S256."""
+    der = cert.public_bytes(serialization.Encoding.DER)
+    return {
+        **key,
+        "x5c": [base64.b64encode(der).decode()],
+        "x5t": b64u(hashlib.sha1(der).digest()),
+        "x5t#S256": b64u(hashlib.sha256(der).digest()),
+    }
+
+
+def _public(key: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in key.items() if k not in ("d", "p", "q", "dp", "dq", "qi")}
+
+
+@dataclass
+class Realm:
+    """One Keycloak realm's keys: an RS256 signing key with its private half, an enc key, ES256."""
+
+    signing: dict[str, Any]
+    signing_key: rsa.RSAPrivateKey
+    next_signing: dict[str, Any]
+    next_signing_key: rsa.RSAPrivateKey
+    enc: dict[str, Any]
+    es: dict[str, Any]
+
+    def certs(self, *, rotated: bool = False) -> bytes:
+        """The certs document; ``rotated`` swaps the signing key for the next one."""
+        key, private = (
+            (self.next_signing, self.next_signing_key)
+            if rotated
+            else (self.signing, self.signing_key)
+        )
+        cert = _certificate("app", private.public_key(), private)
+        keys = [_with_x5c(_public(key), cert), self.enc, self.es]
+        return json.dumps({"keys": keys}, indent=2).encode()
+
+
+@pytest.fixture(scope="module")
+def realm() -> Realm:
+    signing = jwk("RS256", "rs-sig")
+    next_signing = jwk("RS256", "rs-next")
+    enc = {**jwk("RS256", "rs-enc", private=False), "alg": "RSA-OAEP", "use": "enc"}
+    return Realm(
+        signing=signing,
+        signing_key=_rsa_private(signing),
+        next_signing=next_signing,
+        next_signing_key=_rsa_private(next_signing),
+        enc=enc,
+        es=jwk("ES256", "es-1", private=False),
+    )
+
+
+# --- the server ------------------------------------------------------------------------------
+
+
+@dataclass
+class Behaviour:
+    """What the handler answers; tests change it between fetches."""
+
+    body: bytes = b'{"keys": []}'
+    status: int = 200
+    etag: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    drip: bool = False
+    content_length: bool = True
+    requests: list[dict[str, str]] = field(default_factory=list)
+    release: threading.Event = field(default_factory=threading.Event)
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        b = self.server.behaviour
+        b.requests.append({k.lower(): v for k, v in self.headers.items()} | {"path": self.path})
+        if b.delay and b.release.wait(b.delay):
+            return  # the test is over
+        try:
+            if b.etag is not None and self.headers.get("If-None-Match") == b.etag:
+                self.send_response(304)
+                self.send_header("ETag", b.etag)
+                self.end_headers()
+                return
+            self.send_response(b.status)
+            for name, value in b.headers.items():
+                self.send_header(name, value)
+            if b.etag is not None:
+                self.send_header("ETag", b.etag)
+            if b.content_length:
+                self.send_header("Content-Length", str(len(b.body)))
+            self.end_headers()
+            if b.drip:
+                for byte in b.body:
+                    if b.release.wait(0.05):
+                        return
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+            else:
+                self.wfile.write(b.body)
+        except OSError:
+            pass  # the client gave up (timeout tests)
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    behaviour: Behaviour
+
+
+@dataclass
+class Served:
+    behaviour: Behaviour
+    url: str
+    port: int
+
+
+def _serve(context: ssl.SSLContext | None = None) -> Iterator[Served]:
+    server = _Server(("127.0.0.1", 0), _Handler)
+    server.behaviour = Behaviour()
+    if context is not None:
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    port = server.server_address[1]
+    scheme = "https" if context is not None else "http"
+    try:
+        yield Served(server.behaviour, f"{scheme}://127.0.0.1:{port}{CERTS_PATH}", port)
+    finally:
+        server.behaviour.release.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture
+def served() -> Iterator[Served]:
+    yield from _serve()
+
+
+@dataclass
+class Tls:
+    served: Served
+    ca_file: Path
+
+
+@pytest.fixture
+def tls(tmp_path: Path) -> Iterator[Tls]:
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _certificate("keysetd test CA", ca_key.public_key(), ca_key, ca=True)
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    leaf = _certificate(
+        "127.0.0.1", leaf_key.public_key(), ca_key, issuer="keysetd test CA", ip="127.0.0.1"
+    )
+    ca_file, cert_file, key_file = tmp_path / "ca.pem", tmp_path / "tls.pem", tmp_path / "tls.key"
+    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_file.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        leaf_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    for served in _serve(context):
+        yield Tls(served, ca_file)
+
+
+def source(url: str, **options: Any) -> JwksUrlSource:
+    return JwksUrlSource(JwksUrlSourceConfig(type="jwks_url", url=url, **options))
+
+
+class Events(logging.Handler):
+    """keysetd.log events as (name, fields)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.seen: list[tuple[str, dict[str, Any]]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen.append((record.getMessage(), dict(getattr(record, "fields", {}))))
+
+    def named(self, name: str) -> list[dict[str, Any]]:
+        return [fields for event, fields in self.seen if event == name]
+
+
+@pytest.fixture
+def events() -> Iterator[Events]:
+    logger = logging.getLogger("keysetd")
+    handler, level = Events(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+def kids(data: bytes) -> list[str]:
+    return [key["kid"] for key in json.loads(data)["keys"]]
+
+
+# --- config ----------------------------------------------------------------------------------
+
+
+def test_registered_and_named_without_query() -> None:
+    assert load("keysetd.sources", "jwks_url") is JwksUrlSource
+    assert JwksUrlSource.public_only
+    src = source("https://sso.example.com:8443/realms/app/certs?token=s3cret#x")
+    assert src.describe() == "jwks_url:https://sso.example.com:8443/realms/app/certs"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"url": "ftp://sso.example.com/certs"}, "https://"),
+        ({"url": "https://user:pw@sso.example.com/certs"}, "credentials"),
+        ({"url": "http://127.0.0.1/certs", "ca_file": "/etc/ca.pem"}, "ca_file needs"),
+        ({"url": "https://sso.example.com/", "headers": {"Host": "x"}}, "set by keysetd"),
+        ({"url": "https://sso.example.com/", "format": "rgs"}, "jwks format"),
+        ({"url": "https://sso.example.com/", "timeout": 0}, "greater than 0"),
+    ],
+)
+def test_config_refused(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        JwksUrlSourceConfig(type="jwks_url", **options)
+
+
+def test_header_values_stay_out_of_config_errors() -> None:
+    with pytest.raises(ValidationError) as info:
+        JwksUrlSourceConfig(
+            type="jwks_url",
+            url="https://sso.example.com/",
+            headers={"Authorization": "Bearer tok3n\nX: y"},
+        )
+    assert "tok3n" not in str(info.value)
+
+
+def test_plain_http_warns_unless_loopback(events: Events) -> None:
+    source("http://127.0.0.1:1/certs")
+    source("http://localhost:1/certs")
+    assert events.named("jwks_url_plain_http") == []
+    source("http://sso.example.com/certs")
+    [warning] = events.named("jwks_url_plain_http")
+    assert warning["source"] == "jwks_url:http://sso.example.com/certs"
+
+
+# --- filtering and x5c -----------------------------------------------------------------------
+
+
+def test_keycloak_certs_filtered(served: Served, realm: Realm, events: Events) -> None:
+    unknown = {"kty": "XYZ", "kid": "future-1", "use": "sig", "v": "AQAB"}
+    x25519 = {"kty": "OKP", "crv": "X25519", "kid": "ecdh-1", "x": b64u(bytes(32))}
+    ops = {**jwk("ES256", "wrap-1", private=False), "key_ops": ["wrapKey"]}
+    del ops["use"]
+    no_use = {k: v for k, v in jwk("EdDSA", "ed-1", private=False).items() if k != "use"}
+    doc = json.loads(realm.certs())
+    doc["keys"] += [unknown, x25519, ops, no_use]
+    served.behaviour.body = json.dumps(doc).encode()
+    src = source(served.url, timeout=5)
+
+    snapshot = src.fetch()
+
+    assert snapshot.format == "jwks"
+    assert snapshot.origin == f"jwks_url:{served.url}"
+    assert kids(snapshot.data) == ["rs-sig", "es-1", "ed-1"]
+    for key in json.loads(snapshot.data)["keys"]:
+        assert not {"x5c", "x5t", "x5t#S256", "key_ops"} & set(key)
+    keyset = check(snapshot.data, "jwks", declared_public=True)
+    assert sorted(keyset.kids) == ["ed-1", "es-1", "rs-sig"]
+    skipped = {f["kid"]: f["reason"] for f in events.named("jwks_key_skipped")}
+    assert set(skipped) == {"rs-enc", "future-1", "ecdh-1", "wrap-1"}
+    assert "use 'enc'" in skipped["rs-enc"]
+    assert "kty 'XYZ'" in skipped["future-1"]
+    request = served.behaviour.requests[0]
+    assert request["accept"] == "application/json"
+    assert request["path"] == CERTS_PATH
+
+    # The same document again: no request is cached (no max-age), no second warning.
+    assert src.fetch().data == snapshot.data
+    assert len(served.behaviour.requests) == 2
+    assert len(events.named("jwks_key_skipped")) == 4
+
+
+def test_canonical_bytes_ignore_member_order(served: Served, realm: Realm) -> None:
+    src = source(served.url)
+    served.behaviour.body = realm.certs()
+    first = src.fetch().data
+    doc = json.loads(realm.certs())
+    doc["keys"] = [dict(reversed(list(k.items()))) for k in doc["keys"]]
+    served.behaviour.body = json.dumps(doc, separators=(",", ":")).encode()
+    assert src.fetch().data == first
+
+
+def test_oct_key_is_kept_for_validation_to_refuse(served: Served, realm: Realm) -> None:
+    secret = jwk("HS256", "leaked")
+    served.behaviour.body = json.dumps({"keys": [realm.es, secret]}).encode()
+    data = source(served.url).fetch().data
+    with pytest.raises(InvalidKeyset) as info:
+        check(data, "jwks", declared_public=True)
+    assert "private-in-public" in info.value.rules
+    assert secret["k"] not in str(info.value)
+
+
+def test_x5c_must_carry_the_key(served: Served, realm: Realm) -> None:
+    other = ec.generate_private_key(ec.SECP256R1())
+    forged = _with_x5c(realm.es, _certificate("app", other.public_key(), other))
+    served.behaviour.body = json.dumps({"keys": [realm.enc, forged]}).encode()
+    with pytest.raises(SourceError, match="kid 'es-1': x5c certificate does not match the key"):
+        source(served.url).fetch()
+
+    garbled = {**realm.es, "x5c": ["not base64 at all!"]}
+    served.behaviour.body = json.dumps({"keys": [garbled]}).encode()
+    with pytest.raises(SourceError, match="not a base64 DER certificate") as info:
+        source(served.url).fetch()
+    assert realm.es["x"] not in str(info.value)
+
+
+def test_garbage_is_returned_for_validation_to_name(served: Served) -> None:
+    for body in (b"<html>Service Unavailable</html>", b'{"keys": {"k1": "x"}}', b"[]"):
+        served.behaviour.body = body
+        data = source(served.url).fetch().data
+        assert data == body
+        with pytest.raises(InvalidKeyset) as info:
+            check(data, "jwks", declared_public=True)
+        assert "malformed" in info.value.rules
+
+
+def test_duplicate_members_are_left_for_validation(served: Served, realm: Realm) -> None:
+    key = json.dumps(realm.es)
+    body = ('{"keys": [' + key[:-1] + ', "kid": "other"}]}').encode()
+    served.behaviour.body = body
+    assert source(served.url).fetch().data == body
+
+
+# --- caching ---------------------------------------------------------------------------------
+
+
+def test_etag_304_returns_the_previous_snapshot(served: Served, realm: Realm) -> None:
+    b = served.behaviour
+    b.body, b.etag = realm.certs(), '"v1"'
+    src = source(served.url)
+    first = src.fetch()
+    second = src.fetch()
+    assert second.data == first.data
+    assert [r.get("if-none-match") for r in b.requests] == [None, '"v1"']
+
+    b.body, b.etag = realm.certs(rotated=True), '"v2"'
+    third = src.fetch()
+    assert kids(third.data) == ["rs-next", "es-1"]
+    assert b.requests[-1]["if-none-match"] == '"v1"'
+    assert src.fetch().data == third.data
+    assert b.requests[-1]["if-none-match"] == '"v2"'
+
+
+def test_last_modified_is_sent_back(served: Served, realm: Realm) -> None:
+    stamp = "Wed, 21 Oct 2026 07:28:00 GMT"
+    served.behaviour.body = realm.certs()
+    served.behaviour.headers = {"Last-Modified": stamp}
+    src = source(served.url)
+    src.fetch()
+    src.fetch()
+    assert served.behaviour.requests[1]["if-modified-since"] == stamp
+
+
+def test_304_without_a_previous_body_fails(served: Served) -> None:
+    served.behaviour.status = 304
+    with pytest.raises(SourceError, match="304"):
+        source(served.url).fetch()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_max_age_skips_requests_within_half_the_refresh_interval(
+    served: Served, realm: Realm
+) -> None:
+    b = served.behaviour
+    b.body, b.headers = realm.certs(), {"Cache-Control": "public, max-age=300"}
+    clock = Clock()
+    config = JwksUrlSourceConfig(type="jwks_url", url=served.url, refresh_interval="60s")
+    src = JwksUrlSource(config, clock=clock)
+    first = src.fetch()
+    for offset in (1.0, 10.0, 29.9):
+        clock.now = 1000.0 + offset
+        assert src.fetch() is first
+    assert len(b.requests) == 1
+    clock.now = 1030.0
+    assert src.fetch().data == first.data
+    assert len(b.requests) == 2
+
+    # A short max-age (minus Age) wins over the interval.
+    b.headers = {"Cache-Control": "max-age=10", "Age": "5"}
+    clock.now = 2000.0
+    src.fetch()
+    clock.now = 2004.0
+    src.fetch()
+    assert len(b.requests) == 3
+    clock.now = 2005.0
+    src.fetch()
+    assert len(b.requests) == 4
+
+
+@pytest.mark.parametrize("directive", ["no-cache", "no-store, max-age=300", "private"])
+def test_no_cache_means_every_fetch_asks(served: Served, realm: Realm, directive: str) -> None:
+    b = served.behaviour
+    b.body, b.headers, b.etag = realm.certs(), {"Cache-Control": directive}, '"e"'
+    src = JwksUrlSource(JwksUrlSourceConfig(type="jwks_url", url=served.url), clock=Clock())
+    src.fetch()
+    src.fetch()
+    assert len(b.requests) == 2
+    # no-store: keysetd does not revalidate what it was told not to keep.
+    expected = None if "no-store" in directive else '"e"'
+    assert b.requests[1].get("if-none-match") == expected
+
+
+# --- failures --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("status", "reason"), [(500, "Internal Server Error"), (403, "Forbidden")])
+def test_http_errors_quote_a_short_redacted_body(served: Served, status: int, reason: str) -> None:
+    token = "eyJhbGciOiJSUzI1NiJ9" * 5
+    served.behaviour.status = status
+    served.behaviour.body = f"upstream failed, token {token} {'x ' * 500}".encode()
+    with pytest.raises(SourceError) as info:
+        source(served.url).fetch()
+    message = info.value.reason
+    assert message.startswith(f"HTTP {status} {reason}: upstream failed, token [redacted]")
+    assert token not in message
+    assert len(message) < 300
+    assert info.value.source == f"jwks_url:{served.url}"
+
+
+def test_redirects_are_not_followed(served: Served) -> None:
+    served.behaviour.status = 302
+    served.behaviour.headers = {"Location": "https://evil.example.net/certs"}
+    with pytest.raises(SourceError, match=r"HTTP 302 redirect to evil\.example\.net not followed"):
+        source(served.url).fetch()
+    assert len(served.behaviour.requests) == 1
+
+
+def test_a_slow_server_times_out(served: Served) -> None:
+    served.behaviour.delay = 10.0
+    started = time.monotonic()
+    with pytest.raises(SourceError, match=r"timed out after 0\.3s"):
+        source(served.url, timeout="300ms").fetch()
+    assert time.monotonic() - started < 2
+
+
+def test_a_dripping_body_is_bounded_by_the_timeout(served: Served, realm: Realm) -> None:
+    served.behaviour.body = realm.certs()
+    served.behaviour.drip = True
+    started = time.monotonic()
+    with pytest.raises(SourceError, match="timed out"):
+        source(served.url, timeout="400ms").fetch()
+    assert time.monotonic() - started < 2
+
+
+def test_connection_refused() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(SourceError, match="Connection refused"):
+        source(f"http://127.0.0.1:{port}/certs", timeout=2).fetch()
+
+
+@pytest.mark.parametrize("content_length", [True, False])
+def test_oversized_body(served: Served, content_length: bool) -> None:
+    served.behaviour.body = b'{"keys": [' + b" " * 5000 + b"]}"
+    served.behaviour.content_length = content_length
+    with pytest.raises(SourceError, match=r"over max_bytes \(1000\)"):
+        source(served.url, max_bytes=1000).fetch()
+
+
+# --- TLS -------------------------------------------------------------------------------------
+
+
+def test_tls_verified_against_ca_file(tls: Tls, realm: Realm) -> None:
+    tls.served.behaviour.body = realm.certs()
+    snapshot = source(tls.served.url, ca_file=tls.ca_file, timeout=5).fetch()
+    assert kids(snapshot.data) == ["rs-sig", "es-1"]
+
+
+def test_tls_without_ca_file_is_refused(tls: Tls, realm: Realm) -> None:
+    tls.served.behaviour.body = realm.certs()
+    with pytest.raises(SourceError, match="TLS verification failed"):
+        source(tls.served.url, timeout=5).fetch()
+    assert tls.served.behaviour.requests == []
+
+
+def test_unreadable_ca_file(tls: Tls, tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="cannot load ca_file"):
+        source(tls.served.url, ca_file=tmp_path / "missing.pem").fetch()
+
+
+# --- end to end ------------------------------------------------------------------------------
+
+
+def _config(env: Env, url: str) -> Path:
+    return env.config(
+        source={"type": "jwks_url", "url": url, "timeout": "5s"},
+        outputs=[{"type": "jwks", "path": str(env.jwks)}],
+    )
+
+
+def test_keysetd_once_publishes_and_follows_rotation(
+    env: Env, served: Served, realm: Realm
+) -> None:
+    served.behaviour.body = realm.certs()
+    config = _config(env, served.url)
+
+    first = env.keysetd("once", "--config", str(config))
+    assert first.returncode == 0, first.stderr
+    assert "jwks_key_skipped" in first.stderr and "rs-enc" in first.stderr
+    assert sorted(kids(env.jwks.read_bytes())) == ["es-1", "rs-sig"]
+
+    # PyJWT verifies a token the realm signed, against what keysetd published.
+    token = jwt.encode(
+        {"sub": "alice", "aud": "api"},
+        realm.signing_key,
+        algorithm="RS256",
+        headers={"kid": "rs-sig"},
+    )
+    published = jwt.PyJWKSet.from_json(env.jwks.read_text())
+    key = next(k for k in published.keys if k.key_id == "rs-sig")
+    assert jwt.decode(token, key.key, algorithms=["RS256"], audience="api")["sub"] == "alice"
+
+    served.behaviour.body = realm.certs(rotated=True)
+    second = env.keysetd("once", "--config", str(config))
+    assert second.returncode == 0, second.stderr
+    assert sorted(kids(env.jwks.read_bytes())) == ["es-1", "rs-next"]
+    for secret in ("d", "p", "q"):
+        assert realm.next_signing[secret] not in env.jwks.read_text()
+
+
+def test_keysetd_once_fails_on_a_server_error(env: Env, served: Served) -> None:
+    served.behaviour.status = 503
+    result = env.keysetd("once", "--config", str(_config(env, served.url)))
+    assert result.returncode == 1
+    assert "HTTP 503" in result.stderr
+    assert not env.jwks.exists()
+
+
+def test_signer_output_with_a_jwks_url_source_is_a_config_error(env: Env) -> None:
+    config = env.config(
+        source={"type": "jwks_url", "url": "https://sso.example.com/realms/app/certs"}
+    )
+    result = env.keysetd("check-config", "--config", str(config))
+    assert result.returncode == 2
+    assert "public keys only" in result.stderr
