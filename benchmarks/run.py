@@ -19,13 +19,18 @@ if __package__ in (None, ""):
     # Run as a script: make the repository root importable so ``benchmarks`` resolves.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-NAMES = ("propagation", "footprint", "scale")
+NAMES = ("propagation", "footprint", "scale", "idle")
 
 
 def _benchmarks() -> dict[str, Callable[[], Sequence[object]]]:
-    from benchmarks import footprint, propagation, scale
+    from benchmarks import footprint, idle, propagation, scale
 
-    return {"propagation": propagation.run, "footprint": footprint.run, "scale": scale.run}
+    return {
+        "propagation": propagation.run,
+        "footprint": footprint.run,
+        "scale": scale.run,
+        "idle": idle.run,
+    }
 
 
 def _table(rows: Sequence[tuple[str, str, str, str]]) -> str:

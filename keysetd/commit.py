@@ -49,7 +49,8 @@ def _ensure_directory(output: Output, directory: Path) -> None:
     if directory != output.config.path or directory.is_dir():
         return
     try:
-        directory.mkdir(mode=0o755)
+        directory.mkdir()
+        directory.chmod(0o755)  # mkdir's mode is cut by the umask (UMask=0077 under systemd)
     except FileExistsError:
         pass
     except OSError as exc:
