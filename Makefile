@@ -5,17 +5,31 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   := demo
 
-.PHONY: run test lint typecheck pytest bench stress clean
+.PHONY: run test lint typecheck pytest bench stress clean system-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[test]'
+PLUGINS := plugins/keysetd-vault plugins/keysetd-aws-kms
+
+$(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS)) | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[test]' $(addprefix -e ,$(PLUGINS))
 	touch $(STAMP)
 
-run: $(STAMP)
+# Debian packages the tests drive for real (systemd-analyze for the unit files).
+system-deps:
+	@command -v systemd-analyze >/dev/null 2>&1 || { \
+		apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd; }
+
+RUN_STAMP := $(VENV)/.installed-run
+
+$(RUN_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e .
+	touch $(RUN_STAMP)
+
+run: $(RUN_STAMP)
 	@mkdir -p $(DEMO)/source
 	@test -f $(DEMO)/source/keyset.json || cp examples/quickstart/keyset.json $(DEMO)/source/keyset.json
 	@echo "keysetd quickstart: source $(DEMO)/source/keyset.json"
@@ -26,13 +40,15 @@ run: $(STAMP)
 	$(BIN)/keysetd --log-format text run --config examples/quickstart/keysetd.toml
 
 lint: $(STAMP)
-	$(BIN)/ruff check keysetd tests benchmarks
-	$(BIN)/ruff format --check keysetd tests benchmarks
+	$(BIN)/ruff check keysetd plugins tests benchmarks
+	$(BIN)/ruff format --check keysetd plugins tests benchmarks
 
 typecheck: $(STAMP)
 	$(BIN)/mypy keysetd
+	cd plugins/keysetd-vault && ../../$(BIN)/mypy keysetd_vault
+	cd plugins/keysetd-aws-kms && ../../$(BIN)/mypy keysetd_aws_kms
 
-pytest: $(STAMP)
+pytest: $(STAMP) system-deps
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest
