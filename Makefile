@@ -14,7 +14,7 @@ $(BIN)/python:
 PLUGINS := plugins/keysetd-vault plugins/keysetd-aws-kms
 
 $(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS)) | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[test]' $(addprefix -e ,$(PLUGINS))
+	$(BIN)/python -m pip install -q -e '.[test]' $(foreach p,$(PLUGINS),-e '$(p)[test]')
 	touch $(STAMP)
 
 # Debian packages the tests drive for real (systemd-analyze for the unit files).
@@ -44,9 +44,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check keysetd plugins tests benchmarks
 
 typecheck: $(STAMP)
-	$(BIN)/mypy keysetd
-	cd plugins/keysetd-vault && ../../$(BIN)/mypy keysetd_vault
-	cd plugins/keysetd-aws-kms && ../../$(BIN)/mypy keysetd_aws_kms
+	$(BIN)/mypy keysetd plugins/keysetd-vault/keysetd_vault plugins/keysetd-aws-kms/keysetd_aws_kms
 
 pytest: $(STAMP) system-deps
 	$(BIN)/pytest -q
