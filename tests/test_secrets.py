@@ -13,6 +13,7 @@ from keysetd.formats import decode
 from keysetd.validate import check
 from tests.conftest import Env, wait_for
 from tests.keys import b64u, jwk, jwks_doc
+from tests.test_operations import free_port, get
 
 PRIVATE = ("d", "p", "q", "dp", "dq", "qi", "k")
 
@@ -62,24 +63,30 @@ def test_daemon_logs_status_and_public_outputs_stay_clean(
     secrets = secrets_of(keys["es-a"], keys["es-b"], keys["es-c"], keys["rs-a"])
     env.write_source(jwks_doc(keys["es-a"], active="es-a"))
     pem_dir = env.out / "pem"
+    port = free_port()
     env.config(
+        server={"listen": f"127.0.0.1:{port}"},
         outputs=[
             {"type": "jwks", "path": str(env.jwks)},
             {"type": "pem", "path": str(pem_dir)},
             {"type": "keyset", "path": str(env.signer)},
-        ]
+        ],
     )
     env.start()
     wait_for(env.signer.exists, what="first publish")
     for number, document in enumerate(bad_documents(keys), start=1):
         env.write_source(document)
         wait_for(lambda n=number: env.log().count('"cycle_failed"') >= n, what=f"failure {number}")
+    served = get(f"http://127.0.0.1:{port}/metrics")[1] + get(f"http://127.0.0.1:{port}/status")[1]
+    assert "keysetd_validation_errors_total" in served
     status = env.keysetd("status", "--json", "-c", str(env.config_path))
     once = env.keysetd("once", "-c", str(env.config_path))
     validate = env.keysetd("validate", str(env.source))
     public = env.jwks.read_text() + "".join(p.read_text() for p in pem_dir.glob("*.pem"))
     for text, where in [
         (env.log(), "the daemon log"),
+        (served, "/metrics and /status"),
+        ((env.state / "audit.jsonl").read_text(), "the audit log"),
         (status.stdout + status.stderr, "status"),
         (once.stdout + once.stderr, "once"),
         (validate.stdout + validate.stderr, "validate"),
