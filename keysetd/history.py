@@ -15,7 +15,14 @@ from keysetd.model import Keyset
 from keysetd.plan import Plan, current_signer_kid
 from keysetd.state import KeyRecord
 
-__all__ = ["Records", "apply_revocations", "mark_active", "mark_published", "observe"]
+__all__ = [
+    "Records",
+    "apply_revocations",
+    "mark_activating",
+    "mark_active",
+    "mark_published",
+    "observe",
+]
 
 Records = dict[str, KeyRecord]
 Event = dict[str, Any]
@@ -64,20 +71,40 @@ def mark_published(records: Records, planned: Plan, now: float) -> tuple[Records
     return updated, events
 
 
-def mark_active(records: Records, planned: Plan, now: float) -> tuple[Records, list[Event]]:
-    """After signer outputs were committed: the active kid changed hands, or not."""
+def _live(records: Records) -> list[str]:
+    """Kids signers may hold: given to them (active_from) and not yet taken back."""
+    return [k for k, r in records.items() if r.active_from is not None and r.active_until is None]
+
+
+def mark_activating(records: Records, planned: Plan, now: float) -> tuple[Records, list[Event]]:
+    """Before signer outputs are committed: write ahead that signers may now get the new kid.
+
+    The kid it replaces stays live too until ``mark_active``, so a crash between the
+    two leaves both published to verifiers, whichever one the signer files hold.
+    Returns the audit events to record once the signer commit is done.
+    """
     new = planned.active_kid
-    old = current_signer_kid(records)
-    if new == old:
+    live = _live(records)
+    if new is None or new not in records or new in live:
         return records, []
     updated = dict(records)
-    if old is not None:
-        updated[old] = replace(records[old], active_until=now)
-    if new is not None and new in updated:
-        updated[new] = replace(updated[new], active_from=now, active_until=None)
+    updated[new] = replace(records[new], active_from=now, active_until=None)
+    previous = current_signer_kid(records)
+    return updated, [{"event": "key_activated", "kid": new, "previous_kid": previous}]
+
+
+def mark_active(records: Records, planned: Plan, now: float) -> tuple[Records, list[Event]]:
+    """After signer outputs were committed: every other live kid is taken back now."""
+    new = planned.active_kid
+    closing = [kid for kid in _live(records) if kid != new]
+    if not closing:
+        return records, []
+    updated = dict(records)
+    for kid in closing:
+        updated[kid] = replace(records[kid], active_until=now)
     if new is None:
-        return updated, [{"event": "signing_withdrawn", "previous_kid": old}]
-    return updated, [{"event": "key_activated", "kid": new, "previous_kid": old}]
+        return updated, [{"event": "signing_withdrawn", "previous_kids": sorted(closing)}]
+    return updated, []
 
 
 def apply_revocations(

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from keysetd import failpoints
 from keysetd.atomic import replace_if_unchanged
 from keysetd.audit import AuditLog
 from keysetd.commit import Rendered, Written, commit_output, render_outputs
@@ -33,7 +34,14 @@ from keysetd.errors import (
 )
 from keysetd.formats import decode
 from keysetd.formats.jwks import render_keyset
-from keysetd.history import Records, apply_revocations, mark_active, mark_published, observe
+from keysetd.history import (
+    Records,
+    apply_revocations,
+    mark_activating,
+    mark_active,
+    mark_published,
+    observe,
+)
 from keysetd.log import event
 from keysetd.model import Keyset
 from keysetd.plan import Plan, Policy, plan
@@ -124,6 +132,8 @@ class Pipeline:
         finally:
             events, self._audit_pending = self._audit_pending, []
             self.audit.append_all(events)
+            if events:
+                failpoints.hit("state.after-audit-append")  # failpoint (tests only)
 
     def _audit(self, event_name: str, **fields: Any) -> None:
         """Queue an audit line; ``cycle`` writes the cycle's lines with one fsync, at its end."""
@@ -151,6 +161,7 @@ class Pipeline:
         self.state.save_lkg(
             LastKnownGood(snapshot.data, fmt, snapshot.origin, now, result.fingerprint or "")
         )
+        failpoints.hit("state.after-lkg-save")  # failpoint (tests only)
         self._last_data = snapshot.data
         self._record_success(now, result)
         return self._manage(result, now)
@@ -239,6 +250,7 @@ class Pipeline:
         """Persist history when a record changed, then audit what changed."""
         if history != self.history:
             self.state.save_history(history)
+            failpoints.hit("state.after-history-save")  # failpoint (tests only)
             self.history = history
         self._audit_pending += events
         for entry in events:
@@ -256,13 +268,18 @@ class Pipeline:
         pending = list(self.notifiers)
 
         changed += self._commit_phase(verifiers)
+        failpoints.hit("cycle.after-verifier-phase")  # failpoint (tests only)
         self._remember(*mark_published(self.history, planned, now))
         early = [n for n in pending if interested(n, changed) and not _follows(n, signer_names)]
         failures += self._notify(early, planned, changed)
         pending = [n for n in pending if n not in early]
 
+        activating, activated = mark_activating(self.history, planned, now)
+        self._remember(activating)  # write-ahead: both kids count as held until the commit
+        failpoints.hit("cycle.before-signer-phase")  # failpoint (tests only)
         changed += self._commit_phase(signers)
-        self._remember(*mark_active(self.history, planned, now))
+        history, closed = mark_active(self.history, planned, now)
+        self._remember(history, activated + closed)
         self._keep_signer(planned.signer)
         failures += self._notify([n for n in pending if interested(n, changed)], planned, changed)
         return CycleResult(
@@ -289,6 +306,7 @@ class Pipeline:
         if signer == self._signer or signer.active is None:
             return
         self.state.save_signer(render_keyset(signer))
+        failpoints.hit("state.after-signer-save")  # failpoint (tests only)
         self._signer = signer
 
     # -- managed keys ------------------------------------------------------------

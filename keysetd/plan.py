@@ -95,17 +95,23 @@ def current_signer_kid(history: Mapping[str, KeyRecord]) -> str | None:
     return max(live, key=lambda r: r.active_from or 0.0).kid if live else None
 
 
-def _current_signer_key(
-    keyset: Keyset, history: Mapping[str, KeyRecord], previous_signer: Keyset | None
+def _signer_key(
+    kid: str, keyset: Keyset, history: Mapping[str, KeyRecord], previous_signer: Keyset | None
 ) -> Key | None:
-    """The key signers hold now: from the source, else the last signer keyset, else history."""
-    kid = current_signer_kid(history)
-    if kid is None or history[kid].revoked is not None:
+    """A key signers hold: from the source, else the last signer keyset, else history."""
+    if history[kid].revoked is not None:
         return None
     key = keyset.get(kid)
     if key is None and previous_signer is not None:
         key = previous_signer.get(kid)
     return key if key is not None else public_key_from_record(history[kid])
+
+
+def _held_kids(history: Mapping[str, KeyRecord]) -> list[str]:
+    """Every kid signers may hold: one, or two while a hand-over was interrupted by a crash."""
+    return sorted(
+        kid for kid, r in history.items() if r.active_from is not None and r.active_until is None
+    )
 
 
 def _choose_active(
@@ -157,18 +163,22 @@ def plan(
     source = Keyset(tuple(k for k in keyset if k.kid not in revoked), keyset.active_kid)
     if source.active_kid in revoked:
         source = Keyset(source.keys, None)
-    current = _current_signer_key(source, history, previous_signer)
+    current_kid = current_signer_kid(history)
+    current = _signer_key(current_kid, source, history, previous_signer) if current_kid else None
     active, decisions, next_change = _choose_active(source, current, history, policy, now)
     verifier_keys = list(source.keys)
     if active is not None and source.get(active.kid) is None:
         verifier_keys.append(active)
-    if current is not None and active is not None and current.kid != active.kid:
-        # Signers hold ``current`` until this cycle's signer commit: it stays published
-        # through that commit, then for the retention (from active_until) as usual.
-        if source.get(current.kid) is None:
-            verifier_keys.append(current.without_private())
+    for kid in _held_kids(history):
+        held = _signer_key(kid, source, history, previous_signer)
+        if held is None or active is None or kid == active.kid:
+            continue
+        # Signers hold it until this cycle's signer commit: it stays published through
+        # that commit, then for the retention (from active_until) as usual.
+        if source.get(kid) is None:
+            verifier_keys.append(held.without_private())
         until = now + policy.retention
-        decisions.append(Decision(current.kid, "retained", "signers are moving off it", until))
+        decisions.append(Decision(kid, "retained", "signers are moving off it", until))
         next_change = until if next_change is None else min(next_change, until)
     present = {k.kid for k in verifier_keys}
     for kid, record in sorted(history.items()):

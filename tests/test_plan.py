@@ -7,7 +7,14 @@ import copy
 import pytest
 
 from keysetd.crypto import generate
-from keysetd.history import Records, apply_revocations, mark_active, mark_published, observe
+from keysetd.history import (
+    Records,
+    apply_revocations,
+    mark_activating,
+    mark_active,
+    mark_published,
+    observe,
+)
 from keysetd.model import Key, Keyset
 from keysetd.plan import Plan, Policy, plan
 
@@ -46,6 +53,7 @@ class Rotation:
         self.history = apply_revocations(self.history, self.revoked, at)[0]
         planned = self.peek(at)
         self.history = mark_published(self.history, planned, at)[0]
+        self.history = mark_activating(self.history, planned, at)[0]
         self.history = mark_active(self.history, planned, at)[0]
         if planned.signer.active is not None:
             self.signer = planned.signer

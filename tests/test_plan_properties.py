@@ -18,7 +18,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from keysetd.crypto import generate
-from keysetd.history import Records, apply_revocations, mark_active, mark_published, observe
+from keysetd.history import (
+    Records,
+    apply_revocations,
+    mark_activating,
+    mark_active,
+    mark_published,
+    observe,
+)
 from keysetd.model import Key, Keyset
 from keysetd.plan import Plan, Policy, plan
 
@@ -174,6 +181,18 @@ class Sim:
             assert signer_before in planned.verifier.kids, (
                 f"crash window: signers hold {signer_before} but verifiers lost it"
             )
+
+        # Write-ahead before the signer commit. Crash there and restart: whichever signer
+        # keyset is on disk (old or new), its active kid must be in the re-planned verifiers.
+        with untouched(self.history, "mark_activating"):
+            history = mark_activating(self.history, planned, now)[0]
+        self.history = history
+        restarted = plan(keyset, self.history, policy, now, self.previous_signer)
+        for held in (signer_before, planned.active_kid):
+            if held is not None and held not in revoked:
+                assert held in restarted.verifier.kids, (
+                    f"restart mid hand-over: signers may hold {held} but verifiers lack it"
+                )
 
         # Signer commit, then mark_active; the pipeline keeps a signer keyset with an active.
         with untouched(self.history, "mark_active"):
