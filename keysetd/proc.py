@@ -44,15 +44,28 @@ _PEM = re.compile(r"-----BEGIN [^-\n]{0,64}-----.*?(?:-----END [^-\n]{0,64}-----
 # base64, base64url and hex share this alphabet; 20+ of them in a row is treated as a secret.
 _TOKEN = re.compile(r"[A-Za-z0-9+/_=-]{20,}")
 REDACTED = "[redacted]"
+_ALWAYS = 40
+
+
+def _redact_token(match: re.Match[str]) -> str:
+    """A run of 40+ characters always; 20 to 39 only if it has a digit or a symbol.
+
+    Error names such as ``AccessDeniedException`` stay readable, while encoded key
+    material (digits and ``+/_-=`` in almost every 20-character window) does not.
+    """
+    token = match.group(0)
+    if len(token) >= _ALWAYS or any(c.isdigit() or c in "+/_-=" for c in token):
+        return REDACTED
+    return token
 
 
 def redact(text: str) -> str:
-    """Replace PEM blocks and runs of 20+ base64/base64url/hex characters with ``[redacted]``.
+    """Replace PEM blocks and long base64/base64url/hex runs with ``[redacted]``.
 
     Deliberately blunt: a long path may be hidden too, but key material never
     survives into a log line or an error message.
     """
-    return _TOKEN.sub(REDACTED, _PEM.sub(REDACTED, text))
+    return _TOKEN.sub(_redact_token, _PEM.sub(REDACTED, text))
 
 
 def minimal_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:

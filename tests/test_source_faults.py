@@ -1,0 +1,512 @@
+"""Source faults through a real ``keysetd run``: outputs hold, status and /readyz tell, and the
+daemon recovers by itself when the fault ends.
+
+A loopback JWKS provider whose answer the test flips (503, 403, slow past the
+timeout, garbage, empty, stopped), a command source script switched by a mode
+file (hang, non-zero exit, 50 MiB, garbage), a real OpenBao sealed and unsealed,
+and a real moto KMS key disabled and enabled. The outage request rate is
+checked against the backoff of keysetd.daemon.
+"""
+
+from __future__ import annotations
+
+import http.server
+import itertools
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from keysetd.daemon import FAILURE_BACKOFF_INITIAL, FAILURE_BACKOFF_MAX
+from tests.conftest import Env, wait_for
+from tests.keys import jwks_doc
+from tests.test_aws_kms_plugin import AWS_ENV, AWS_UNSET, REGION, new_alias, new_key
+from tests.test_operations import free_port, get
+from tests.test_vault_plugin import Bao
+
+#: The jitter factor range of Daemon._next_wait (it is applied to the failure backoff).
+JITTER = (0.8, 1.2)
+PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi")
+
+
+def public(key: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in key.items() if k not in PRIVATE_MEMBERS}
+
+
+# --- a JWKS provider on loopback whose behaviour the test flips ------------------------------
+
+
+@dataclass
+class Behaviour:
+    """What the provider answers now; ``hits`` is (monotonic time, status answered)."""
+
+    body: bytes = b'{"keys": []}'
+    status: int = 200
+    hold: float = 0.0
+    hits: list[tuple[float, int]] = field(default_factory=list)
+    release: threading.Event = field(default_factory=threading.Event)
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    behaviour: Behaviour
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        b = self.server.behaviour
+        status, body, hold = b.status, b.body, b.hold
+        b.hits.append((time.monotonic(), 0 if hold else status))
+        if hold:
+            b.release.wait(hold)  # past keysetd's timeout: it has given up; answer nothing
+            return
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class Provider:
+    """A real HTTP server on a fixed loopback port that can be stopped and started again."""
+
+    def __init__(self) -> None:
+        self.behaviour = Behaviour()
+        self.port = free_port()
+        self.httpd: _Server | None = None
+        self.thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/realms/app/protocol/openid-connect/certs"
+
+    def start(self) -> None:
+        httpd = _Server(("127.0.0.1", self.port), _Handler)
+        httpd.behaviour = self.behaviour
+        self.httpd = httpd
+        self.thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.behaviour.release.set()
+        if self.httpd is not None:
+            self.httpd.shutdown()
+            self.httpd.server_close()
+            self.httpd = None
+        if self.thread is not None:
+            self.thread.join(timeout=5)
+            self.thread = None
+
+    def serve(self, body: bytes, status: int = 200) -> None:
+        """Answer ``status`` with ``body`` from now on (and free any held request)."""
+        b = self.behaviour
+        b.body, b.status, b.hold = body, status, 0.0
+        b.release.set()
+        b.release = threading.Event()
+        if self.httpd is None:
+            self.start()
+
+    def hits_since(self, since: float, status: int | None = None) -> list[float]:
+        hits = list(self.behaviour.hits)
+        return [t for t, s in hits if t >= since and (status is None or s == status)]
+
+
+@pytest.fixture
+def provider() -> Iterator[Provider]:
+    server = Provider()
+    server.start()
+    yield server
+    server.stop()
+
+
+# --- the daemon --------------------------------------------------------------------------------
+
+
+@dataclass
+class Daemon:
+    env: Env
+    base: str
+
+    def status(self) -> dict[str, Any]:
+        code, body = get(self.base + "/status")
+        if code != 200:
+            exited = self.env.procs[-1].poll()
+            raise AssertionError(f"/status: {code} (keysetd exit {exited})\n{self.env.log()}")
+        doc: dict[str, Any] = json.loads(body)
+        return doc
+
+    def readyz(self) -> int:
+        return get(self.base + "/readyz")[0]
+
+    def cli_status(self) -> dict[str, Any]:
+        """``keysetd status --json``; it exits 1 while the latest cycle failed, else 0."""
+        done = self.env.keysetd("status", "--config", str(self.env.config_path), "--json")
+        doc: dict[str, Any] = json.loads(done.stdout)
+        assert done.returncode == (0 if doc["last_error"] is None else 1), done.stderr
+        return doc
+
+    def failing(self, pattern: str) -> str:
+        """Wait until the latest cycle failed with ``pattern``; returns last_error."""
+
+        def error() -> str | None:
+            message = self.status().get("last_error")
+            return message if message and re.search(pattern, message) else None
+
+        try:
+            message: str = wait_for(error, timeout=10, what=f"last_error matching {pattern!r}")
+        except AssertionError:
+            raise AssertionError(f"{self.status().get('last_error')!r}\n{self.env.log()}") from None
+        return message
+
+    def published(self, kid: str, timeout: float = 10) -> None:
+        """Wait until the jwks output leads with ``kid`` and the cycle that wrote it is recorded."""
+
+        def done() -> bool:
+            if not self.env.jwks.exists():
+                return False
+            keys = json.loads(self.env.jwks.read_bytes())["keys"]
+            if not keys or keys[0]["kid"] != kid:
+                return False
+            status = self.status()  # recorded once every output of the cycle is committed
+            return kid in status["published_kids"] and status["last_error"] is None
+
+        try:
+            wait_for(done, timeout=timeout, what=f"{kid} published with no error")
+        except AssertionError:
+            raise AssertionError(f"{self.status().get('last_error')!r}\n{self.env.log()}") from None
+
+
+def run_daemon(env: Env, source: dict[str, Any], max_staleness: str = "1h", **extra: Any) -> Daemon:
+    port = free_port()
+    env.config(
+        source=source,
+        server={"listen": f"127.0.0.1:{port}"},
+        policy={"max_staleness": max_staleness},
+        **extra,
+    )
+    env.start()
+    return Daemon(env, f"http://127.0.0.1:{port}")
+
+
+def jwks_url_daemon(env: Env, provider: Provider, **settings: Any) -> Daemon:
+    source = {
+        "type": "jwks_url",
+        "url": provider.url,
+        "refresh_interval": "500ms",
+        "timeout": "500ms",
+        **settings.pop("source", {}),
+    }
+    return run_daemon(env, source, outputs=[{"type": "jwks", "path": str(env.jwks)}], **settings)
+
+
+def assert_outage_reported(
+    daemon: Daemon, origin: str, pattern: str, before: dict[str, bytes]
+) -> None:
+    """The contract while a source fails: outputs as they were, the fault named, still ready."""
+    daemon.failing(pattern)
+    assert daemon.env.snapshot_outputs() == before
+    status = daemon.cli_status()
+    assert status["last_error"] is not None, status
+    assert origin in status["last_error"] and re.search(pattern, status["last_error"]), status
+    assert daemon.readyz() == 200  # the last-known-good is far younger than max_staleness
+    assert daemon.env.snapshot_outputs() == before
+    assert daemon.env.procs[-1].poll() is None
+
+
+# --- jwks_url ------------------------------------------------------------------------------------
+
+JWKS_FAULTS: dict[str, tuple[Callable[[Provider], None], str]] = {
+    "503": (lambda p: p.serve(b"upstream down", 503), r"HTTP 503 Service Unavailable"),
+    "403": (lambda p: p.serve(b'{"error": "forbidden"}', 403), r"HTTP 403 Forbidden"),
+    "slow": (lambda p: setattr(p.behaviour, "hold", 5.0), r"timed out after 0\.5s"),
+    "garbage": (lambda p: p.serve(b"<html>502 proxy error</html>"), r"invalid keyset from"),
+    "empty": (lambda p: p.serve(b""), r"invalid keyset from"),
+    "refused": (lambda p: p.stop(), r"Connection refused"),
+}
+
+
+@pytest.mark.parametrize("fault", list(JWKS_FAULTS))
+def test_jwks_url_fault_keeps_outputs_and_heals_by_itself(
+    fault: str, env: Env, provider: Provider, keys: dict[str, dict[str, Any]]
+) -> None:
+    provider.serve(jwks_doc(public(keys["es-a"])))
+    daemon = jwks_url_daemon(env, provider)
+    daemon.published("es-a")
+    wait_for(lambda: daemon.readyz() == 200, what="ready")
+    before = env.snapshot_outputs()
+
+    inject, pattern = JWKS_FAULTS[fault]
+    inject(provider)
+    assert_outage_reported(daemon, f"jwks_url:http://127.0.0.1:{provider.port}/", pattern, before)
+
+    provider.serve(jwks_doc(public(keys["es-b"])))  # no signal: the retry schedule finds it
+    daemon.published("es-b")
+    assert daemon.readyz() == 200
+    assert daemon.cli_status()["published_kids"] == ["es-b"]
+
+
+def test_readyz_turns_503_once_the_last_known_good_passes_max_staleness(
+    env: Env, provider: Provider, keys: dict[str, dict[str, Any]]
+) -> None:
+    provider.serve(jwks_doc(public(keys["es-a"])))
+    daemon = jwks_url_daemon(env, provider, max_staleness="2s")
+    daemon.published("es-a")
+    before = env.snapshot_outputs()
+
+    provider.serve(b"upstream down", 503)
+    daemon.failing("HTTP 503")
+    status = daemon.status()
+    if status["lkg_age_seconds"] < 1.5:  # a slow machine may already be near the limit
+        assert daemon.readyz() == 200
+    wait_for(lambda: daemon.readyz() == 503, timeout=6, what="/readyz 503 once stale")
+    assert "older than max_staleness" in get(daemon.base + "/readyz")[1]
+    assert get(daemon.base + "/healthz")[0] == 200
+    assert env.snapshot_outputs() == before
+    assert daemon.cli_status()["lkg_age_seconds"] > 2
+
+    provider.serve(jwks_doc(public(keys["es-b"])))
+    daemon.published("es-b")
+    wait_for(lambda: daemon.readyz() == 200, timeout=5, what="ready again")
+
+
+# --- the outage request rate ---------------------------------------------------------------------
+
+REFRESH = 2.0
+WINDOW = 10.0
+#: Allowance for scheduling and the cycle itself between two requests.
+EARLY, LATE = 0.1, 0.6
+
+
+def backoff_gaps(refresh: float, count: int) -> list[tuple[float, float]]:
+    """(shortest, longest) wait after each of ``count`` consecutive failures, as _next_wait does."""
+    gaps = []
+    for failures in range(1, count + 1):
+        backoff = min(FAILURE_BACKOFF_MAX, FAILURE_BACKOFF_INITIAL * 2.0 ** (failures - 1))
+        gaps.append((min(refresh, backoff * JITTER[0]), min(refresh, backoff * JITTER[1])))
+    return gaps
+
+
+def most_requests(refresh: float, window: float) -> int:
+    """Requests a daemon may send in ``window`` from its first failed one, at the shortest gaps."""
+    count, elapsed = 1, 0.0
+    for shortest, _ in backoff_gaps(refresh, 100):
+        elapsed += shortest
+        if elapsed > window:
+            break
+        count += 1
+    return count
+
+
+def check_gaps(times: list[float], expected: list[tuple[float, float]]) -> None:
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    for index, (gap, (shortest, longest)) in enumerate(zip(gaps, expected, strict=False)):
+        assert shortest - EARLY <= gap <= longest + LATE, (index, gaps, expected)
+
+
+def test_outage_request_rate_follows_the_backoff_and_one_success_resets_it(
+    env: Env, provider: Provider, keys: dict[str, dict[str, Any]]
+) -> None:
+    provider.serve(jwks_doc(public(keys["es-a"])))
+    daemon = jwks_url_daemon(env, provider, source={"refresh_interval": "2s", "timeout": "1s"})
+    daemon.published("es-a")
+    provider.serve(b"upstream down", 503)
+
+    first: float = wait_for(lambda: provider.hits_since(0, 503), REFRESH + 2, what="a 503")[0]
+    allowed = most_requests(REFRESH, WINDOW)
+    assert allowed <= 7  # 1 s, then 1.6-2 s, then every 2 s: the issue's "~7 in 10 s"
+
+    def window_over() -> bool:
+        assert len(provider.hits_since(first)) <= allowed, provider.hits_since(first)
+        return time.monotonic() >= first + WINDOW
+
+    wait_for(window_over, timeout=WINDOW + 1, what="the outage window")
+    outage = [t for t in provider.hits_since(first) if t <= first + WINDOW]
+    assert 4 <= len(outage) <= allowed, outage  # it keeps trying, and no faster than allowed
+    check_gaps(outage, backoff_gaps(REFRESH, len(outage)))
+    assert env.snapshot_outputs()["jwks.json"] == env.jwks.read_bytes()
+
+    # One success: the next requests come at the refresh interval, not at a backoff.
+    healed_at = time.monotonic()
+    provider.serve(jwks_doc(public(keys["es-b"])))
+    daemon.published("es-b", timeout=REFRESH + 3)
+    healthy = wait_for(
+        lambda: (h := provider.hits_since(healed_at, 200)) and len(h) >= 2 and h,
+        timeout=2 * REFRESH + 3,
+        what="two successful fetches",
+    )
+    check_gaps(healthy[:2], [(REFRESH, REFRESH)])
+
+    # And the failure count started again from zero: the first retry of a new outage is ~1 s.
+    provider.serve(b"upstream down", 503)
+    again = wait_for(
+        lambda: (h := provider.hits_since(healthy[1], 503)) and len(h) >= 2 and h,
+        timeout=REFRESH + FAILURE_BACKOFF_INITIAL * JITTER[1] + 3,
+        what="two requests of the second outage",
+    )
+    check_gaps(again[:2], backoff_gaps(REFRESH, 1))
+
+
+# --- command ------------------------------------------------------------------------------------
+
+KMS_SCRIPT = """\
+mode=$(cat "$1")
+case "$mode" in
+  ok) exec cat "$2" ;;
+  hang) exec sleep 30 ;;
+  fail) echo "kms-client: access denied to key jwt-signing" >&2; exit 3 ;;
+  flood) exec head -c 52428800 /dev/zero ;;
+  garbage) echo "<html>kms proxy error</html>" ;;
+esac
+"""
+
+COMMAND_FAULTS = {
+    "hang": r"timed out after 1s \(process group killed\)",
+    "fail": r"exited with status 3: kms-client: access denied to key jwt-signing",
+    "flood": r"output exceeds \d+ bytes \(process group killed\)",
+    "garbage": r"invalid keyset from command:/bin/sh",
+}
+
+
+@pytest.mark.parametrize("fault", list(COMMAND_FAULTS))
+def test_command_fault_keeps_outputs_and_heals_by_itself(
+    fault: str, env: Env, keys: dict[str, dict[str, Any]]
+) -> None:
+    script, mode = env.root / "kms-client.sh", env.root / "mode"
+    script.write_text(KMS_SCRIPT)
+    mode.write_text("ok")
+    env.write_source(jwks_doc(keys["es-a"], active="es-a"))
+    source = {
+        "type": "command",
+        "argv": ["/bin/sh", str(script), str(mode), str(env.source)],
+        "refresh_interval": "500ms",
+        "timeout": "1s",
+    }
+    daemon = run_daemon(env, source)
+    daemon.published("es-a")
+    before = env.snapshot_outputs()
+    assert set(before) == {"jwks.json", "keyset.json"}
+
+    mode.write_text(fault)
+    assert_outage_reported(daemon, "command:/bin/sh", COMMAND_FAULTS[fault], before)
+
+    env.write_source(jwks_doc(keys["es-a"], keys["es-b"], active="es-b"))
+    mode.write_text("ok")
+    daemon.published("es-b")
+    assert json.loads(env.signer.read_bytes())["active_kid"] == "es-b"
+    assert daemon.readyz() == 200
+
+
+# --- plugins: OpenBao sealed then unsealed, a KMS key disabled then enabled ----------------------
+
+
+def test_vault_transit_sealed_then_unsealed(env: Env, tmp_path: Path) -> None:
+    bao = Bao(tmp_path / "bao").start()
+    try:
+        bao.api("POST", "sys/mounts/transit", {"type": "transit"})
+        bao.create_key("jwt-ec", "ecdsa-p256")
+        unseal_key = wait_for(
+            lambda: re.search(r"Unseal Key: (\S+)", (bao.workdir / "bao.log").read_text()),
+            what="the dev server's unseal key in its log",
+        )
+        source = {
+            "type": "vault_transit",
+            "address": bao.address,
+            "token": bao.root,
+            "keys": ["jwt-ec"],
+            "refresh_interval": "500ms",
+            "timeout": "2s",
+        }
+        daemon = run_daemon(env, source, outputs=[{"type": "jwks", "path": str(env.jwks)}])
+        daemon.published("jwt-ec-v1")
+        before = env.snapshot_outputs()
+
+        bao.cli("operator", "seal")
+        origin = f"vault_transit:{bao.address}/transit"
+        assert_outage_reported(daemon, origin, r"Vault is sealed", before)
+        assert bao.root not in daemon.cli_status()["last_error"]
+
+        bao.cli("operator", "unseal", unseal_key.group(1))
+        wait_for(bao._healthy, timeout=10, what="bao unsealed")
+        bao.api("POST", "transit/keys/jwt-ec/rotate")
+        daemon.published("jwt-ec-v2")
+        assert daemon.readyz() == 200
+    finally:
+        bao.stop()
+
+
+@pytest.fixture
+def moto_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A moto_server of this test's own (KMS on loopback), and an AWS environment for keysetd."""
+    for name in AWS_UNSET:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in AWS_ENV.items():
+        monkeypatch.setenv(name, value)
+    binary = Path(sys.executable).with_name("moto_server")
+    command = str(binary) if binary.exists() else shutil.which("moto_server")
+    assert command is not None, "moto_server not found: pip install 'moto[server]'"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with (tmp_path / "moto.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [command, "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **AWS_ENV},
+        )
+    try:
+        wait_for(lambda: proc.poll() is not None or get(url + "/moto-api/")[0] == 200, 20, "moto")
+        assert proc.poll() is None, (tmp_path / "moto.log").read_text(errors="replace")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def test_aws_kms_key_disabled_then_enabled(env: Env, moto_url: str) -> None:
+    kms = boto3.client("kms", region_name=REGION, endpoint_url=moto_url)
+    try:
+        first, second = new_key(kms), new_key(kms)
+        alias = new_alias(kms, first["KeyId"])
+        source = {
+            "type": "aws_kms",
+            "region": REGION,
+            "endpoint_url": moto_url,
+            "key_ids": [first["KeyId"], second["KeyId"]],
+            "active": alias,
+            "refresh_interval": "500ms",
+            "timeout": "5s",
+        }
+        daemon = run_daemon(env, source, outputs=[{"type": "jwks", "path": str(env.jwks)}])
+        daemon.published(first["KeyId"])
+        before = env.snapshot_outputs()
+
+        kms.disable_key(KeyId=second["KeyId"])
+        assert_outage_reported(daemon, f"aws_kms:{REGION}", r"is Disabled", before)
+        assert "testing" not in daemon.cli_status()["last_error"]
+
+        kms.update_alias(AliasName=alias, TargetKeyId=second["KeyId"])  # rotated meanwhile
+        kms.enable_key(KeyId=second["KeyId"])
+        daemon.published(second["KeyId"])
+        assert daemon.readyz() == 200
+    finally:
+        kms.close()
