@@ -1,6 +1,6 @@
 """Run every benchmark and print one table: name, figure, target, verdict (ok / MISS).
 
-Usage: ``.venv/bin/python benchmarks/run.py [--only propagation|footprint|scale ...]``
+Usage: ``.venv/bin/python benchmarks/run.py [--only NAME ...]``, NAME one of ``NAMES``
 (``make bench``). Loopback and local files only; about a minute in all. Exits 0
 when every benchmark ran (MISS is a finding, not a failure; ``--fail-on-miss``
 makes it one), 1 when a benchmark could not run.
@@ -19,17 +19,19 @@ if __package__ in (None, ""):
     # Run as a script: make the repository root importable so ``benchmarks`` resolves.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-NAMES = ("propagation", "footprint", "scale", "idle")
+NAMES = ("propagation", "footprint", "scale", "idle", "sources", "verify")
 
 
 def _benchmarks() -> dict[str, Callable[[], Sequence[object]]]:
-    from benchmarks import footprint, idle, propagation, scale
+    from benchmarks import footprint, idle, propagation, scale, sources, verify
 
     return {
         "propagation": propagation.run,
         "footprint": footprint.run,
         "scale": scale.run,
         "idle": idle.run,
+        "sources": sources.run,
+        "verify": verify.run,
     }
 
 

@@ -325,6 +325,47 @@ def cmd_evidence(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    import jwt
+
+    from keysetd.crypto import ALGORITHMS
+    from keysetd.verifier import UnknownKidError, Verifier
+
+    # "-" reads it from stdin: keeps the token out of shell history and ps.
+    token: str = (sys.stdin.readline() if args.jwt == "-" else args.jwt).strip()
+    # KeysetUnavailable (missing, unreadable or invalid file) is a ConfigError: exit 2.
+    verifier = Verifier(args.jwks, args.alg or list(ALGORITHMS), 0.0, hmac_alg=args.hmac_alg)
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.InvalidTokenError as exc:
+        print(f"keysetd: not a JWT: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"header: {json.dumps(header, sort_keys=True)}")
+    try:
+        key = verifier.key_for(token)
+        print(f"key:    {key.kid} ({key.kty} {key.alg}) from {args.jwks}")
+        claims = verifier.decode(
+            token,
+            audience=args.audience,
+            issuer=args.issuer,
+            leeway=args.leeway,
+            options={"verify_aud": args.audience is not None},
+        )
+    except jwt.InvalidTokenError as exc:
+        try:
+            unverified = jwt.decode(token, options={"verify_signature": False})
+            print(f"claims (NOT verified): {json.dumps(unverified, sort_keys=True)}")
+        except jwt.InvalidTokenError:
+            pass
+        print(f"keysetd: token refused: {type(exc).__name__}: {exc}", file=sys.stderr)
+        if isinstance(exc, UnknownKidError):
+            print(f"keysetd: the keyset has kids {', '.join(verifier.kids)}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"claims: {json.dumps(claims, indent=2, sort_keys=True)}")
+    print("valid: signature and claims check out")
+    return EXIT_OK
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="keysetd",
@@ -380,6 +421,24 @@ def _parser() -> argparse.ArgumentParser:
         choices=["ES256", "ES384", "ES512", "EdDSA", "RS256", "PS256", "HS256", "HS384", "HS512"],
     )
     k.add_argument("--kid")
+    ver = command(
+        "verify", cmd_verify, "verify a JWT against a keyset file and say why", needs_config=False
+    )
+    ver.add_argument("jwt", metavar="TOKEN", help="the JWT, or - to read it from stdin")
+    ver.add_argument("--jwks", required=True, help="a jwks, keyset or rgs file")
+    ver.add_argument(
+        "--alg",
+        action="append",
+        help="an alg tokens may use (repeat; default: every alg keysetd knows)",
+        choices=[
+            *("ES256", "ES384", "ES512", "EdDSA", "RS256", "RS384", "RS512"),
+            *("PS256", "PS384", "PS512", "HS256", "HS384", "HS512"),
+        ],
+    )
+    ver.add_argument("--audience", help="required aud (default: aud is not checked)")
+    ver.add_argument("--issuer", help="required iss")
+    ver.add_argument("--leeway", type=float, default=0.0, help="seconds of clock skew allowed")
+    ver.add_argument("--hmac-alg", default="HS256", choices=["HS256", "HS384", "HS512"])
     return parser
 
 

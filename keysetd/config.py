@@ -358,6 +358,10 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
         problems.append("outputs: at least one [[outputs]] table is required")
     if not problems:
         _check_names(outputs, notifiers, problems)
+    if not problems:
+        built = [cls(cfg) for cls, cfg in outputs]
+        for index, (ncls, ncfg) in enumerate(notifiers):
+            problems += [f"notify.{index}: {p}" for p in ncls.check_outputs(ncfg, built)]
     if source is not None and source[0].public_only:
         for index, (cls, cfg) in enumerate(outputs):
             if cls(cfg).role is Role.SIGNER:

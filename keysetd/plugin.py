@@ -10,7 +10,7 @@ imported, and a name registered twice is an error, not "last one wins".
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import EntryPoint, entry_points
@@ -155,6 +155,11 @@ class Notifier:
     @property
     def name(self) -> str:
         return self.config.name or self.config.type
+
+    @classmethod
+    def check_outputs(cls, config: Any, outputs: Sequence[Output]) -> list[str]:
+        """Problems of this notifier's config against the configured outputs (config load)."""
+        return []
 
     def notify(self, event: NotifyEvent) -> None:
         """Deliver one notification or raise NotifyError."""

@@ -1,0 +1,309 @@
+"""A real nats-server, real nats-py clients and a real ``keysetd run``: nkey rotation with
+the dual-key overlap, and a broken server config that is never reloaded."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import nats.errors
+import nkeys
+import pytest
+from nats.aio.client import Client
+
+from tests.conftest import Env, render_toml
+from tests.test_nats_output import ed25519_jwk, nats_server_bin
+
+RETENTION = 3.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class NatsServer:
+    """nats-server on a free loopback port, its main config including keysetd's file."""
+
+    def __init__(self, root: Path, include: Path) -> None:
+        self.port = free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.config = root / "nats-server.conf"
+        self.pidfile = root / "nats-server.pid"
+        self.log = root / "nats-server.log"
+        self.good_config = (
+            f"listen: 127.0.0.1:{self.port}\n"
+            f'pid_file: "{self.pidfile}"\n'
+            f"include ./{include.relative_to(root)}\n"
+        )
+        self.config.write_text(self.good_config)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [nats_server_bin(), "-c", str(self.config)], stdout=log, stderr=log
+            )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError("nats-server did not start:\n" + self.log_text()) from None
+                time.sleep(0.02)
+        assert self.pidfile.read_text().strip() == str(self.proc.pid)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+class Seeds:
+    """A user's 32-byte Ed25519 seed, as a JWK for the source and an nkey seed for clients."""
+
+    def __init__(self, kid: str) -> None:
+        self.kid = kid
+        raw = os.urandom(32)
+        self.jwk = ed25519_jwk(kid, raw)
+        self.nkey_seed = nkeys.encode_seed(raw, nkeys.PREFIX_BYTE_USER).decode()
+        self.public = nkeys.from_seed(self.nkey_seed.encode()).public_key.decode()
+
+
+async def _ignore_error(exc: Exception) -> None:
+    """Connection errors are asserted through the callbacks and results, not logged."""
+
+
+async def connect(server: NatsServer, user: Seeds, **callbacks: Any) -> Client:
+    """A connection of ``user``; a refused one is closed here, so no socket leaks."""
+    client = Client()
+    try:
+        await client.connect(
+            server.url,
+            nkeys_seed_str=user.nkey_seed,
+            allow_reconnect=False,
+            max_reconnect_attempts=0,
+            connect_timeout=2,
+            error_cb=_ignore_error,
+            **callbacks,
+        )
+    except BaseException:
+        await client.close()
+        raise
+    return client
+
+
+async def can_connect(server: NatsServer, user: Seeds) -> bool:
+    """Whether the server accepts a new connection of ``user`` (a round trip proves it)."""
+    try:
+        client = await connect(server, user)
+    except (nats.errors.Error, OSError, TimeoutError):
+        return False
+    try:
+        await client.flush(timeout=2)
+    finally:
+        await client.close()
+    return True
+
+
+async def eventually(condition: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+class Watched:
+    """A long-lived client connection that remembers whether it was ever dropped."""
+
+    def __init__(self) -> None:
+        self.disconnected = asyncio.Event()
+        self.closed = asyncio.Event()
+        self.client: Client | None = None
+
+    async def open(self, server: NatsServer, user: Seeds) -> Watched:
+        async def on_disconnect() -> None:
+            self.disconnected.set()
+
+        async def on_close() -> None:
+            self.closed.set()
+
+        self.client = await connect(server, user, disconnected_cb=on_disconnect, closed_cb=on_close)
+        return self
+
+    async def alive(self) -> bool:
+        assert self.client is not None
+        if self.disconnected.is_set() or not self.client.is_connected:
+            return False
+        await self.client.flush(timeout=2)
+        return True
+
+    async def close(self) -> None:
+        if self.client is not None and not self.client.is_closed:
+            await self.client.close()
+
+
+def source_doc(*users: Seeds, active: Seeds) -> bytes:
+    return json.dumps({"keys": [u.jwk for u in users], "active_kid": active.kid}).encode()
+
+
+@pytest.fixture
+def nats_env(env: Env) -> Iterator[tuple[Env, NatsServer, Path]]:
+    include = env.out / "nats-users.conf"
+    server = NatsServer(env.root, include)
+    env.config_path.write_text(
+        render_toml(
+            {
+                "state_dir": str(env.state),
+                "log_format": "json",
+                "source": {"type": "file", "path": str(env.source), "refresh_interval": "30s"},
+                "policy": {"activation_delay": "200ms", "retention": f"{RETENTION}s"},
+                "outputs": [{"type": "nats", "path": str(include), "kind": "users"}],
+                "notify": [
+                    {
+                        "type": "nats",
+                        "config": str(server.config),
+                        "include": str(include),
+                        "pidfile": str(server.pidfile),
+                        "nats_server": nats_server_bin(),
+                        "outputs": ["nats"],
+                        "retries": 1,
+                        "timeout": "10s",
+                    }
+                ],
+            }
+        )
+    )
+    try:
+        yield env, server, include
+    finally:
+        env.stop_all()
+        server.stop()
+
+
+def start_all(env: Env, server: NatsServer, include: Path, first: bytes) -> None:
+    """Publish once (no server yet: its notification fails), start nats-server, then keysetd."""
+    env.write_source(first)
+    done = env.keysetd("once", "--config", str(env.config_path))
+    assert done.returncode == 0, done.stderr
+    assert include.exists()
+    server.start()
+    env.start()
+
+
+def retained(env: Env, kid: str) -> bool:
+    try:
+        status = json.loads((env.state / "status.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return any(k["kid"] == kid and k["state"] == "retained" for k in status.get("keys", []))
+
+
+def test_rotation_overlap_end_to_end(nats_env: tuple[Env, NatsServer, Path]) -> None:
+    env, server, include = nats_env
+    old, new = Seeds("2026-11-a"), Seeds("2026-11-b")
+    start_all(env, server, include, source_doc(old, active=old))
+    asyncio.run(_rotation(env, server, include, old, new))
+
+
+async def _rotation(env: Env, server: NatsServer, include: Path, old: Seeds, new: Seeds) -> None:
+    kept = await Watched().open(server, old)
+    newcomer = Watched()
+    try:
+        assert not await can_connect(server, new)
+
+        # The new key arrives: the server accepts it while the old one keeps working.
+        env.write_source(source_doc(old, new, active=new))
+        await eventually(lambda: can_connect(server, new), 10, "the new nkey to be accepted")
+        assert new.public in include.read_text()
+        assert await can_connect(server, old)
+        assert await kept.alive()
+        await newcomer.open(server, new)
+
+        # The source drops the old key: it keeps working for the retention ...
+        env.write_source(source_doc(new, active=new))
+        dropped_at = time.monotonic()
+        await eventually(
+            lambda: asyncio.sleep(0, retained(env, old.kid)), 10, "the old kid to be retained"
+        )
+        assert await can_connect(server, old)
+        assert await kept.alive()
+        assert time.monotonic() - dropped_at < RETENTION, "too slow to observe the overlap"
+
+        # ... and after it the server closes its connection and refuses new ones.
+        await asyncio.wait_for(kept.closed.wait(), RETENTION + 15)
+        assert time.monotonic() - dropped_at >= RETENTION - 0.5
+        assert old.public not in include.read_text()
+        assert not await can_connect(server, old)
+
+        # The kept key's connection was never dropped, through both reloads.
+        assert await newcomer.alive()
+        assert await can_connect(server, new)
+        assert server.log_text().count("Reloaded server configuration") >= 2
+    finally:
+        await kept.close()
+        await newcomer.close()
+
+
+def test_broken_server_config_is_never_reloaded(nats_env: tuple[Env, NatsServer, Path]) -> None:
+    env, server, include = nats_env
+    old, new = Seeds("k-old"), Seeds("k-new")
+    start_all(env, server, include, source_doc(old, active=old))
+    asyncio.run(_broken(env, server, include, old, new))
+
+
+async def _broken(env: Env, server: NatsServer, include: Path, old: Seeds, new: Seeds) -> None:
+    client = await Watched().open(server, old)
+    try:
+        accepted = include.read_bytes()
+        server.config.write_text(server.good_config + "broken {{{\n")
+        env.write_source(source_doc(old, new, active=new))
+
+        def failed() -> bool:
+            return "config check" in env.log() and "notify_failed" in env.log()
+
+        await eventually(lambda: asyncio.sleep(0, failed()), 15, "the failed check")
+        line = next(
+            json.loads(entry)
+            for entry in env.log().splitlines()
+            if "notify_failed" in entry and "config check" in entry
+        )
+        assert "Parse error" in line["error"] and "no reload" in line["error"]
+        # Each later cycle (here the activation delay's) rewrites the include, fails the
+        # check again and restores it: wait for a restored moment rather than race one.
+        await eventually(
+            lambda: asyncio.sleep(0, include.read_bytes() == accepted), 10, "the restore"
+        )
+        assert "hangup" not in server.log_text() and "Reloaded" not in server.log_text()
+        assert server.proc is not None and server.proc.poll() is None
+        assert await client.alive()
+        assert not await can_connect(server, new)
+
+        # Fixed by hand: the next change (here the same snapshot written again) goes through.
+        server.config.write_text(server.good_config)
+        env.write_source(source_doc(old, new, active=new))
+        await eventually(lambda: can_connect(server, new), 10, "the new nkey after the fix")
+        assert new.public in include.read_text()
+        assert await client.alive()
+    finally:
+        await client.close()
