@@ -19,11 +19,11 @@ if __package__ in (None, ""):
     # Run as a script: make the repository root importable so ``benchmarks`` resolves.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-NAMES = ("propagation", "footprint", "scale", "idle", "sources", "verify")
+NAMES = ("propagation", "footprint", "scale", "idle", "sources", "verify", "nats")
 
 
 def _benchmarks() -> dict[str, Callable[[], Sequence[object]]]:
-    from benchmarks import footprint, idle, propagation, scale, sources, verify
+    from benchmarks import footprint, idle, nats, propagation, scale, sources, verify
 
     return {
         "propagation": propagation.run,
@@ -32,6 +32,7 @@ def _benchmarks() -> dict[str, Callable[[], Sequence[object]]]:
         "idle": idle.run,
         "sources": sources.run,
         "verify": verify.run,
+        "nats": nats.run,
     }
 
 

@@ -1,0 +1,789 @@
+"""keysetd-nats-callout end to end: a Keycloak-shaped realm on loopback, a real ``keysetd run``
+(jwks_url source -> jwks output), a real nats-server with auth_callout, the callout as a
+real process, and real nats-py clients connecting with their JWT as the auth token."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import http.server
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import jwt
+import nats.errors
+import nkeys
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from keysetd_nats_callout import natsjwt
+from keysetd_nats_callout.authorizer import Authorizer, user_permissions
+from keysetd_nats_callout.config import CalloutConfig, load_config, read_signer
+from keysetd_nats_callout.natsjwt import NatsJwtError, NkeySigner
+from nats.aio.client import Client
+
+from keysetd.verifier import Verifier
+from tests.conftest import KEYSETD, render_toml, wait_for
+from tests.test_nats_output import nats_server_bin
+
+CERTS_PATH = "/realms/app/protocol/openid-connect/certs"
+AUDIENCE = "nats"
+RETENTION = "30s"
+REFRESH = "200ms"
+#: How long the realm publishes a new key before it signs with it (> keysetd's refresh).
+PUBLISH_LEAD = 1.5
+CALLOUT = [sys.executable, "-m", "keysetd_nats_callout"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# --- the realm --------------------------------------------------------------------------------
+
+
+@dataclass
+class RealmKey:
+    kid: str
+    alg: str
+    private: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+
+    @classmethod
+    def new(cls, kid: str, alg: str) -> RealmKey:
+        private: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey = (
+            rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            if alg.startswith("RS")
+            else ec.generate_private_key(ec.SECP256R1())
+        )
+        return cls(kid, alg, private)
+
+    def public_jwk(self) -> dict[str, Any]:
+        algorithm = jwt.get_algorithm_by_name(self.alg)
+        jwk: dict[str, Any] = json.loads(algorithm.to_jwk(self.private.public_key()))
+        return {**jwk, "kid": self.kid, "alg": self.alg, "use": "sig"}
+
+
+class Realm:
+    """A Keycloak realm: a certs endpoint on loopback and a token issuer."""
+
+    def __init__(self) -> None:
+        self.published: list[RealmKey] = []
+        self.signing: RealmKey | None = None
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.port = self._server.server_address[1]
+        self.base = f"http://127.0.0.1:{self.port}/realms/app"
+        self.certs_url = f"http://127.0.0.1:{self.port}{CERTS_PATH}"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+
+    def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:
+        realm = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = json.dumps({"keys": [k.public_jwk() for k in realm.published]}).encode()
+                self.send_response(200 if self.path == CERTS_PATH else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        return Handler
+
+    def token(
+        self,
+        key: RealmKey | None = None,
+        *,
+        roles: tuple[str, ...] = ("user",),
+        lifetime: float = 300,
+        **claims: Any,
+    ) -> str:
+        key = key or self.signing
+        assert key is not None
+        now = int(time.time())
+        body: dict[str, Any] = {
+            "iss": self.base,
+            "aud": [AUDIENCE, "account"],
+            "sub": str(uuid.uuid4()),
+            "azp": "nats-client",
+            "preferred_username": "alice",
+            "realm_access": {"roles": list(roles)},
+            "scope": "openid profile",
+            "iat": now,
+            "exp": now + int(lifetime),
+            "jti": str(uuid.uuid4()),
+        }
+        body.update(claims)
+        return jwt.encode(body, key.private, algorithm=key.alg, headers={"kid": key.kid})
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+# --- the stack --------------------------------------------------------------------------------
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"nats-server did not start:\n{log.read_text()}") from None
+            time.sleep(0.02)
+
+
+def account_seed() -> tuple[str, str]:
+    """(seed, public key) of a fresh account nkey."""
+    seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_ACCOUNT)
+    return seed.decode(), nkeys.from_seed(seed).public_key.decode()
+
+
+def write_secret(path: Path, text: str, mode: int = 0o600) -> Path:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text + "\n")
+    os.chmod(path, mode)
+    return path
+
+
+@dataclass
+class Stack:
+    root: Path
+    realm: Realm
+    rs: RealmKey
+    es: RealmKey
+    jwks: Path
+    url: str
+    config: Path
+    account_public: str
+    callout: subprocess.Popen[bytes]
+    callout_log: Path
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def callout_events(self) -> list[dict[str, Any]]:
+        events = []
+        for line in self.callout_log.read_text(errors="replace").splitlines():
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                continue
+        return events
+
+
+def callout_config(root: Path, **overrides: Any) -> dict[str, Any]:
+    seed, _ = account_seed()
+    base: dict[str, Any] = {
+        "log_format": "json",
+        "jwks": str(root / "jwks.json"),
+        "check_interval": "100ms",
+        "issuer": "https://sso.example.com/realms/app",
+        "audience": AUDIENCE,
+        "algorithms": ["RS256", "ES256"],
+        "issuer_account_seed_file": str(write_secret(root / "account.nk", seed)),
+        "account": "APP",
+        "max_ttl": "10m",
+        "nats": {"url": "nats://127.0.0.1:1", "user": "callout", "password": "pw"},
+    }
+    base.update(overrides)
+    return base
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("callout")
+    realm = Realm()
+    rs, es = RealmKey.new("rs-1", "RS256"), RealmKey.new("es-1", "ES256")
+    realm.published, realm.signing = [rs, es], rs
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        # keysetd: the realm's certs -> the pinned jwks file.
+        jwks = root / "jwks.json"
+        keysetd_config = root / "keysetd.toml"
+        keysetd_config.write_text(
+            render_toml(
+                {
+                    "state_dir": str(root / "state"),
+                    "log_format": "json",
+                    "source": {
+                        "type": "jwks_url",
+                        "url": realm.certs_url,
+                        "refresh_interval": REFRESH,
+                        "timeout": "2s",
+                    },
+                    "policy": {"retention": RETENTION},
+                    "outputs": [{"type": "jwks", "path": str(jwks)}],
+                }
+            )
+        )
+        with (root / "keysetd.log").open("ab") as log:
+            procs.append(
+                subprocess.Popen(
+                    [*KEYSETD, "run", "--config", str(keysetd_config)], stdout=log, stderr=log
+                )
+            )
+        wait_for(jwks.exists, 15, "keysetd to write the jwks")
+
+        # nats-server: auth callout for every client but the callout's own user.
+        seed, public = account_seed()
+        port = free_port()
+        server_conf = root / "nats-server.conf"
+        server_conf.write_text(
+            f"listen: 127.0.0.1:{port}\n"
+            "accounts {\n"
+            '  AUTH { users: [ { user: callout, password: "callout-pw" } ] }\n'
+            "  APP {}\n"
+            "  ADMIN {}\n"
+            "}\n"
+            "authorization {\n"
+            f"  auth_callout {{ issuer: {public}, account: AUTH, auth_users: [ callout ] }}\n"
+            "}\n"
+        )
+        server_log = root / "nats-server.log"
+        with server_log.open("ab") as log:
+            server = subprocess.Popen(
+                [nats_server_bin(), "-c", str(server_conf)], stdout=log, stderr=log
+            )
+        procs.append(server)
+        _wait_port(port, server, server_log)
+
+        # The callout.
+        config = root / "callout.toml"
+        config.write_text(
+            render_toml(
+                callout_config(
+                    root,
+                    issuer=realm.base,
+                    issuer_account_seed_file=str(write_secret(root / "issuer.nk", seed)),
+                    nats={
+                        "url": f"nats://127.0.0.1:{port}",
+                        "user": "callout",
+                        "password_file": str(write_secret(root / "callout.pw", "callout-pw")),
+                    },
+                    permissions={
+                        "publish": ["app.>"],
+                        "subscribe": ["app.>", "_INBOX.>"],
+                    },
+                    rules=[
+                        {
+                            "claim": "realm_access.roles",
+                            "contains": "admin",
+                            "account": "ADMIN",
+                            "permissions": {"publish": ">", "subscribe": ">"},
+                        }
+                    ],
+                )
+            )
+        )
+        callout_log = root / "callout.log"
+        with callout_log.open("ab") as log:
+            callout = subprocess.Popen([*CALLOUT, "--config", str(config)], stdout=log, stderr=log)
+        procs.append(callout)
+        wait_for(
+            lambda: "callout_ready" in callout_log.read_text() or callout.poll() is not None,
+            15,
+            "the callout to be ready",
+        )
+        assert callout.poll() is None, callout_log.read_text()
+        yield Stack(
+            root=root,
+            realm=realm,
+            rs=rs,
+            es=es,
+            jwks=jwks,
+            url=f"nats://127.0.0.1:{port}",
+            config=config,
+            account_public=public,
+            callout=callout,
+            callout_log=callout_log,
+            procs=procs,
+        )
+    finally:
+        for proc in reversed(procs):
+            _stop(proc)
+        realm.close()
+
+
+# --- clients ----------------------------------------------------------------------------------
+
+
+async def _quiet(exc: Exception) -> None:
+    """Errors are asserted through results, not printed."""
+
+
+async def connect(url: str, token: str, **callbacks: Any) -> Client:
+    """A client presenting ``token``; a refused one is closed here, so no socket leaks."""
+    client = Client()
+    callbacks.setdefault("error_cb", _quiet)
+    try:
+        await client.connect(
+            url,
+            token=token,
+            allow_reconnect=False,
+            max_reconnect_attempts=0,
+            connect_timeout=3,
+            **callbacks,
+        )
+    except BaseException:
+        await client.close()
+        raise
+    return client
+
+
+async def accepted(url: str, token: str) -> bool:
+    try:
+        client = await connect(url, token)
+    except (nats.errors.Error, OSError, TimeoutError):
+        return False
+    try:
+        await client.flush(timeout=3)
+    finally:
+        await client.close()
+    return True
+
+
+async def round_trip(client: Client, subject: str) -> bytes:
+    sub = await client.subscribe(subject)
+    await client.flush(timeout=3)
+    await client.publish(subject, b"ping")
+    msg = await sub.next_msg(timeout=3)
+    await sub.unsubscribe()
+    return msg.data
+
+
+# --- the proofs -------------------------------------------------------------------------------
+
+
+def test_rs256_and_es256_tokens_accepted_with_mapped_permissions(stack: Stack) -> None:
+    asyncio.run(_accepted(stack))
+    granted = [e for e in stack.callout_events() if e["event"] == "callout_authorized"]
+    assert {e["kid"] for e in granted} >= {"rs-1", "es-1"}
+    assert {e["account"] for e in granted} >= {"APP", "ADMIN"}
+    assert all(e["user"] == "alice" for e in granted)
+
+
+async def _accepted(stack: Stack) -> None:
+    realm = stack.realm
+    for key in (stack.rs, stack.es):
+        client = await connect(stack.url, realm.token(key))
+        try:
+            assert await round_trip(client, "app.orders") == b"ping"
+            # Outside the mapped permissions: the server answers -ERR Permissions Violation.
+            await client.publish("admin.audit", b"x")
+            await _until(partial(_violated, client), 5)
+        finally:
+            await client.close()
+
+    # realm role admin -> the ADMIN account, every subject.
+    admin = await connect(stack.url, realm.token(stack.es, roles=("user", "admin")))
+    try:
+        assert await round_trip(admin, "admin.audit") == b"ping"
+    finally:
+        await admin.close()
+
+
+def _violated(client: Client) -> bool:
+    return "permissions violation" in str(client.last_error).lower()
+
+
+async def _until(condition: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        await asyncio.sleep(0.02)
+
+
+def _tampered(token: str) -> str:
+    head, payload, signature = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims["realm_access"]["roles"].append("admin")
+    forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    return f"{head}.{forged}.{signature}"
+
+
+def test_bad_tokens_refused(stack: Stack) -> None:
+    realm = stack.realm
+    stranger = RealmKey.new("not-published", "ES256")
+    cases = {
+        "token expired": realm.token(stack.rs, iat=int(time.time()) - 600, lifetime=-300),
+        "audience not accepted": realm.token(stack.es, aud="another-client"),
+        "unknown kid": realm.token(stranger),
+        "bad signature": _tampered(realm.token(stack.rs)),
+        "issuer not accepted": realm.token(stack.es, iss="https://evil.example.com/realms/app"),
+        "malformed token": "not-a-jwt",
+    }
+    mark = len(stack.callout_events())
+
+    async def attempt() -> dict[str, str]:
+        results: dict[str, str] = {}
+        for reason, token in cases.items():
+            try:
+                client = await connect(stack.url, token)
+            except nats.errors.Error as exc:
+                results[reason] = str(exc).lower()
+            else:
+                await client.close()
+                results[reason] = "connected"
+        return results
+
+    results = asyncio.run(attempt())
+    # During CONNECT nats-py raises the server's -ERR as it came.
+    assert all("authorization violation" in error for error in results.values()), results
+    refused = [e for e in stack.callout_events()[mark:] if e["event"] == "callout_refused"]
+    assert [e["reason"] for e in refused] == list(cases)
+    assert refused[2]["kid"] == "not-published"
+    assert refused[4]["iss"] == "https://evil.example.com/realms/app"
+    log = stack.callout_log.read_text()
+    for token in cases.values():
+        assert token.split(".")[-1] not in log
+    assert stack.callout.poll() is None
+
+
+def test_clients_cannot_forge_callout_requests(stack: Stack) -> None:
+    """nats-server refuses a client's publish on the callout subject, even the callout user's."""
+
+    async def forge() -> str:
+        client = Client()
+        await client.connect(
+            stack.url, user="callout", password="callout-pw", connect_timeout=3, error_cb=_quiet
+        )
+        try:
+            await client.publish("$SYS.REQ.USER.AUTH", b"forged")
+            await _until(lambda: client.last_error is not None, 5)
+            return str(client.last_error).lower()
+        finally:
+            await client.close()
+
+    assert "permissions violation" in asyncio.run(forge())
+
+
+def test_malformed_requests_never_crash_the_handler(stack: Stack) -> None:
+    asyncio.run(_malformed(stack))
+    assert stack.callout.poll() is None
+
+
+async def _malformed(stack: Stack) -> None:
+    config = load_config(stack.config)
+    authorizer = Authorizer(config, Verifier(stack.jwks, config.algorithms), read_signer(config))
+    server = NkeySigner.from_seed(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_SERVER))
+    other = NkeySigner.from_seed(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_SERVER))
+    user = nkeys.from_seed(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER))
+    good_nats = {
+        "type": "authorization_request",
+        "server_id": {"id": server.public_key, "name": "x", "host": "127.0.0.1"},
+        "user_nkey": user.public_key.decode(),
+        "client_info": {"host": "127.0.0.1", "id": 7},
+        "connect_opts": {"auth_token": stack.realm.token(stack.rs, lifetime=3600), "protocol": 1},
+    }
+    now = int(time.time())
+
+    def request(signer: NkeySigner = server, **claims: Any) -> bytes:
+        body: dict[str, Any] = {"sub": stack.account_public, "aud": "nats-authorization-request"}
+        body.update(claims)
+        body.setdefault("nats", good_nats)
+        return natsjwt.encode(body, signer, now=now).encode()
+
+    malformed = [
+        b"",
+        b"garbage",
+        b"a.b.c",
+        b"\xff" * 64,
+        b"e30.e30.e30",
+        request(sub=other.public_key),  # for another issuer account
+        request(other),  # signed by a server other than the one it names
+        request(aud="someone-else"),
+        request(exp=now - 10),
+        request(nats={**good_nats, "user_nkey": 7}),
+        request(nats={**good_nats, "server_id": "x"}),
+        request(nats={**good_nats, "type": "user"}),
+        request()[:-3] + b"AAA",  # the signature broken
+    ]
+    for data in malformed:
+        assert await authorizer.handle(data) == b""
+    assert await authorizer.handle(request(), {"Nats-Server-Xkey": "X" * 56}) == b""
+
+    # A request without a token, or with a bad one, gets an error response.
+    for opts, reason in (({}, "no token"), ({"auth_token": "x.y.z"}, "malformed token")):
+        reply = await authorizer.handle(request(nats={**good_nats, "connect_opts": opts}))
+        response = natsjwt.decode(
+            reply,
+            expect_type="authorization_response",
+            issuer_prefix=nkeys.PREFIX_BYTE_ACCOUNT,
+            now=time.time(),
+        )
+        assert reason in response["nats"]["error"] and "jwt" not in response["nats"]
+
+    # The well-formed request is answered with a user JWT for the requested user nkey.
+    response = natsjwt.decode(
+        await authorizer.handle(request()),
+        expect_type="authorization_response",
+        issuer_prefix=nkeys.PREFIX_BYTE_ACCOUNT,
+        now=time.time(),
+    )
+    assert response["iss"] == stack.account_public
+    assert response["sub"] == good_nats["user_nkey"]
+    assert response["aud"] == server.public_key
+    user_claims = natsjwt.decode(
+        response["nats"]["jwt"],
+        expect_type="user",
+        issuer_prefix=nkeys.PREFIX_BYTE_ACCOUNT,
+        now=time.time(),
+    )
+    assert user_claims["sub"] == good_nats["user_nkey"] and user_claims["aud"] == "APP"
+    assert user_claims["name"] == "alice"
+    assert user_claims["nats"]["pub"] == {"allow": ["app.>"]}
+    # exp = min(token exp, now + max_ttl): max_ttl (10m) caps a token of an hour ...
+    assert now + 599 <= user_claims["exp"] <= now + 601
+    # ... and a token of a minute keeps its own exp.
+    short = stack.realm.token(stack.rs, lifetime=60)
+    reply = await authorizer.handle(
+        request(nats={**good_nats, "connect_opts": {"auth_token": short}})
+    )
+    response = natsjwt.decode(
+        reply,
+        expect_type="authorization_response",
+        issuer_prefix=nkeys.PREFIX_BYTE_ACCOUNT,
+        now=time.time(),
+    )
+    user_claims = natsjwt.decode(
+        response["nats"]["jwt"],
+        expect_type="user",
+        issuer_prefix=nkeys.PREFIX_BYTE_ACCOUNT,
+        now=time.time(),
+    )
+    assert user_claims["exp"] == jwt.decode(short, options={"verify_signature": False})["exp"]
+
+
+def test_realm_rotation_with_overlap_loses_no_connection(stack: Stack) -> None:
+    """Realm: publish rs-2, sign with it after PUBLISH_LEAD, then drop rs-1 (keysetd retains it)."""
+    realm, old = stack.realm, stack.rs
+    new = RealmKey.new("rs-2", "RS256")
+    issued_before = realm.token(old)  # a client still holding a token of the old key
+    pid = stack.callout.pid
+
+    async def rotate() -> tuple[int, list[str], dict[str, int]]:
+        attempts, failures = 0, []
+        by_kid: dict[str, int] = {}
+        done = asyncio.Event()
+
+        async def clients() -> None:
+            nonlocal attempts
+            while not done.is_set():
+                signing = realm.signing
+                assert signing is not None
+                for token, kid in ((realm.token(signing), signing.kid), (issued_before, old.kid)):
+                    attempts += 1
+                    if await accepted(stack.url, token):
+                        by_kid[kid] = by_kid.get(kid, 0) + 1
+                    else:
+                        failures.append(kid)
+                await asyncio.sleep(0.01)
+
+        task = asyncio.create_task(clients())
+        try:
+            await asyncio.sleep(0.5)
+            realm.published = [old, new, stack.es]  # publish before use
+            await asyncio.sleep(PUBLISH_LEAD)
+            assert "rs-2" in stack.jwks.read_text()
+            realm.signing = new
+            await asyncio.sleep(1.0)
+            realm.published = [new, stack.es]  # the old key leaves the realm
+            await asyncio.sleep(1.5)
+        finally:
+            done.set()
+            await task
+        return attempts, failures, by_kid
+
+    attempts, failures, by_kid = asyncio.run(rotate())
+    assert failures == []
+    assert attempts >= 40
+    assert by_kid.get("rs-2", 0) >= 10 and by_kid.get("rs-1", 0) >= 20
+    kids = [key["kid"] for key in json.loads(stack.jwks.read_text())["keys"]]
+    assert set(kids) == {"rs-1", "rs-2", "es-1"}  # rs-1 retained for RETENTION
+    assert stack.callout.pid == pid and stack.callout.poll() is None
+
+
+# --- units: config and the NATS JWT -------------------------------------------------------------
+
+
+def test_seed_file_must_be_private(tmp_path: Path) -> None:
+    config = callout_config(tmp_path)
+    os.chmod(config["issuer_account_seed_file"], 0o644)
+    path = tmp_path / "callout.toml"
+    path.write_text(render_toml(config))
+    done = subprocess.run(
+        [*CALLOUT, "check-config", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "chmod 0600" in done.stderr
+    seed = Path(config["issuer_account_seed_file"]).read_text().strip()
+    assert seed not in done.stderr + done.stdout
+    os.chmod(config["issuer_account_seed_file"], 0o600)
+    done = subprocess.run(
+        [*CALLOUT, "check-config", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert seed not in done.stderr + done.stdout
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"surprise": 1}, "surprise"),
+        ({"xkey_seed_file": "/x.xk"}, "not supported"),
+        ({"algorithms": ["HS256"]}, "asymmetric"),
+        ({"account": "bad name"}, "account"),
+        ({"rules": [{"claim": "roles", "account": "A"}]}, "contains and equals"),
+    ],
+)
+def test_config_refused(tmp_path: Path, change: dict[str, Any], message: str) -> None:
+    from keysetd.errors import ConfigError
+
+    path = tmp_path / "callout.toml"
+    path.write_text(render_toml(callout_config(tmp_path, **change)))
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+def test_user_seed_is_not_an_issuer(tmp_path: Path) -> None:
+    from keysetd.errors import ConfigError
+
+    user_seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER).decode()
+    config = CalloutConfig.model_validate(
+        callout_config(
+            tmp_path, issuer_account_seed_file=str(write_secret(tmp_path / "u.nk", user_seed))
+        )
+    )
+    with pytest.raises(ConfigError, match="not an account seed") as info:
+        read_signer(config)
+    assert user_seed not in str(info.value)
+
+
+def test_nats_jwt_round_trip_and_jti() -> None:
+    signer = NkeySigner.from_seed(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_ACCOUNT))
+    assert signer.public_key.startswith("A") and "SA" not in repr(signer)
+    token = natsjwt.encode({"sub": "UX", "aud": "APP", "nats": {"type": "user"}}, signer, now=100)
+    head, payload, _ = token.split(".")
+    assert json.loads(base64.urlsafe_b64decode(head + "==")) == {
+        "typ": "JWT",
+        "alg": "ed25519-nkey",
+    }
+    claims = natsjwt.decode(
+        token, expect_type="user", issuer_prefix=nkeys.PREFIX_BYTE_ACCOUNT, now=100
+    )
+    assert claims["iss"] == signer.public_key and claims["iat"] == 100
+    assert claims["nats"] == {"type": "user", "version": 2}
+    # jti: base32 SHA-512/256 of the standard claims in nats-io/jwt's order, jti left out.
+    import hashlib
+
+    standard = json.dumps(
+        {"aud": "APP", "iat": 100, "iss": signer.public_key, "sub": "UX"}, separators=(",", ":")
+    )
+    digest = hashlib.new("sha512_256", standard.encode()).digest()
+    assert claims["jti"] == base64.b32encode(digest).decode().rstrip("=")
+    tampered = token[: len(head) + 1] + payload[:-2] + "AA." + token.rsplit(".", 1)[1]
+    with pytest.raises(NatsJwtError):
+        natsjwt.decode(
+            tampered, expect_type="user", issuer_prefix=nkeys.PREFIX_BYTE_ACCOUNT, now=100
+        )
+    with pytest.raises(NatsJwtError, match="expected kind"):
+        natsjwt.decode(token, expect_type="user", issuer_prefix=nkeys.PREFIX_BYTE_SERVER, now=100)
+    with pytest.raises(NatsJwtError, match="expired"):
+        natsjwt.decode(
+            natsjwt.encode({"sub": "UX", "exp": 150, "nats": {"type": "user"}}, signer, now=100),
+            expect_type="user",
+            issuer_prefix=nkeys.PREFIX_BYTE_ACCOUNT,
+            now=151,
+        )
+
+
+def test_permissions_mapping() -> None:
+    from keysetd.outputs.nats import NatsPermissions
+
+    assert user_permissions(None) == {"pub": {}, "sub": {}}
+    perms = NatsPermissions.model_validate(
+        {
+            "publish": {"allow": ["a.>"], "deny": ["a.secret"]},
+            "subscribe": "b.*",
+            "allow_responses": {"max": 3, "expires": "5s"},
+        }
+    )
+    assert user_permissions(perms) == {
+        "pub": {"allow": ["a.>"], "deny": ["a.secret"]},
+        "sub": {"allow": ["b.*"]},
+        "resp": {"max": 3, "ttl": 5_000_000_000},
+    }
+
+
+def test_public_api_pinned() -> None:
+    import keysetd_nats_callout
+
+    assert sorted(keysetd_nats_callout.__all__) == [
+        "Authorizer",
+        "CalloutConfig",
+        "CalloutError",
+        "Decision",
+        "NatsJwtError",
+        "NkeySigner",
+        "Request",
+        "Rule",
+        "SUBJECT",
+        "load_config",
+        "serve",
+    ]
+    assert keysetd_nats_callout.Authorizer is Authorizer
+
+
+def test_readme_config_snippet_loads(tmp_path: Path) -> None:
+    readme = Path(__file__).parent.parent / "plugins" / "keysetd-nats-callout" / "README.md"
+    snippet = readme.read_text().split("```toml\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "callout.toml"
+    path.write_text(snippet)
+    config = load_config(path)
+    assert config.account == "APP" and config.rules[0].account == "ADMIN"
+    assert user_permissions(config.rules[0].permissions) == {
+        "pub": {"allow": [">"]},
+        "sub": {"allow": [">"]},
+    }
