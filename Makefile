@@ -11,7 +11,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-PLUGINS := plugins/keysetd-vault plugins/keysetd-aws-kms
+PLUGINS := plugins/keysetd-vault plugins/keysetd-aws-kms plugins/keysetd-nats-callout
 
 $(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS)) | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[test]' $(foreach p,$(PLUGINS),-e '$(p)[test]')
@@ -44,12 +44,28 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check keysetd plugins tests benchmarks
 
 typecheck: $(STAMP)
-	$(BIN)/mypy keysetd plugins/keysetd-vault/keysetd_vault plugins/keysetd-aws-kms/keysetd_aws_kms
+	$(BIN)/mypy keysetd $(foreach p,$(PLUGINS),$(p)/$(subst -,_,$(notdir $(p))))
 
 pytest: $(STAMP) system-deps
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest
+
+# The reliability harness at full size (tests/RELIABILITY.md): 500 kill -9 rounds at named
+# failpoints, a 20,000-cycle soak, >= 100,000 Hypothesis examples (7 targets x 15,000) and
+# atheris over the decoders. Every part stops by itself: a round/cycle budget in seconds,
+# an example count, a run count and -max_total_time. `make test` runs the small subset.
+STRESS_ROUNDS ?= 500
+SOAK_CYCLES   ?= 20000
+FUZZ_EXAMPLES ?= 15000
+ATHERIS_RUNS  ?= 5000000
+
+stress: $(STAMP)
+	@$(BIN)/python -m pip install -q atheris || echo "stress: atheris did not install; its test skips"
+	STRESS_ROUNDS=$(STRESS_ROUNDS) STRESS_BUDGET_SECONDS=1500 \
+	SOAK_CYCLES=$(SOAK_CYCLES) SOAK_BUDGET_SECONDS=900 \
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) ATHERIS_RUNS=$(ATHERIS_RUNS) ATHERIS_SECONDS=600 \
+		$(BIN)/pytest -q -s --timeout=3600 --hypothesis-show-statistics tests/test_reliability_*.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
