@@ -358,24 +358,13 @@ class Verifier:
     ) -> dict[str, Any]:
         """The verified claims; PyJWT's exceptions (``jwt.InvalidTokenError`` and subclasses)."""
         entry = self._entry(token, time.monotonic())
-        if subject is not None:
-            return jwt.decode(
-                token,
-                entry.key,
-                entry.algorithms,
-                options=options,
-                audience=audience,
-                issuer=issuer,
-                subject=subject,
-                leeway=leeway,
-            )
-        return jwt.decode(
+        return _pyjwt_decode(
             token,
-            entry.key,
-            entry.algorithms,
+            entry,
             options=options,
             audience=audience,
             issuer=issuer,
+            subject=subject,
             leeway=leeway,
         )
 
@@ -429,24 +418,13 @@ class Verifier:
             if entry is None:
                 raise UnknownKidError(kid, self._path)
         entry = self._usable(entry)
-        if subject is not None:
-            return jwt.decode(
-                token,
-                entry.key,
-                entry.algorithms,
-                options=options,
-                audience=audience,
-                issuer=issuer,
-                subject=subject,
-                leeway=leeway,
-            )
-        return jwt.decode(
+        return _pyjwt_decode(
             token,
-            entry.key,
-            entry.algorithms,
+            entry,
             options=options,
             audience=audience,
             issuer=issuer,
+            subject=subject,
             leeway=leeway,
         )
 
@@ -583,3 +561,28 @@ class Verifier:
 
 def _reasons(keymap: _KeyMap) -> str:
     return "; ".join(f"{kid}: {entry.info.unusable}" for kid, entry in keymap.by_kid.items())
+
+
+def _pyjwt_decode(
+    token: str | bytes,
+    entry: _Entry,
+    *,
+    options: Options | None,
+    audience: str | Iterable[str] | None,
+    issuer: str | Sequence[str] | None,
+    subject: str | None,
+    leeway: float | timedelta,
+) -> dict[str, Any]:
+    """jwt.decode with the entry's pre-built key; ``subject`` only when given (older PyJWT)."""
+    extra: dict[str, Any] = {} if subject is None else {"subject": subject}
+    claims: dict[str, Any] = jwt.decode(
+        token,
+        entry.key,
+        entry.algorithms,
+        options=options,
+        audience=audience,
+        issuer=issuer,
+        leeway=leeway,
+        **extra,
+    )
+    return claims

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from keysetd.errors import NotifyError
+from keysetd.httpcheck import check_headers, check_http_url
 from keysetd.plugin import Notifier, NotifierConfig, NotifyEvent
 from keysetd.proc import redact
 from keysetd.units import Duration
@@ -42,26 +43,12 @@ class HttpNotifierConfig(NotifierConfig):
     @field_validator("url")
     @classmethod
     def _http_url(cls, url: str) -> str:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("url must be an http:// or https:// URL with a host")
-        try:
-            _ = parts.port
-        except ValueError:
-            raise ValueError("url has an invalid port") from None
-        return url
+        return check_http_url(url)
 
     @field_validator("headers")
     @classmethod
     def _clean_headers(cls, headers: dict[str, str]) -> dict[str, str]:
-        for name, value in headers.items():
-            if not name or not all(33 <= ord(c) < 127 and c != ":" for c in name):
-                raise ValueError(f"not a valid header name: {name!r}")
-            if any(c in value for c in "\r\n\0"):
-                raise ValueError(f"header {name} must not contain CR, LF or NUL")
-            if name.lower() in ("content-type", "content-length", "host"):
-                raise ValueError(f"header {name} is set by keysetd")
-        return headers
+        return check_headers(headers, ("content-type", "content-length", "host"))
 
     @model_validator(mode="after")
     def _ca_needs_https(self) -> HttpNotifierConfig:

@@ -40,6 +40,7 @@ from keysetd.crypto import KeyMaterialError, load_public
 from keysetd.errors import InvalidKeyset, SourceError
 from keysetd.formats import MAX_DOCUMENT
 from keysetd.formats.jwks import JsonObject, kid_label, load_json, short
+from keysetd.httpcheck import check_headers, check_http_url
 from keysetd.log import event
 from keysetd.model import PUBLIC_MEMBERS, Key, Snapshot, canonical_json
 from keysetd.plugin import Source, SourceConfig
@@ -126,28 +127,12 @@ class JwksUrlSourceConfig(SourceConfig):
     @field_validator("url")
     @classmethod
     def _http_url(cls, url: str) -> str:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("url must be an https:// (or loopback http://) URL with a host")
-        if parts.username is not None or parts.password is not None:
-            raise ValueError("url must not hold credentials; use headers = {Authorization = ...}")
-        try:
-            _ = parts.port
-        except ValueError:
-            raise ValueError("url has an invalid port") from None
-        return url
+        return check_http_url(url, allow_credentials=False)
 
     @field_validator("headers")
     @classmethod
     def _clean_headers(cls, headers: dict[str, str]) -> dict[str, str]:
-        for name, value in headers.items():
-            if not name or not all(33 <= ord(c) < 127 and c != ":" for c in name):
-                raise ValueError(f"not a valid header name: {name!r}")
-            if any(c in value for c in "\r\n\0"):
-                raise ValueError(f"header {name} must not contain CR, LF or NUL")
-            if name.lower() in _RESERVED_HEADERS:
-                raise ValueError(f"header {name} is set by keysetd")
-        return headers
+        return check_headers(headers, _RESERVED_HEADERS)
 
     @field_validator("format")
     @classmethod

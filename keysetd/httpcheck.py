@@ -1,0 +1,34 @@
+"""Checks shared by the config of everything that speaks HTTP (jwks_url source, http notifier)."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from urllib.parse import urlsplit
+
+__all__ = ["check_headers", "check_http_url"]
+
+
+def check_http_url(url: str, *, allow_credentials: bool = True) -> str:
+    """An http(s) URL with a host and a valid port; ValueError naming what is wrong."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("url must be an http:// or https:// URL with a host")
+    if not allow_credentials and (parts.username is not None or parts.password is not None):
+        raise ValueError("url must not hold credentials; use headers = {Authorization = ...}")
+    try:
+        _ = parts.port
+    except ValueError:
+        raise ValueError("url has an invalid port") from None
+    return url
+
+
+def check_headers(headers: dict[str, str], reserved: Collection[str]) -> dict[str, str]:
+    """Header names that are tokens, values without CR/LF/NUL, none keysetd sets itself."""
+    for name, value in headers.items():
+        if not name or not all(33 <= ord(c) < 127 and c != ":" for c in name):
+            raise ValueError(f"not a valid header name: {name!r}")
+        if any(c in value for c in "\r\n\0"):
+            raise ValueError(f"header {name} must not contain CR, LF or NUL")
+        if name.lower() in reserved:
+            raise ValueError(f"header {name} is set by keysetd")
+    return headers
