@@ -15,7 +15,6 @@ with a ``systemd`` notifier, ``action = "restart"``, or a ``command``).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -26,6 +25,7 @@ from keysetd import proc
 from keysetd.atomic import read_current, write_atomic
 from keysetd.errors import NotifyError
 from keysetd.outputs.nats import NatsOutputConfig, header_kind
+from keysetd.pidfile import target_pid
 from keysetd.plugin import Notifier, NotifierConfig, NotifyEvent, Output
 from keysetd.sources.file import read_limited
 from keysetd.units import Duration
@@ -150,21 +150,10 @@ class NatsNotifier(Notifier):
         return f"{include} restored to its previous bytes"
 
     def _read_pid(self) -> int:
-        pidfile = self.config.pidfile
-        if pidfile is None:
-            assert self.config.pid is not None  # guaranteed by the config validator
-            pid = self.config.pid
-        else:
-            try:
-                raw = read_limited(pidfile, _PIDFILE_LIMIT + 1)
-            except (OSError, ValueError) as exc:
-                raise self._fail(f"pidfile {pidfile}: cannot read: {exc}") from exc
-            text = raw.decode("ascii", errors="replace").strip()
-            if len(raw) > _PIDFILE_LIMIT or not text.isdigit() or int(text) <= 0:
-                raise self._fail(f"pidfile {pidfile} does not hold a pid")
-            pid = int(text)
-        if pid == os.getpid():
-            raise self._fail(f"refusing to signal pid {pid}: that is keysetd itself")
+        try:
+            pid = target_pid(self.config.pid, self.config.pidfile)
+        except ValueError as exc:
+            raise self._fail(str(exc)) from exc
         self._check_name(pid)
         return pid
 

@@ -18,6 +18,7 @@ from typing import ClassVar
 from pydantic import Field, field_validator, model_validator
 
 from keysetd.errors import NotifyError
+from keysetd.pidfile import target_pid
 from keysetd.plugin import Notifier, NotifierConfig, NotifyEvent
 from keysetd.sources.file import read_limited
 
@@ -82,28 +83,10 @@ class SignalNotifier(Notifier):
             raise NotifyError(self.name, f"{self._target()}: {exc}") from exc.__cause__
 
     def _read_pid(self) -> int:
-        pidfile = self.config.pidfile
-        if pidfile is None:
-            assert self.config.pid is not None  # guaranteed by the config validator
-            pid = self.config.pid
-        else:
-            try:
-                raw = read_limited(pidfile, _PIDFILE_LIMIT + 1)
-            except OSError as exc:
-                raise _Refused(f"cannot read: {exc.strerror}") from exc
-            except ValueError as exc:
-                raise _Refused(f"cannot read: {exc}") from exc
-            text = raw.decode("ascii", errors="replace").strip()
-            if not text:
-                raise _Refused("is empty")
-            if len(raw) > _PIDFILE_LIMIT or not text.isdigit():
-                raise _Refused("does not hold a pid")
-            pid = int(text)
-        if pid <= 0:
-            raise _Refused(f"refusing to signal pid {pid}")
-        if pid == os.getpid():
-            raise _Refused(f"refusing to signal pid {pid}: that is keysetd itself")
-        return pid
+        try:
+            return target_pid(self.config.pid, self.config.pidfile)
+        except ValueError as exc:
+            raise _Refused(str(exc)) from exc
 
     def _send(self, pid: int) -> None:
         pidfd = _pidfd_open(pid)
