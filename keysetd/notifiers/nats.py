@@ -32,7 +32,6 @@ from keysetd.units import Duration
 
 __all__ = ["NatsNotifier", "NatsNotifierConfig"]
 
-_PIDFILE_LIMIT = 64
 _INCLUDE_LIMIT = 16 << 20
 _RESTART_HINT = (
     'restart the server instead: a systemd notifier with action = "restart", or a command'

@@ -24,7 +24,6 @@ from keysetd.sources.file import read_limited
 
 __all__ = ["SignalNotifier", "SignalNotifierConfig", "parse_signal"]
 
-_PIDFILE_LIMIT = 64
 
 
 def parse_signal(value: str) -> signal.Signals:
