@@ -328,7 +328,8 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
     compat, compat_origins = compat_overrides(env)
     overrides, origins = environment_overrides(env)
     file_data = _read_toml(path) if path is not None else {}
-    file_type = file_data.get("source", {}).get("type")
+    raw_source = file_data.get("source")
+    file_type = raw_source.get("type") if isinstance(raw_source, dict) else None
     if "source" in compat and file_type not in (None, compat["source"]["type"]):
         file_data = {**file_data, "source": {}}  # the convention names its own source type
     data = _merge(_merge(file_data, compat), overrides)
