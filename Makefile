@@ -58,13 +58,13 @@ test: lint typecheck pytest
 STRESS_ROUNDS ?= 500
 SOAK_CYCLES   ?= 20000
 FUZZ_EXAMPLES ?= 15000
-ATHERIS_RUNS  ?= 5000000
+ATHERIS_RUNS  ?= 2000000
 
 stress: $(STAMP)
 	@$(BIN)/python -m pip install -q atheris || echo "stress: atheris did not install; its test skips"
 	STRESS_ROUNDS=$(STRESS_ROUNDS) STRESS_BUDGET_SECONDS=1500 \
 	SOAK_CYCLES=$(SOAK_CYCLES) SOAK_BUDGET_SECONDS=900 \
-	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) ATHERIS_RUNS=$(ATHERIS_RUNS) ATHERIS_SECONDS=600 \
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) ATHERIS_RUNS=$(ATHERIS_RUNS) ATHERIS_SECONDS=300 \
 		$(BIN)/pytest -q -s --timeout=3600 --hypothesis-show-statistics tests/test_reliability_*.py
 
 bench: $(STAMP)

@@ -1,9 +1,12 @@
 """The one place keysetd writes files: old or new bytes, never a partial file.
 
-Sequence: a temp file ``.<name>.keysetd-<random>.tmp`` created exclusively in
-the target's directory, mode set, data written and fsynced, ``os.replace`` onto
-the target, then the directory fsynced so the rename survives a power cut. A
-crash leaves at most a stray temp file, which ``clean_temp_files`` removes.
+Sequence: a temp file ``.<name>.keysetd-<random>.tmp`` created exclusively
+(O_EXCL|O_NOFOLLOW) in the target's directory, mode set, data written and
+fsynced, ``os.replace`` onto the target, then the directory fsynced so the
+rename survives a power cut. Every step goes through one descriptor of that
+directory, so a directory swapped for a symlink halfway cannot split the
+sequence across two places. A crash leaves at most a stray temp file, which
+``clean_temp_files`` removes.
 """
 
 from __future__ import annotations
@@ -11,12 +14,16 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
+
+from keysetd import failpoints
 
 __all__ = [
     "TEMP_SUFFIX",
     "append_durable",
     "clean_temp_files",
+    "open_directory",
     "read_current",
     "remove_file",
     "replace_if_unchanged",
@@ -25,63 +32,133 @@ __all__ = [
 
 TEMP_SUFFIX = ".keysetd.tmp"
 _TEMP_MARK = ".keysetd-"
+#: Fresh random temp names tried when one is taken (a squatter cannot guess 48 bits twice).
+_TEMP_ATTEMPTS = 4
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+#: O_PATH walks a directory we may search but not list; absent off Linux.
+_WALK_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def _temp_path(target: Path) -> Path:
-    return target.with_name(f".{target.name}{_TEMP_MARK}{secrets.token_hex(6)}{TEMP_SUFFIX}")
+def _temp_name(name: str) -> str:
+    return f".{name}{_TEMP_MARK}{secrets.token_hex(6)}{TEMP_SUFFIX}"
 
 
 def fsync_dir(directory: Path) -> None:
     """Make a rename or unlink in ``directory`` durable."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    fd = os.open(directory, _DIR_FLAGS)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
-def _stage(path: Path, data: bytes, mode: int, durable: bool = True) -> Path:
-    """A fsynced temp file with ``data`` and ``mode`` next to ``path``, ready to rename."""
-    temp = _temp_path(path)
+def open_directory(real: Path) -> int:
+    """A descriptor of the absolute, symlink-free path ``real``, reached without following
+    any symlink: a component swapped for one fails with ELOOP or ENOTDIR (OSError).
+
+    Callers resolve the configured path once (``os.path.realpath``) and pass the result,
+    so a directory that was a symlink by design still works.
+    """
+    if not real.is_absolute():
+        raise ValueError(f"{real} is not an absolute path")
+    fd = os.open("/", _WALK_FLAGS)
+    try:
+        parts = real.parts[1:]
+        for index, part in enumerate(parts):
+            last = index == len(parts) - 1
+            flags = (_DIR_FLAGS | os.O_NOFOLLOW) if last else _WALK_FLAGS
+            child = os.open(part, flags, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        if not parts:  # "/" itself: reopen readable for fsync
+            child = os.open("/", _DIR_FLAGS)
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _stage(dir_fd: int, name: str, data: bytes, mode: int, *, durable: bool, label: str) -> str:
+    """A fsynced temp file with ``data`` and ``mode`` in ``dir_fd``, ready to rename; its name."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(temp, flags, 0o600)
+    failpoints.hit("write.before-temp", label)
+    for attempt in range(_TEMP_ATTEMPTS):
+        temp = _temp_name(name)
+        try:
+            fd = os.open(temp, flags, 0o600, dir_fd=dir_fd)
+            break
+        except FileExistsError:
+            if attempt == _TEMP_ATTEMPTS - 1:
+                raise
     try:
         os.fchmod(fd, mode)
         view = memoryview(data)
         while view:
             written = os.write(fd, view)
             view = view[written:]
+        failpoints.hit("write.after-temp", label)
         if durable:
             os.fsync(fd)
     except BaseException:
         os.close(fd)
         with contextlib.suppress(OSError):
-            os.unlink(temp)
+            os.unlink(temp, dir_fd=dir_fd)
         raise
     os.close(fd)
+    failpoints.hit("write.after-fsync", label)
     return temp
 
 
-def _commit(temp: Path, path: Path, durable: bool = True) -> None:
+def _commit(dir_fd: int, temp: str, name: str, *, durable: bool, label: str) -> None:
     try:
-        os.replace(temp, path)
+        os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
         with contextlib.suppress(OSError):
-            os.unlink(temp)
+            os.unlink(temp, dir_fd=dir_fd)
         raise
+    failpoints.hit("write.after-rename", label)
     if durable:
-        fsync_dir(path.parent)
+        os.fsync(dir_fd)
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o644, *, durable: bool = True) -> None:
+@contextlib.contextmanager
+def _directory(path: Path, dir_fd: int | None) -> Iterator[int]:
+    """``dir_fd`` as given, or a descriptor of ``path``'s parent opened (and closed) here."""
+    if dir_fd is not None:
+        yield dir_fd
+        return
+    fd = os.open(path.parent, _DIR_FLAGS)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def write_atomic(
+    path: Path,
+    data: bytes,
+    mode: int = 0o644,
+    *,
+    durable: bool = True,
+    dir_fd: int | None = None,
+    label: str | None = None,
+) -> None:
     """Replace ``path`` with ``data`` atomically, with ``mode`` set before the rename.
 
     Raises OSError; the caller names the output. The target is replaced, never
     written through: a symlink at ``path`` is replaced by the regular file.
     ``durable=False`` skips the fsyncs: still old-or-new after a process crash,
     for files that are rewritten every cycle and may lag after a power cut (status).
+    ``dir_fd``: a descriptor of ``path``'s directory (see ``open_directory``) to work
+    in instead of looking the parent up by name. ``label`` names the file for
+    failpoints (default: its name).
     """
-    _commit(_stage(path, data, mode, durable), path, durable)
+    label = label or path.name
+    with _directory(path, dir_fd) as fd:
+        temp = _stage(fd, path.name, data, mode, durable=durable, label=label)
+        _commit(fd, temp, path.name, durable=durable, label=label)
 
 
 def replace_if_unchanged(path: Path, expected: bytes | None, data: bytes, mode: int) -> bool:
@@ -94,12 +171,13 @@ def replace_if_unchanged(path: Path, expected: bytes | None, data: bytes, mode: 
     limit = len(expected) if expected is not None else 0
     if read_current(path, limit) != expected:
         return False
-    temp = _stage(path, data, mode)
-    if read_current(path, limit) != expected:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        return False
-    _commit(temp, path)
+    with _directory(path, None) as fd:
+        temp = _stage(fd, path.name, data, mode, durable=True, label=path.name)
+        if read_current(path, limit) != expected:
+            with contextlib.suppress(OSError):
+                os.unlink(temp, dir_fd=fd)
+            return False
+        _commit(fd, temp, path.name, durable=True, label=path.name)
     return True
 
 
@@ -115,13 +193,14 @@ def append_durable(fd: int, line: bytes) -> None:
     os.fsync(fd)
 
 
-def remove_file(path: Path) -> bool:
-    """Unlink ``path`` durably; False when it was already gone."""
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        return False
-    fsync_dir(path.parent)
+def remove_file(path: Path, *, dir_fd: int | None = None) -> bool:
+    """Unlink ``path`` durably (a symlink is unlinked, not followed); False when already gone."""
+    with _directory(path, dir_fd) as fd:
+        try:
+            os.unlink(path.name, dir_fd=fd)
+        except FileNotFoundError:
+            return False
+        os.fsync(fd)
     return True
 
 

@@ -1,4 +1,10 @@
-"""Render every output, then write only the files whose bytes changed, verifiers first."""
+"""Render every output, then write only the files whose bytes changed, verifiers first.
+
+Outputs are written only into the directories keysetd saw when it first wrote
+there: a directory (or any of its parents) swapped for a symlink to somewhere
+else afterwards is refused with an OutputError naming the path, and each write
+reaches its directory without following a symlink (``atomic.open_directory``).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from keysetd.atomic import read_current, remove_file, write_atomic
+from keysetd import failpoints
+from keysetd.atomic import open_directory, read_current, remove_file, write_atomic
 from keysetd.errors import OutputError
 from keysetd.plan import Plan
 from keysetd.plugin import Output, Role
@@ -44,28 +51,18 @@ def render_outputs(outputs: Sequence[Output], plan: Plan) -> list[Rendered]:
     return rendered
 
 
-def _ensure_directory(output: Output, directory: Path) -> None:
-    """Create an output's own directory (a pem dir); a missing parent stays an error."""
-    if directory != output.config.path or directory.is_dir():
-        return
-    try:
-        directory.mkdir()
-        directory.chmod(0o755)  # mkdir's mode is cut by the umask (UMask=0077 under systemd)
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        raise OutputError(output.name, str(directory), exc.strerror or str(exc)) from exc
-
-
 class Written:
     """What keysetd last wrote where, so an unchanged file costs one stat, not a read.
 
     A file counts as ours while its inode, size, mtime and mode are those we left;
     any edit, replacement, chmod or deletion behind our back shows in the stat.
+    It also pins each output directory the first time it is used (at start-up):
+    where it resolves to and whether it was a symlink then.
     """
 
     def __init__(self) -> None:
         self._files: dict[Path, tuple[tuple[int, int, int, int], bytes]] = {}
+        self._dirs: dict[Path, tuple[Path, bool]] = {}
 
     @staticmethod
     def _signature(path: Path) -> tuple[int, int, int, int] | None:
@@ -93,26 +90,88 @@ class Written:
         if signature is not None:
             self._files[path] = (signature, data)
 
+    def directory(self, output: Output, directory: Path) -> Path:
+        """Where ``directory`` resolves, refused when that moved since it was pinned.
+
+        Refused: a directory that is a symlink now and was not, or that resolves
+        elsewhere (a parent swapped for a symlink). A missing directory keeps its
+        lexical path, so its absence shows up as ENOENT when it is opened.
+        """
+        absolute = Path(os.path.abspath(directory))
+        real = Path(os.path.realpath(absolute))
+        link = absolute.is_symlink()
+        pinned = self._dirs.setdefault(absolute, (real, link))
+        if real != pinned[0] or (link and not pinned[1]):
+            raise OutputError(
+                output.name,
+                str(directory),
+                f"the directory now resolves to {real} through a symlink (it was {pinned[0]}"
+                f"{', a symlink' if pinned[1] else ''} when keysetd started); refusing to write"
+                " through it",
+            )
+        return real
+
+
+def _prepare_directory(output: Output, directory: Path, written: Written) -> Path:
+    """Check (and for a pem dir, create) the directory files of ``output`` go to."""
+    if directory != output.config.path or directory.is_dir():
+        return written.directory(output, directory)
+    parent = written.directory(output, directory.parent)
+    try:
+        fd = open_directory(parent)
+        try:
+            os.mkdir(directory.name, 0o755, dir_fd=fd)
+            made = os.open(directory.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            try:
+                # mkdir's mode is cut by the umask (UMask=0077 under systemd)
+                os.fchmod(made, 0o755)
+            finally:
+                os.close(made)
+        except FileExistsError:
+            pass
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise OutputError(output.name, str(directory), exc.strerror or str(exc)) from exc
+    return written.directory(output, directory)
+
+
+def _fail(output: Output, path: Path, exc: OSError) -> OutputError:
+    return OutputError(output.name, str(path), exc.strerror or str(exc))
+
 
 def commit_output(rendered: Rendered, written: Written | None = None) -> bool:
     """Atomically write changed files and remove stale ones; True when anything changed."""
     output = rendered.output
     written = written or Written()
     changed = False
+    checked: dict[Path, Path] = {}
     for path, data in rendered.files.items():
-        _ensure_directory(output, path.parent)
+        real = checked.get(path.parent)
+        if real is None:
+            real = checked[path.parent] = _prepare_directory(output, path.parent, written)
         mode = output.file_mode(path)
         try:
             if written.current(path, data, mode):
                 continue
-            write_atomic(path, data, mode)
+            fd = open_directory(real)
+            try:
+                write_atomic(path, data, mode, dir_fd=fd, label=output.name)
+            finally:
+                os.close(fd)
         except OSError as exc:
-            raise OutputError(output.name, str(path), exc.strerror or str(exc)) from exc
+            raise _fail(output, path, exc) from exc
         written.wrote(path, data)
         changed = True
     for path in output.stale_files(rendered.files):
+        real = written.directory(output, path.parent)
+        failpoints.hit("commit.before-remove", output.name)
         try:
-            changed |= remove_file(path)
+            fd = open_directory(real)
+            try:
+                changed |= remove_file(path, dir_fd=fd)
+            finally:
+                os.close(fd)
         except OSError as exc:
-            raise OutputError(output.name, str(path), exc.strerror or str(exc)) from exc
+            raise _fail(output, path, exc) from exc
     return changed

@@ -94,7 +94,6 @@ class Pipeline:
         self._published: Plan | None = None
         self._rendered: list[Rendered] = []
         self._written = Written()
-        self._audit_pending: list[dict[str, Any]] = []
         self._revoked: frozenset[str] = frozenset()
         self._status: dict[str, Any] = self.state.load_status() or {}
 
@@ -126,18 +125,24 @@ class Pipeline:
     # -- the cycle ---------------------------------------------------------
 
     def cycle(self, *, force: bool = False) -> CycleResult:
-        """Run one cycle for the current source snapshot; its audit lines go out in one write."""
+        """Run one cycle for the current source snapshot."""
         try:
             return self._cycle(force)
-        finally:
-            events, self._audit_pending = self._audit_pending, []
-            self.audit.append_all(events)
-            if events:
-                failpoints.hit("state.after-audit-append")  # failpoint (tests only)
+        except OSError as exc:
+            # state_dir could not be written (full, read-only): fail the cycle, stay up.
+            name = exc.filename2 or exc.filename  # os.replace names the target second
+            where = self.state.directory / name if name else self.state.directory
+            failure = OutputError("state_dir", str(where), exc.strerror or str(exc))
+            return self._failed(failure, "record", self.clock())
 
     def _audit(self, event_name: str, **fields: Any) -> None:
-        """Queue an audit line; ``cycle`` writes the cycle's lines with one fsync, at its end."""
-        self._audit_pending.append({"event": event_name, **fields})
+        self._audit_all([{"event": event_name, **fields}])
+
+    def _audit_all(self, events: Sequence[dict[str, Any]]) -> None:
+        """Append audit lines now: before the history they describe, so none is ever lost."""
+        if events:
+            self.audit.append_all(events)
+            failpoints.hit("state.after-audit-append")  # failpoint (tests only)
 
     def _cycle(self, force: bool) -> CycleResult:
         now = self.clock()
@@ -247,12 +252,12 @@ class Pipeline:
         return result
 
     def _remember(self, history: Records, events: Sequence[dict[str, Any]] = ()) -> None:
-        """Persist history when a record changed, then audit what changed."""
+        """Audit what changed, then persist history (a crash between repeats the lines)."""
+        self._audit_all(events)
         if history != self.history:
             self.state.save_history(history)
             failpoints.hit("state.after-history-save")  # failpoint (tests only)
             self.history = history
-        self._audit_pending += events
         for entry in events:
             event(entry["event"], **{k: v for k, v in entry.items() if k != "event"})
 
@@ -374,19 +379,28 @@ class Pipeline:
         source = self.source.describe()
         event("cycle_failed", logging.ERROR, stage=stage, source=source, error=str(exc))
         if isinstance(exc, InvalidKeyset):
-            self._audit(
-                "refused",
-                source=source,
-                rules=sorted(exc.rules),
-                kids=sorted({p.kid for p in exc.problems}),
-            )
+            entry = {
+                "event": "refused",
+                "source": source,
+                "rules": sorted(exc.rules),
+                "kids": sorted({p.kid for p in exc.problems}),
+            }
         elif isinstance(exc, SourceError):
-            self._audit("source_failed", source=source, error=exc.reason)
+            entry = {"event": "source_failed", "source": source, "error": exc.reason}
         else:
-            self._audit("commit_failed", error=str(exc))
+            entry = {"event": "commit_failed", "error": str(exc)}
         from_lkg = False
-        if self._keyset is None and not isinstance(exc, OutputError):
-            from_lkg = self._republish_lkg(now)
+        try:
+            self._audit_all([entry])
+            if self._keyset is None and not isinstance(exc, OutputError):
+                from_lkg = self._republish_lkg(now)
+        except OSError as error:  # state_dir itself is failing: report, stay up
+            event(
+                "state_write_failed",
+                logging.ERROR,
+                path=str(error.filename),
+                error=error.strerror or str(error),
+            )
         self._record_failure(now, str(exc))
         result = CycleResult(
             ok=False,

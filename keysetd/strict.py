@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from keysetd.config import Config
 from keysetd.crypto import b64u_decode
 from keysetd.errors import Problem
+from keysetd.fscheck import filesystem_violations
 from keysetd.model import Keyset
 from keysetd.plugin import PluginConfig, Role
 
@@ -104,7 +105,7 @@ def config_violations(config: Config) -> list[str]:
         found += _table_rules(f"notify.{index}", table)
     if config.policy.max_staleness is None:
         found.append("policy.max_staleness: not set (readiness must turn false on stale keys)")
-    return found
+    return found + filesystem_violations(config)
 
 
 def _bits_per_char(text: bytes) -> float:

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from tests.conftest import Env, wait_for
 from tests.keys import jwk, jwks_doc
 
-ROUNDS = int(os.environ.get("KEYSETD_CRASH_ROUNDS", "200"))
+ROUNDS = int(os.environ.get("CRASH_ROUNDS", "200"))
 BUDGET_SECONDS = 150
 
 

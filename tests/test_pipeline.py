@@ -154,3 +154,21 @@ def test_a_kid_revoked_before_it_was_ever_seen_is_refused(env: Env, keys: dict[s
     result = cycle.cycle()
     assert not result.ok and "revoked-kid" in (result.error or "")
     assert "es-b" not in env.jwks.read_text()
+
+
+def test_a_failing_state_write_fails_the_cycle_not_the_daemon(
+    env: Env, keys: dict[str, Any]
+) -> None:
+    env.write_source(jwks_doc(keys["es-a"], active="es-a"))
+    cycle = pipeline(env)
+    assert cycle.cycle().ok
+    history = env.state / "history.json"
+    history.unlink()
+    history.mkdir()  # os.replace onto a directory fails: a stand-in for a broken state_dir
+    env.write_source(jwks_doc(keys["es-a"], keys["es-b"], active="es-b"))
+    result = cycle.cycle()
+    assert not result.ok and "state_dir" in (result.error or "")
+    assert str(history) in (result.error or "")
+    history.rmdir()
+    assert cycle.cycle(force=True).ok
+    assert "es-b" in env.jwks.read_text()

@@ -25,7 +25,6 @@ from keysetd.sources.file import read_limited
 __all__ = ["SignalNotifier", "SignalNotifierConfig", "parse_signal"]
 
 
-
 def parse_signal(value: str) -> signal.Signals:
     """A signal from its name: ``"SIGHUP"``, ``"HUP"`` or ``"hup"``."""
     name = value.strip().upper()
