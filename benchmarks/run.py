@@ -23,7 +23,7 @@ NAMES = ("propagation", "footprint", "scale", "idle", "sources", "verify", "nats
 
 
 def _benchmarks() -> dict[str, Callable[[], Sequence[object]]]:
-    from benchmarks import footprint, idle, nats, propagation, scale, sources, verify
+    from benchmarks import footprint, idle, nats_rotation, propagation, scale, sources, verify
 
     return {
         "propagation": propagation.run,
@@ -32,7 +32,7 @@ def _benchmarks() -> dict[str, Callable[[], Sequence[object]]]:
         "idle": idle.run,
         "sources": sources.run,
         "verify": verify.run,
-        "nats": nats.run,
+        "nats": nats_rotation.run,
     }
 
 

@@ -88,6 +88,8 @@ class Pipeline:
         self.outputs: tuple[Output, ...] = config.build_outputs()
         self.notifiers: tuple[Notifier, ...] = config.build_notifiers()
         self.history: Records = self.state.load_history()
+        #: What history.json holds; ``history`` may be ahead by kids only observed so far.
+        self._saved_history: Records = self.history
         self._signer: Keyset | None = self._load_signer()
         self._keyset: Keyset | None = None
         self._last_data: bytes | None = None
@@ -225,7 +227,9 @@ class Pipeline:
 
     def _publish(self, keyset: Keyset, now: float) -> CycleResult:
         """Record the kids the source brings, then plan, render, commit and notify."""
-        self._remember(observe(self.history, keyset, now))
+        # Kids seen in the source are saved with the next transition (after the verifier
+        # commit): one history write fewer before consumers are told.
+        self.history = observe(self.history, keyset, now)
         result = self._publish_plan(self.plan_now(keyset, now), now)
         self._keyset = keyset
         return result
@@ -254,10 +258,11 @@ class Pipeline:
     def _remember(self, history: Records, events: Sequence[dict[str, Any]] = ()) -> None:
         """Audit what changed, then persist history (a crash between repeats the lines)."""
         self._audit_all(events)
-        if history != self.history:
+        self.history = history
+        if history != self._saved_history:
             self.state.save_history(history)
             failpoints.hit("state.after-history-save")  # failpoint (tests only)
-            self.history = history
+            self._saved_history = history
         for entry in events:
             event(entry["event"], **{k: v for k, v in entry.items() if k != "event"})
 
@@ -285,8 +290,8 @@ class Pipeline:
         changed += self._commit_phase(signers)
         history, closed = mark_active(self.history, planned, now)
         self._remember(history, activated + closed)
-        self._keep_signer(planned.signer)
         failures += self._notify([n for n in pending if interested(n, changed)], planned, changed)
+        self._keep_signer(planned.signer)  # the signer files already hold it; no hurry
         return CycleResult(
             ok=True,
             changed=tuple(changed),
