@@ -2,10 +2,33 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Collection
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["check_headers", "check_http_url"]
+__all__ = ["check_headers", "check_http_url", "is_loopback", "safe_url"]
+
+
+def is_loopback(host: str | None) -> bool:
+    """localhost or a loopback address: where plain http:// is acceptable."""
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def safe_url(url: str) -> str:
+    """scheme://host[:port]/path: no credentials, query or fragment (they may carry tokens)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port is not None else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def check_http_url(url: str, *, allow_credentials: bool = True) -> str:

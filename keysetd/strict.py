@@ -8,7 +8,6 @@ refusal; without it, a warning.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import os
 import stat
@@ -22,6 +21,7 @@ from keysetd.config import Config
 from keysetd.crypto import b64u_decode
 from keysetd.errors import Problem
 from keysetd.fscheck import filesystem_violations
+from keysetd.httpcheck import is_loopback
 from keysetd.model import Keyset
 from keysetd.plugin import PluginConfig, Role
 
@@ -49,17 +49,6 @@ _MIN_SECRET_BYTES = 32
 _MIN_BITS_PER_CHAR = 3.0
 
 
-def _is_loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _table_rules(where: str, table: PluginConfig) -> Iterable[str]:
     values: dict[str, Any] = table.model_dump()
     for key, value in values.items():
@@ -69,7 +58,7 @@ def _table_rules(where: str, table: PluginConfig) -> Iterable[str]:
             yield f"{where}.{key}: TLS verification must stay on"
         if key in _URL_KEYS and isinstance(value, str):
             parts = urlsplit(value)
-            if parts.scheme == "http" and not _is_loopback(parts.hostname):
+            if parts.scheme == "http" and not is_loopback(parts.hostname):
                 yield f"{where}.{key}: http:// to {parts.hostname} (only loopback may skip TLS)"
         if key == "argv" and isinstance(value, list) and value and not os.path.isabs(value[0]):
             yield f"{where}.argv: {value[0]!r} is not an absolute path (PATH can be hijacked)"

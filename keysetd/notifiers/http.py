@@ -15,12 +15,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import ClassVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from keysetd.errors import NotifyError
-from keysetd.httpcheck import check_headers, check_http_url
+from keysetd.httpcheck import check_headers, check_http_url, safe_url
 from keysetd.plugin import Notifier, NotifierConfig, NotifyEvent
 from keysetd.proc import redact
 from keysetd.units import Duration
@@ -72,16 +72,6 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-def _safe_url(url: str) -> str:
-    """The URL without credentials, query or fragment, for error messages."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{host}:{parts.port}" if parts.port is not None else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
 class HttpNotifier(Notifier):
     """POSTs the event as JSON to ``url``; one attempt per call."""
 
@@ -92,7 +82,7 @@ class HttpNotifier(Notifier):
         self.config: HttpNotifierConfig = config
 
     def _fail(self, reason: str) -> NotifyError:
-        return NotifyError(self.name, f"POST {_safe_url(self.config.url)}: {reason}")
+        return NotifyError(self.name, f"POST {safe_url(self.config.url)}: {reason}")
 
     def _reason(self, reason: object) -> str:
         """A connection failure in a few words: timeout, errno text, or the error itself."""

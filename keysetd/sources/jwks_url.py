@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import binascii
 import http.client
-import ipaddress
 import logging
 import re
 import socket
@@ -40,7 +39,7 @@ from keysetd.crypto import KeyMaterialError, load_public
 from keysetd.errors import InvalidKeyset, SourceError
 from keysetd.formats import MAX_DOCUMENT
 from keysetd.formats.jwks import JsonObject, kid_label, load_json, short
-from keysetd.httpcheck import check_headers, check_http_url
+from keysetd.httpcheck import check_headers, check_http_url, is_loopback, safe_url
 from keysetd.log import event
 from keysetd.model import PUBLIC_MEMBERS, Key, Snapshot, canonical_json
 from keysetd.plugin import Source, SourceConfig
@@ -93,25 +92,6 @@ _RESERVED_HEADERS = frozenset(
 _BODY_EXCERPT = 200
 _CHUNK = 65536
 _MAX_AGE = re.compile(r'max-age\s*=\s*"?(\d+)"?')
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _safe_url(url: str) -> str:
-    """scheme://host[:port]/path: no credentials, query or fragment (they may carry tokens)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{host}:{parts.port}" if parts.port is not None else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 class JwksUrlSourceConfig(SourceConfig):
@@ -297,7 +277,7 @@ class JwksUrlSource(Source):
         self._fresh_until = 0.0
         self._lifetime = 0.0
         self._skipped: frozenset[tuple[str, str]] = frozenset()
-        if not self._https and not _is_loopback(self._host):
+        if not self._https and not is_loopback(self._host):
             event(
                 "jwks_url_plain_http",
                 logging.WARNING,
@@ -307,7 +287,7 @@ class JwksUrlSource(Source):
             )
 
     def describe(self) -> str:
-        return f"jwks_url:{_safe_url(self.config.url)}"
+        return f"jwks_url:{safe_url(self.config.url)}"
 
     def _fail(self, reason: str) -> SourceError:
         return SourceError(self.describe(), reason)
