@@ -389,8 +389,3 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
             where = f" in {path}" if path else ""
             raise ConfigError(f"strict mode refuses the configuration{where}", tuple(violations))
     return config
-
-
-def signer_outputs(config: Config) -> tuple[str, ...]:
-    """Names of the outputs that hold private material."""
-    return tuple(o.name for o in config.build_outputs() if o.role is Role.SIGNER)

@@ -55,20 +55,15 @@ def test_env_source(env: Env) -> None:
 
 
 def test_inline_secret_in_config(env: Env) -> None:
-    config = base(
-        env, notify=[{"type": "http", "url": "https://h.example/-/reload", "headers": {"X": "y"}}]
-    )
-    assert load_config(write(env, config))  # headers are not a credential key by name
-    env.source.write_text("{}")
-    # A credential key inline: exercised through a notifier env table named "token"
-    # would be a schema error, so use the rule directly on a table that carries one.
-    from keysetd.plugin import SourceConfig
-    from keysetd.strict import _table_rules
-
-    class WithToken(SourceConfig):
-        token: str = ""
-
-    assert list(_table_rules("source", WithToken(type="vault_transit", token="s.abc")))
+    source = {
+        "type": "vault_transit",
+        "address": "http://127.0.0.1:8200",
+        "keys": ["jwt"],
+        "auth": "token",
+        "token": "s.inline-token-value",
+    }
+    config = base(env, source=source, outputs=[{"type": "jwks", "path": str(env.jwks)}])
+    refused(env, config, r"source.token: secrets inline in the config")
 
 
 def test_group_writable_source_file(env: Env) -> None:
