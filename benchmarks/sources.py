@@ -37,7 +37,7 @@ from keysetd.daemon import FAILURE_BACKOFF_INITIAL, FAILURE_BACKOFF_MAX
 from keysetd.plugin import SourceConfig
 
 WINDOW = float(os.environ.get("BENCH_SOURCE_SECONDS", "180"))
-REFRESH = float(SourceConfig.model_fields["refresh_interval"].default)
+REFRESH = SourceConfig.parse({"type": "file"}).refresh_interval
 #: The jitter range Daemon._next_wait applies to the failure backoff.
 JITTER = (0.8, 1.2)
 #: "A few times a minute at most during an outage": once the backoff has ramped up.

@@ -1,8 +1,8 @@
 """The three extension points (source, output, notifier) and their entry-point registry.
 
 A plugin is a class registered under ``keysetd.sources``, ``keysetd.outputs`` or
-``keysetd.notifiers``; its ``Config`` (a pydantic model that forbids unknown
-keys) validates its config table, and ``__init__(config)`` builds it. The
+``keysetd.notifiers``; its ``Config`` (a ``keysetd.schema.Table``, which
+forbids unknown keys) validates its config table, and ``__init__(config)`` builds it. The
 built-ins register through the same groups. Only the plugins a config names are
 imported, and a name registered twice is an error, not "last one wins".
 """
@@ -17,10 +17,9 @@ from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict
-
 from keysetd.errors import PluginError
 from keysetd.model import Keyset, Snapshot
+from keysetd.schema import Table
 from keysetd.units import Duration, FileMode
 
 __all__ = [
@@ -35,20 +34,23 @@ __all__ = [
     "Role",
     "Source",
     "SourceConfig",
+    "SourceFormat",
     "available",
     "load",
 ]
 
 
-class PluginConfig(BaseModel):
+class PluginConfig(Table):
     """Base of every plugin's config table: frozen, unknown keys rejected."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
     type: str
 
 
+SourceFormat = Literal["auto", "jwks", "rgs", "pem"]
+
+
 class SourceConfig(PluginConfig):
-    format: Literal["auto", "jwks", "rgs", "pem"] = "auto"
+    format: SourceFormat = "auto"
     refresh_interval: Duration = 60.0
     timeout: Duration = 10.0
 

@@ -29,6 +29,7 @@ __all__ = [
     "ProcTimeout",
     "check_argv",
     "check_env",
+    "check_program",
     "minimal_env",
     "redact",
     "run",
@@ -256,6 +257,13 @@ def check_argv(argv: list[str]) -> list[str]:
     if any("\0" in arg for arg in argv):
         raise ValueError("argv must not contain NUL characters")
     return argv
+
+
+def check_program(program: str) -> str:
+    """Config validator: a program name or path, not empty, no NUL."""
+    if not program or "\0" in program:
+        raise ValueError("must name a program (not empty, no NUL characters)")
+    return program
 
 
 def check_env(env: dict[str, str]) -> dict[str, str]:

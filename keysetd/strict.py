@@ -50,7 +50,7 @@ _MIN_BITS_PER_CHAR = 3.0
 
 
 def _table_rules(where: str, table: PluginConfig) -> Iterable[str]:
-    values: dict[str, Any] = table.model_dump()
+    values: dict[str, Any] = table.as_dict()
     for key, value in values.items():
         if key in _INLINE_SECRET_KEYS and value:
             yield f"{where}.{key}: secrets inline in the config; read them from a file"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import BeforeValidator
+from keysetd.schema import Before, positive
 
-__all__ = ["Duration", "FileMode", "parse_duration", "parse_mode"]
+__all__ = ["Duration", "FileMode", "PositiveDuration", "parse_duration", "parse_mode"]
 
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
@@ -55,5 +55,6 @@ def parse_mode(value: object) -> int:
     return mode
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-FileMode = Annotated[int, BeforeValidator(parse_mode)]
+Duration = Annotated[float, Before(parse_duration)]
+PositiveDuration = Annotated[float, Before(parse_duration), positive]
+FileMode = Annotated[int, Before(parse_mode)]

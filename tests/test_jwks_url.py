@@ -25,10 +25,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from pydantic import ValidationError
 
 from keysetd.errors import InvalidKeyset, SourceError
 from keysetd.plugin import load
+from keysetd.schema import TableError
 from keysetd.sources.jwks_url import JwksUrlSource, JwksUrlSourceConfig
 from keysetd.validate import check
 from tests.conftest import Env
@@ -324,12 +324,12 @@ def test_registered_and_named_without_query() -> None:
     ],
 )
 def test_config_refused(options: dict[str, Any], message: str) -> None:
-    with pytest.raises(ValidationError, match=message):
+    with pytest.raises(TableError, match=message):
         JwksUrlSourceConfig(type="jwks_url", **options)
 
 
 def test_header_values_stay_out_of_config_errors() -> None:
-    with pytest.raises(ValidationError) as info:
+    with pytest.raises(TableError) as info:
         JwksUrlSourceConfig(
             type="jwks_url",
             url="https://sso.example.com/",

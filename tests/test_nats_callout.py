@@ -691,7 +691,7 @@ def test_user_seed_is_not_an_issuer(tmp_path: Path) -> None:
     from keysetd.errors import ConfigError
 
     user_seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER).decode()
-    config = CalloutConfig.model_validate(
+    config = CalloutConfig.parse(
         callout_config(
             tmp_path, issuer_account_seed_file=str(write_secret(tmp_path / "u.nk", user_seed))
         )
@@ -743,7 +743,7 @@ def test_permissions_mapping() -> None:
     from keysetd.outputs.nats import NatsPermissions
 
     assert user_permissions(None) == {"pub": {}, "sub": {}}
-    perms = NatsPermissions.model_validate(
+    perms = NatsPermissions.parse(
         {
             "publish": {"allow": ["a.>"], "deny": ["a.secret"]},
             "subscribe": "b.*",

@@ -4,6 +4,7 @@ the nats notifier's config check and restore, the systemd notifier, and their co
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import shutil
@@ -147,7 +148,7 @@ def test_trusted_keys_render_operator_nkeys(tmp_path: Path) -> None:
 
 def test_permissions_and_accounts(tmp_path: Path) -> None:
     a, b = ed25519_jwk("ed-a", os.urandom(32)), ed25519_jwk("ed-b", os.urandom(32))
-    cfg = NatsOutputConfig.model_validate(
+    cfg = NatsOutputConfig.parse(
         {
             "type": "nats",
             "path": str(tmp_path / "nats.conf"),
@@ -200,7 +201,7 @@ def test_output_is_a_verifier_with_mode_0644(tmp_path: Path) -> None:
 )
 def test_bad_output_config_is_refused(table: dict[str, Any], tmp_path: Path) -> None:
     with pytest.raises(ValueError):
-        NatsOutputConfig.model_validate({"type": "nats", "path": str(tmp_path / "x"), **table})
+        NatsOutputConfig.parse({"type": "nats", "path": str(tmp_path / "x"), **table})
 
 
 # -- config rules: trusted_keys cannot be reloaded -------------------------------
@@ -265,9 +266,9 @@ def test_users_with_the_nats_notifier_is_accepted(env: Env) -> None:
 def test_nats_notifier_needs_one_pid_source(tmp_path: Path) -> None:
     base = {"type": "nats", "config": str(tmp_path / "a"), "include": str(tmp_path / "b")}
     with pytest.raises(ValueError, match="exactly one of pid and pidfile"):
-        NatsNotifierConfig.model_validate(base)
+        NatsNotifierConfig.parse(base)
     with pytest.raises(ValueError, match="exactly one of pid and pidfile"):
-        NatsNotifierConfig.model_validate({**base, "pid": 5, "pidfile": str(tmp_path / "p")})
+        NatsNotifierConfig.parse({**base, "pid": 5, "pidfile": str(tmp_path / "p")})
 
 
 # -- the nats notifier's check and restore, with the real nats-server -------------
@@ -306,7 +307,7 @@ def test_failed_check_restores_the_include_and_sends_nothing(tmp_path: Path) -> 
 
         main.write_text("listen: 127.0.0.1:-1\ninclude ./inc.conf\n")
         include.write_bytes(render_nats(keyset(ed25519_jwk("k3", os.urandom(32)))))
-        strict_name = notifier.config.model_copy(update={"process_name": "nats-server"})
+        strict_name = dataclasses.replace(notifier.config, process_name="nats-server")
         with pytest.raises(NotifyError, match="is 'sleep', not 'nats-server'"):
             NatsNotifier(strict_name).notify(event)
         notifier.notify(event)  # check passes: nats-server --signal reload=<pid> sends SIGHUP
@@ -397,5 +398,5 @@ def test_example_readme_tables_validate() -> None:
     tables = [tomllib.loads(b) for b in re.findall(r"```toml\n(.*?)```", text, flags=re.S)]
     (output,) = [t["outputs"][0] for t in tables if "outputs" in t]
     (notify,) = [t["notify"][0] for t in tables if "notify" in t]
-    NatsOutputConfig.model_validate(output)
-    NatsNotifierConfig.model_validate(notify)
+    NatsOutputConfig.parse(output)
+    NatsNotifierConfig.parse(notify)

@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
 
 from keysetd.errors import NotifyError
 from keysetd.notifiers.command import CommandNotifier, CommandNotifierConfig
 from keysetd.notifiers.http import HttpNotifier, HttpNotifierConfig
 from keysetd.notifiers.signal import SignalNotifier, SignalNotifierConfig
 from keysetd.plugin import NotifyEvent, load
+from keysetd.schema import TableError
 
 PY = sys.executable
 EVENT = NotifyEvent(fingerprint="ab" * 32, active_kid="2026-11-b", outputs=("jwks", "keyset"))
@@ -98,7 +98,7 @@ def spawn(tmp_path: Path) -> Iterator[Callable[[], Recorder]]:
 
 
 def signal_notifier(**table: object) -> SignalNotifier:
-    config = SignalNotifierConfig.model_validate({"type": "signal", "name": "app", **table})
+    config = SignalNotifierConfig.parse({"type": "signal", "name": "app", **table})
     return SignalNotifier(config)
 
 
@@ -218,13 +218,13 @@ def test_pidfile_that_is_a_fifo_does_not_hang(tmp_path: Path) -> None:
     ],
 )
 def test_signal_config_rejects(table: dict[str, object]) -> None:
-    with pytest.raises(ValidationError):
-        SignalNotifierConfig.model_validate({"type": "signal", **table})
+    with pytest.raises(TableError):
+        SignalNotifierConfig.parse({"type": "signal", **table})
 
 
 @pytest.mark.parametrize("name", ["SIGHUP", "HUP", "hup", " sighup "])
 def test_signal_names_normalised(name: str) -> None:
-    config = SignalNotifierConfig.model_validate({"type": "signal", "pid": 1, "signal": name})
+    config = SignalNotifierConfig.parse({"type": "signal", "pid": 1, "signal": name})
     assert config.signal == "SIGHUP"
     assert SignalNotifier(config).name == "signal"
 
@@ -233,7 +233,7 @@ def test_signal_names_normalised(name: str) -> None:
 
 
 def command_notifier(argv: list[str], **table: object) -> CommandNotifier:
-    config = CommandNotifierConfig.model_validate({"type": "command", "argv": argv, **table})
+    config = CommandNotifierConfig.parse({"type": "command", "argv": argv, **table})
     return CommandNotifier(config)
 
 
@@ -293,8 +293,8 @@ def test_command_timeout_kills_process_group(tmp_path: Path) -> None:
     ],
 )
 def test_command_config_rejects(table: dict[str, object]) -> None:
-    with pytest.raises(ValidationError):
-        CommandNotifierConfig.model_validate({"type": "command", **table})
+    with pytest.raises(TableError):
+        CommandNotifierConfig.parse({"type": "command", **table})
 
 
 # --- http ---------------------------------------------------------------------
@@ -357,7 +357,7 @@ def server() -> Iterator[Server]:
 
 
 def http_notifier(url: str, **table: object) -> HttpNotifier:
-    config = HttpNotifierConfig.model_validate({"type": "http", "url": url, **table})
+    config = HttpNotifierConfig.parse({"type": "http", "url": url, **table})
     return HttpNotifier(config)
 
 
@@ -425,8 +425,8 @@ def test_http_userinfo_is_not_shown(server: Server) -> None:
     ],
 )
 def test_http_config_rejects(table: dict[str, object]) -> None:
-    with pytest.raises(ValidationError):
-        HttpNotifierConfig.model_validate({"type": "http", **table})
+    with pytest.raises(TableError):
+        HttpNotifierConfig.parse({"type": "http", **table})
 
 
 def _self_signed(tmp: Path) -> tuple[Path, Path]:

@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
 
 from keysetd.errors import SourceError
 from keysetd.plugin import load
+from keysetd.schema import TableError
 from keysetd.sources.command import CommandSource, CommandSourceConfig
 from keysetd.sources.env import EnvSource, EnvSourceConfig
 from keysetd.sources.file import READ_LIMIT, FileSource, FileSourceConfig
@@ -33,9 +33,7 @@ def file_source(path: Path) -> FileSource:
 
 
 def command_source(argv: list[str], **kw: object) -> CommandSource:
-    return CommandSource(
-        CommandSourceConfig.model_validate({"type": "command", "argv": argv, **kw})
-    )
+    return CommandSource(CommandSourceConfig.parse({"type": "command", "argv": argv, **kw}))
 
 
 def test_entry_points_resolve_to_these_classes() -> None:
@@ -124,8 +122,8 @@ def test_file_oversized_is_read_only_up_to_the_limit(tmp_path: Path) -> None:
 
 
 def test_file_config_rejects_unknown_keys(tmp_path: Path) -> None:
-    with pytest.raises(ValidationError, match="paht"):
-        FileSourceConfig.model_validate({"type": "file", "paht": str(tmp_path)})
+    with pytest.raises(TableError, match="paht"):
+        FileSourceConfig.parse({"type": "file", "paht": str(tmp_path)})
 
 
 # --- command ------------------------------------------------------------------
@@ -200,13 +198,13 @@ def test_command_missing_program() -> None:
     ],
 )
 def test_command_config_rejects(table: dict[str, object]) -> None:
-    with pytest.raises(ValidationError):
-        CommandSourceConfig.model_validate({"type": "command", **table})
+    with pytest.raises(TableError):
+        CommandSourceConfig.parse({"type": "command", **table})
 
 
 def test_command_config_errors_do_not_echo_env_values() -> None:
-    with pytest.raises(ValidationError) as info:
-        CommandSourceConfig.model_validate(
+    with pytest.raises(TableError) as info:
+        CommandSourceConfig.parse(
             {"type": "command", "argv": ["x"], "env": {"TOKEN": "s3cr3t-token\0"}}
         )
     assert "s3cr3t-token" not in str(info.value)
@@ -216,7 +214,7 @@ def test_command_config_errors_do_not_echo_env_values() -> None:
 
 
 def env_source(**kw: object) -> EnvSource:
-    return EnvSource(EnvSourceConfig.model_validate({"type": "env", **kw}))
+    return EnvSource(EnvSourceConfig.parse({"type": "env", **kw}))
 
 
 def test_env_keys_map_becomes_rgs_document(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,9 +7,8 @@ kills the program's whole process group.
 
 from __future__ import annotations
 
-from typing import ClassVar
-
-from pydantic import ConfigDict, Field, field_validator
+from dataclasses import field
+from typing import Annotated, ClassVar
 
 from keysetd import proc
 from keysetd.errors import NotifyError
@@ -21,24 +20,17 @@ __all__ = ["EVENT_VARS", "CommandNotifier", "CommandNotifierConfig", "event_env"
 EVENT_VARS = ("KEYSETD_FINGERPRINT", "KEYSETD_ACTIVE_KID", "KEYSETD_CHANGED_OUTPUTS")
 
 
+def _no_event_vars(env: dict[str, str]) -> dict[str, str]:
+    reserved = sorted(set(env) & set(EVENT_VARS))
+    if reserved:
+        raise ValueError(f"set by keysetd, not configurable: {', '.join(reserved)}")
+    return env
+
+
 class CommandNotifierConfig(NotifierConfig):
-    # env values may be tokens: keep them out of validation errors.
-    model_config = ConfigDict(hide_input_in_errors=True)
-
-    argv: list[str]
+    argv: Annotated[list[str], proc.check_argv]
     timeout: Duration = 10.0
-    env: dict[str, str] = Field(default_factory=dict)
-
-    _argv = field_validator("argv")(proc.check_argv)
-
-    @field_validator("env")
-    @classmethod
-    def _no_event_vars(cls, env: dict[str, str]) -> dict[str, str]:
-        proc.check_env(env)
-        reserved = sorted(set(env) & set(EVENT_VARS))
-        if reserved:
-            raise ValueError(f"set by keysetd, not configurable: {', '.join(reserved)}")
-        return env
+    env: Annotated[dict[str, str], proc.check_env, _no_event_vars] = field(default_factory=dict)
 
 
 def event_env(event: NotifyEvent) -> dict[str, str]:

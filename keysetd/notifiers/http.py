@@ -13,17 +13,16 @@ import json
 import ssl
 import urllib.error
 import urllib.request
+from dataclasses import field
 from pathlib import Path
-from typing import ClassVar
+from typing import Annotated, ClassVar
 from urllib.parse import urlsplit
-
-from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from keysetd.errors import NotifyError
 from keysetd.httpcheck import check_headers, check_http_url, safe_url
 from keysetd.plugin import Notifier, NotifierConfig, NotifyEvent
 from keysetd.proc import redact
-from keysetd.units import Duration
+from keysetd.units import PositiveDuration
 
 __all__ = ["HttpNotifier", "HttpNotifierConfig"]
 
@@ -31,30 +30,19 @@ _BODY_EXCERPT = 200
 _DRAIN_LIMIT = 65536
 
 
-class HttpNotifierConfig(NotifierConfig):
-    # headers may carry bearer tokens: keep them out of validation errors.
-    model_config = ConfigDict(hide_input_in_errors=True)
+def _clean_headers(headers: dict[str, str]) -> dict[str, str]:
+    return check_headers(headers, ("content-type", "content-length", "host"))
 
-    url: str
-    timeout: Duration = Field(default=5.0, gt=0)
-    headers: dict[str, str] = Field(default_factory=dict)
+
+class HttpNotifierConfig(NotifierConfig):
+    url: Annotated[str, check_http_url]
+    timeout: PositiveDuration = 5.0
+    headers: Annotated[dict[str, str], _clean_headers] = field(default_factory=dict)
     ca_file: Path | None = None
 
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, url: str) -> str:
-        return check_http_url(url)
-
-    @field_validator("headers")
-    @classmethod
-    def _clean_headers(cls, headers: dict[str, str]) -> dict[str, str]:
-        return check_headers(headers, ("content-type", "content-length", "host"))
-
-    @model_validator(mode="after")
-    def _ca_needs_https(self) -> HttpNotifierConfig:
+    def __post_init__(self) -> None:
         if self.ca_file is not None and urlsplit(self.url).scheme != "https":
             raise ValueError("ca_file needs an https:// url")
-        return self
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

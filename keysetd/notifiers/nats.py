@@ -17,9 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
-
-from pydantic import Field, model_validator
+from typing import Annotated, Any, ClassVar
 
 from keysetd import proc
 from keysetd.atomic import read_current, write_atomic
@@ -27,6 +25,7 @@ from keysetd.errors import NotifyError
 from keysetd.outputs.nats import NatsOutputConfig, header_kind
 from keysetd.pidfile import target_pid
 from keysetd.plugin import Notifier, NotifierConfig, NotifyEvent, Output
+from keysetd.schema import positive
 from keysetd.sources.file import read_limited
 from keysetd.units import Duration
 
@@ -43,21 +42,17 @@ class NatsNotifierConfig(NotifierConfig):
     config: Path
     #: The nats output's file that ``config`` includes: what a failed check restores.
     include: Path
-    pid: int | None = Field(default=None, gt=0)
+    pid: Annotated[int, positive] | None = None
     pidfile: Path | None = None
     #: Must match ``/proc/<pid>/comm``; "" skips the check.
     process_name: str = "nats-server"
     #: The nats-server program (looked up in /usr/local/bin:/usr/bin:/bin unless a path).
-    nats_server: str = Field(default="nats-server", min_length=1)
+    nats_server: Annotated[str, proc.check_program] = "nats-server"
     timeout: Duration = 10.0
 
-    @model_validator(mode="after")
-    def _valid(self) -> NatsNotifierConfig:
+    def __post_init__(self) -> None:
         if (self.pid is None) == (self.pidfile is None):
             raise ValueError("set exactly one of pid and pidfile")
-        if "\0" in self.nats_server:
-            raise ValueError("nats_server must not contain NUL characters")
-        return self
 
 
 class NatsNotifier(Notifier):

@@ -13,13 +13,12 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
-from typing import ClassVar
-
-from pydantic import Field, field_validator, model_validator
+from typing import Annotated, ClassVar
 
 from keysetd.errors import NotifyError
 from keysetd.pidfile import target_pid
 from keysetd.plugin import Notifier, NotifierConfig, NotifyEvent
+from keysetd.schema import non_empty, positive
 from keysetd.sources.file import read_limited
 
 __all__ = ["SignalNotifier", "SignalNotifierConfig", "parse_signal"]
@@ -36,22 +35,19 @@ def parse_signal(value: str) -> signal.Signals:
         raise ValueError(f"unknown signal: {value!r}") from None
 
 
+def _signal_name(value: str) -> str:
+    return parse_signal(value).name
+
+
 class SignalNotifierConfig(NotifierConfig):
-    pid: int | None = Field(default=None, gt=0)
+    pid: Annotated[int, positive] | None = None
     pidfile: Path | None = None
-    signal: str = "SIGHUP"
-    process_name: str | None = Field(default=None, min_length=1)
+    signal: Annotated[str, _signal_name] = "SIGHUP"
+    process_name: Annotated[str, non_empty] | None = None
 
-    @field_validator("signal")
-    @classmethod
-    def _known_signal(cls, value: str) -> str:
-        return parse_signal(value).name
-
-    @model_validator(mode="after")
-    def _one_target(self) -> SignalNotifierConfig:
+    def __post_init__(self) -> None:
         if (self.pid is None) == (self.pidfile is None):
             raise ValueError("set exactly one of pid and pidfile")
-        return self
 
 
 class _Refused(Exception):

@@ -9,9 +9,7 @@ timeout that kills it.
 from __future__ import annotations
 
 import re
-from typing import ClassVar, Literal
-
-from pydantic import Field, field_validator
+from typing import Annotated, ClassVar, Literal
 
 from keysetd import proc
 from keysetd.errors import NotifyError
@@ -24,26 +22,18 @@ __all__ = ["SystemdNotifier", "SystemdNotifierConfig"]
 _UNIT = re.compile(r"[A-Za-z0-9:_.\\@][A-Za-z0-9:_.\\@-]{0,255}")
 
 
+def _unit_name(unit: str) -> str:
+    if not _UNIT.fullmatch(unit):
+        raise ValueError(f"not a systemd unit name: {unit!r}")
+    return unit
+
+
 class SystemdNotifierConfig(NotifierConfig):
-    unit: str
+    unit: Annotated[str, _unit_name]
     action: Literal["reload", "restart"] = "reload"
     timeout: Duration = 30.0
     #: The systemctl program (looked up in /usr/local/bin:/usr/bin:/bin unless a path).
-    systemctl: str = Field(default="systemctl", min_length=1)
-
-    @field_validator("unit")
-    @classmethod
-    def _unit_name(cls, unit: str) -> str:
-        if not _UNIT.fullmatch(unit):
-            raise ValueError(f"not a systemd unit name: {unit!r}")
-        return unit
-
-    @field_validator("systemctl")
-    @classmethod
-    def _no_nul(cls, value: str) -> str:
-        if "\0" in value:
-            raise ValueError("systemctl must not contain NUL characters")
-        return value
+    systemctl: Annotated[str, proc.check_program] = "systemctl"
 
 
 class SystemdNotifier(Notifier):

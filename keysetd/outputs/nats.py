@@ -16,16 +16,17 @@ import base64
 import hashlib
 import json
 import re
+from dataclasses import field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import nkeys
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from keysetd.crypto import b64u_decode
 from keysetd.errors import OutputError
 from keysetd.model import Key, Keyset
 from keysetd.plugin import Output, OutputConfig, Role
+from keysetd.schema import Before, Table, matches, positive
 
 __all__ = [
     "HEADER",
@@ -89,71 +90,59 @@ def _nkey(raw: bytes, prefix: int) -> str:
     return text
 
 
-class _Table(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _subjects(value: list[str]) -> list[str]:
-    for subject in value:
-        if not _SUBJECT.fullmatch(subject):
-            raise ValueError(f"not a NATS subject: {subject!r}")
+def _subject(value: str) -> str:
+    if not _SUBJECT.fullmatch(value):
+        raise ValueError(f"not a NATS subject: {value!r}")
     return value
 
 
-class NatsSubjects(_Table):
-    allow: list[str] | None = None
-    deny: list[str] | None = None
-
-    @field_validator("allow", "deny")
-    @classmethod
-    def _valid(cls, value: list[str] | None) -> list[str] | None:
-        return _subjects(value) if value is not None else value
+def _one_subject(value: Any) -> Any:
+    """A single subject may be written without the list around it."""
+    return [value] if isinstance(value, str) else value
 
 
-class NatsResponses(_Table):
-    max: int = Field(default=1, gt=0)
-    expires: str | None = Field(default=None, pattern=r"^\d+(ms|s|m|h)$")
+def _no_empty_kid(users: dict[str, Any]) -> dict[str, Any]:
+    if "" in users:
+        raise ValueError("a kid cannot be empty")
+    return users
 
 
-class NatsPermissions(_Table):
+Subjects = list[Annotated[str, _subject]]
+Account = Annotated[str, matches(_ACCOUNT.pattern)]
+
+
+class NatsSubjects(Table):
+    allow: Subjects | None = None
+    deny: Subjects | None = None
+
+
+class NatsResponses(Table):
+    max: Annotated[int, positive] = 1
+    expires: Annotated[str, matches(r"\d+(ms|s|m|h)")] | None = None
+
+
+class NatsPermissions(Table):
     """A nats-server ``permissions`` map: subjects (or allow/deny lists) per direction."""
 
-    publish: list[str] | NatsSubjects | None = None
-    subscribe: list[str] | NatsSubjects | None = None
+    publish: Annotated[Subjects | NatsSubjects, Before(_one_subject)] | None = None
+    subscribe: Annotated[Subjects | NatsSubjects, Before(_one_subject)] | None = None
     allow_responses: bool | NatsResponses | None = None
 
-    @field_validator("publish", "subscribe", mode="before")
-    @classmethod
-    def _one_subject(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
 
-    @field_validator("publish", "subscribe")
-    @classmethod
-    def _valid(cls, value: list[str] | NatsSubjects | None) -> list[str] | NatsSubjects | None:
-        return _subjects(value) if isinstance(value, list) else value
-
-
-class NatsUser(_Table):
+class NatsUser(Table):
     """Settings for the user of one kid; each overrides the output-wide one."""
 
     permissions: NatsPermissions | None = None
-    account: str | None = Field(default=None, pattern=_ACCOUNT.pattern)
+    account: Account | None = None
 
 
 class NatsOutputConfig(OutputConfig):
     kind: Kind = "users"
     #: Permissions and account of every user, unless ``users`` sets its own.
     permissions: NatsPermissions | None = None
-    account: str | None = Field(default=None, pattern=_ACCOUNT.pattern)
+    account: Account | None = None
     #: Per kid: ``users = { "2026-11-a" = { permissions = {...}, account = "APP" } }``.
-    users: dict[str, NatsUser] = Field(default_factory=dict)
-
-    @field_validator("users")
-    @classmethod
-    def _no_empty_kid(cls, users: dict[str, NatsUser]) -> dict[str, NatsUser]:
-        if "" in users:
-            raise ValueError("a kid cannot be empty")
-        return users
+    users: Annotated[dict[str, NatsUser], _no_empty_kid] = field(default_factory=dict)
 
 
 def header_kind(data: bytes) -> str | None:
@@ -209,7 +198,7 @@ def render_nats(
         user = per_kid.get(kid, NatsUser()) if kid is not None else NatsUser()
         perms = user.permissions if user.permissions is not None else permissions
         entry: dict[str, Any] = {"nkey": nkey}
-        dumped = perms.model_dump(exclude_none=True) if perms is not None and kid else {}
+        dumped = perms.as_dict(exclude_none=True) if perms is not None and kid else {}
         if dumped:
             entry["permissions"] = dumped
         where = (user.account or account) if kid is not None else None

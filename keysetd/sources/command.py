@@ -7,29 +7,23 @@ past ``max_output``. Its stderr reaches errors only redacted.
 
 from __future__ import annotations
 
-from typing import ClassVar
-
-from pydantic import ConfigDict, Field, field_validator
+from dataclasses import field
+from typing import Annotated, ClassVar
 
 from keysetd import proc
 from keysetd.errors import SourceError
 from keysetd.model import Snapshot
 from keysetd.plugin import Source, SourceConfig
+from keysetd.schema import positive
 from keysetd.sources.file import READ_LIMIT
 
 __all__ = ["CommandSource", "CommandSourceConfig"]
 
 
 class CommandSourceConfig(SourceConfig):
-    # env values may be tokens: keep them out of validation errors.
-    model_config = ConfigDict(hide_input_in_errors=True)
-
-    argv: list[str]
-    env: dict[str, str] = Field(default_factory=dict)
-    max_output: int = Field(default=READ_LIMIT, gt=0)
-
-    _argv = field_validator("argv")(proc.check_argv)
-    _env = field_validator("env")(proc.check_env)
+    argv: Annotated[list[str], proc.check_argv]
+    env: Annotated[dict[str, str], proc.check_env] = field(default_factory=dict)
+    max_output: Annotated[int, positive] = READ_LIMIT
 
 
 class CommandSource(Source):

@@ -26,14 +26,14 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from keysetd.crypto import KeyMaterialError, load_public
 from keysetd.errors import InvalidKeyset, SourceError
@@ -42,10 +42,11 @@ from keysetd.formats.jwks import JsonObject, kid_label, load_json, short
 from keysetd.httpcheck import check_headers, check_http_url, is_loopback, safe_url
 from keysetd.log import event
 from keysetd.model import PUBLIC_MEMBERS, Key, Snapshot, canonical_json
-from keysetd.plugin import Source, SourceConfig
+from keysetd.plugin import Source, SourceConfig, SourceFormat
 from keysetd.proc import redact
+from keysetd.schema import positive
 from keysetd.sources.file import READ_LIMIT
-from keysetd.units import Duration
+from keysetd.units import PositiveDuration
 
 __all__ = ["JwksUrlSource", "JwksUrlSourceConfig", "filter_jwks"]
 
@@ -94,38 +95,31 @@ _CHUNK = 65536
 _MAX_AGE = re.compile(r'max-age\s*=\s*"?(\d+)"?')
 
 
+def _jwks_only(fmt: str) -> str:
+    if fmt not in ("auto", "jwks"):
+        raise ValueError("a jwks_url source is always in the jwks format")
+    return fmt
+
+
+def _http_url(url: str) -> str:
+    return check_http_url(url, allow_credentials=False)
+
+
+def _clean_headers(headers: dict[str, str]) -> dict[str, str]:
+    return check_headers(headers, _RESERVED_HEADERS)
+
+
 class JwksUrlSourceConfig(SourceConfig):
-    # headers may carry bearer tokens, the url a query token: keep them out of errors.
-    model_config = ConfigDict(hide_input_in_errors=True)
-
-    url: str
+    format: Annotated[SourceFormat, _jwks_only] = "auto"
+    url: Annotated[str, _http_url]
     ca_file: Path | None = None
-    headers: dict[str, str] = Field(default_factory=dict)
-    max_bytes: int = Field(default=READ_LIMIT, gt=0)
-    timeout: Duration = Field(default=10.0, gt=0)
+    headers: Annotated[dict[str, str], _clean_headers] = field(default_factory=dict)
+    max_bytes: Annotated[int, positive] = READ_LIMIT
+    timeout: PositiveDuration = 10.0
 
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, url: str) -> str:
-        return check_http_url(url, allow_credentials=False)
-
-    @field_validator("headers")
-    @classmethod
-    def _clean_headers(cls, headers: dict[str, str]) -> dict[str, str]:
-        return check_headers(headers, _RESERVED_HEADERS)
-
-    @field_validator("format")
-    @classmethod
-    def _jwks_only(cls, fmt: str) -> str:
-        if fmt not in ("auto", "jwks"):
-            raise ValueError("a jwks_url source is always in the jwks format")
-        return fmt
-
-    @model_validator(mode="after")
-    def _ca_needs_https(self) -> JwksUrlSourceConfig:
+    def __post_init__(self) -> None:
         if self.ca_file is not None and urlsplit(self.url).scheme != "https":
             raise ValueError("ca_file needs an https:// url")
-        return self
 
 
 # --- filtering ------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from string import Formatter
-from typing import TYPE_CHECKING, ClassVar, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal, TypeVar
 
 import boto3
 from botocore.config import Config as BotoConfig
@@ -32,12 +32,12 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from cryptography.hazmat.primitives.serialization import load_der_public_key
-from pydantic import Field, field_validator
 
 from keysetd.crypto import key_from_public
 from keysetd.errors import SourceError
 from keysetd.model import Key, Snapshot, canonical_json
 from keysetd.plugin import Source, SourceConfig
+from keysetd.schema import non_empty
 
 if TYPE_CHECKING:
     from mypy_boto3_kms.client import KMSClient
@@ -75,54 +75,50 @@ _MESSAGE_LIMIT = 300
 T = TypeVar("T")
 
 
+def _distinct(value: tuple[str, ...]) -> tuple[str, ...]:
+    if any(not ref.strip() for ref in value):
+        raise ValueError("key ids must not be empty")
+    if len(set(value)) != len(value):
+        raise ValueError("a key id is listed twice")
+    return value
+
+
+def _active(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty (leave it out to use the first key id)")
+    return value
+
+
+def _url(value: str) -> str:
+    if not value.startswith(("https://", "http://")):
+        raise ValueError("must be an http:// or https:// URL")
+    return value
+
+
+def _kid_format(value: str) -> str:
+    try:
+        fields = [(name, spec, conv) for _, name, spec, conv in Formatter().parse(value)]
+    except ValueError as exc:
+        raise ValueError(f"not a format string: {exc}") from None
+    names = {name for name, _, _ in fields if name is not None}
+    if names != {"key_id"} or any(spec or conv for name, spec, conv in fields if name):
+        raise ValueError("must contain {key_id} and no other field, e.g. 'kms-{key_id}'")
+    return value
+
+
 class AwsKmsSourceConfig(SourceConfig):
     """``[source]`` with ``type = "aws_kms"``. No credential keys: the standard chain only."""
 
     #: The source always returns a JWKS; another format would be ignored, so it is refused.
     format: Literal["auto", "jwks"] = "auto"
-    region: str = Field(min_length=1)
+    region: Annotated[str, non_empty]
     #: Key ids, key ARNs, alias names or alias ARNs; kids are the KMS key ids they resolve to.
-    key_ids: tuple[str, ...] = Field(min_length=1)
+    key_ids: Annotated[tuple[str, ...], non_empty, _distinct]
     #: An alias whose target is the signing key; default: the first of ``key_ids``.
-    active: str | None = None
-    endpoint_url: str | None = None
+    active: Annotated[str, _active] | None = None
+    endpoint_url: Annotated[str, _url] | None = None
     rsa_alg: Literal["RS256", "PS256"] = "RS256"
-    kid_format: str = "{key_id}"
-
-    @field_validator("key_ids")
-    @classmethod
-    def _distinct(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if any(not ref.strip() for ref in value):
-            raise ValueError("key ids must not be empty")
-        if len(set(value)) != len(value):
-            raise ValueError("a key id is listed twice")
-        return value
-
-    @field_validator("active")
-    @classmethod
-    def _active(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
-            raise ValueError("must not be empty (leave it out to use the first key id)")
-        return value
-
-    @field_validator("endpoint_url")
-    @classmethod
-    def _url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("https://", "http://")):
-            raise ValueError("must be an http:// or https:// URL")
-        return value
-
-    @field_validator("kid_format")
-    @classmethod
-    def _kid_format(cls, value: str) -> str:
-        try:
-            fields = [(name, spec, conv) for _, name, spec, conv in Formatter().parse(value)]
-        except ValueError as exc:
-            raise ValueError(f"not a format string: {exc}") from None
-        names = {name for name, _, _ in fields if name is not None}
-        if names != {"key_id"} or any(spec or conv for name, spec, conv in fields if name):
-            raise ValueError("must contain {key_id} and no other field, e.g. 'kms-{key_id}'")
-        return value
+    kid_format: Annotated[str, _kid_format] = "{key_id}"
 
 
 class AwsKmsSource(Source):

@@ -9,16 +9,17 @@ from __future__ import annotations
 import os
 import stat
 import tomllib
+from dataclasses import field
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 import nkeys  # type: ignore[import-untyped,unused-ignore]
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from keysetd.crypto import ALGORITHMS
 from keysetd.errors import ConfigError
 from keysetd.outputs.nats import NatsPermissions
-from keysetd.units import Duration
+from keysetd.schema import Table, TableError, matches, non_empty
+from keysetd.units import Duration, PositiveDuration
 from keysetd_nats_callout.natsjwt import NatsJwtError, NkeySigner
 
 __all__ = [
@@ -34,48 +35,57 @@ __all__ = [
 ACCOUNT_PATTERN: Final = r"^[A-Za-z0-9_$-]{1,128}$"
 _MAX_SECRET_FILE: Final = 4096
 
+Account = Annotated[str, matches(ACCOUNT_PATTERN)]
+NonEmpty = Annotated[str, non_empty]
 
-class _Table(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+
+def _known(value: list[str]) -> list[str]:
+    unknown = [alg for alg in value if alg not in ALGORITHMS or alg.startswith("HS")]
+    if unknown:
+        raise ValueError(f"not an asymmetric JWS algorithm keysetd accepts: {unknown}")
+    return value
 
 
-class NatsConnection(_Table):
+def _no_xkey(value: Path) -> Path:
+    raise ValueError(
+        "encrypted callouts (xkey) are not supported yet: remove xkey_seed_file and"
+        " the server's auth_callout xkey"
+    )
+
+
+class NatsConnection(Table):
     """How the callout connects: an ``auth_users`` entry of the server's auth_callout."""
 
     url: str = "nats://127.0.0.1:4222"
-    user: str = Field(min_length=1)
-    password: str | None = Field(default=None, repr=False)
+    user: NonEmpty
+    password: str | None = field(default=None, repr=False)
     password_file: Path | None = None
-    connect_timeout: Duration = Field(default=5.0, gt=0)
+    connect_timeout: PositiveDuration = 5.0
     #: Callout replicas in one queue group share the requests.
-    queue: str = Field(default="keysetd-nats-callout", pattern=r"^[A-Za-z0-9_.-]+$")
+    queue: Annotated[str, matches(r"[A-Za-z0-9_.-]+")] = "keysetd-nats-callout"
 
-    @model_validator(mode="after")
-    def _one_password(self) -> NatsConnection:
+    def __post_init__(self) -> None:
         if (self.password is None) == (self.password_file is None):
             raise ValueError("set exactly one of nats.password and nats.password_file")
-        return self
 
 
-class Rule(_Table):
+class Rule(Table):
     """If claim ``claim`` (a dotted path) contains or equals a value: this account/permissions."""
 
-    claim: str = Field(min_length=1)
+    claim: NonEmpty
     contains: str | None = None
     equals: str | int | bool | None = None
-    account: str | None = Field(default=None, pattern=ACCOUNT_PATTERN)
+    account: Account | None = None
     permissions: NatsPermissions | None = None
 
-    @model_validator(mode="after")
-    def _one_test(self) -> Rule:
+    def __post_init__(self) -> None:
         if (self.contains is None) == (self.equals is None):
             raise ValueError(f"rule on {self.claim!r}: set exactly one of contains and equals")
         if self.account is None and self.permissions is None:
             raise ValueError(f"rule on {self.claim!r}: set account, permissions or both")
-        return self
 
 
-class CalloutConfig(_Table):
+class CalloutConfig(Table):
     log_format: Literal["json", "text"] = "json"
     nats: NatsConnection
     #: The jwks output keysetd maintains, read through keysetd.verifier.
@@ -83,44 +93,20 @@ class CalloutConfig(_Table):
     check_interval: Duration = 1.0
     #: How long to wait at start for keysetd to write ``jwks`` (0: fail at once).
     jwks_wait: Duration = 30.0
-    issuer: str = Field(min_length=1)
-    audience: str = Field(min_length=1)
-    algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256"], min_length=1)
+    issuer: NonEmpty
+    audience: NonEmpty
+    algorithms: Annotated[list[str], non_empty, _known] = field(
+        default_factory=lambda: ["RS256", "ES256"]
+    )
     leeway: Duration = 0.0
     issuer_account_seed_file: Path
-    xkey_seed_file: Path | None = None
-    account: str = Field(pattern=ACCOUNT_PATTERN)
-    max_ttl: Duration = Field(default=3600.0, gt=0)
+    xkey_seed_file: Annotated[Path, _no_xkey] | None = None
+    account: Account
+    max_ttl: PositiveDuration = 3600.0
     #: The token claim that names the NATS user (server logs, monitoring); else ``sub``.
     name_claim: str = "preferred_username"
     permissions: NatsPermissions | None = None
-    rules: list[Rule] = Field(default_factory=list)
-
-    @field_validator("algorithms")
-    @classmethod
-    def _known(cls, value: list[str]) -> list[str]:
-        unknown = [alg for alg in value if alg not in ALGORITHMS or alg.startswith("HS")]
-        if unknown:
-            raise ValueError(f"not an asymmetric JWS algorithm keysetd accepts: {unknown}")
-        return value
-
-    @field_validator("xkey_seed_file")
-    @classmethod
-    def _no_xkey(cls, value: Path | None) -> Path | None:
-        if value is not None:
-            raise ValueError(
-                "encrypted callouts (xkey) are not supported yet: remove xkey_seed_file and"
-                " the server's auth_callout xkey"
-            )
-        return value
-
-
-def _problems(exc: ValidationError) -> tuple[str, ...]:
-    out = []
-    for error in exc.errors(include_input=False, include_url=False):
-        where = ".".join(str(part) for part in error["loc"]) or "(top level)"
-        out.append(f"{where}: {error['msg']}")
-    return tuple(out)
+    rules: list[Rule] = field(default_factory=list)
 
 
 def load_config(path: Path) -> CalloutConfig:
@@ -132,9 +118,9 @@ def load_config(path: Path) -> CalloutConfig:
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"config {path} is not TOML: {exc}") from None
     try:
-        return CalloutConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(f"config {path} is invalid", _problems(exc)) from None
+        return CalloutConfig.parse(raw)
+    except TableError as exc:
+        raise ConfigError(f"config {path} is invalid", tuple(exc.lines())) from None
 
 
 def _read_secret(path: Path, what: str) -> bytes:

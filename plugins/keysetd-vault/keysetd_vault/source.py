@@ -17,10 +17,10 @@ import logging
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from string import Formatter
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import hvac  # type: ignore[import-untyped]
@@ -30,13 +30,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from hvac import exceptions as vault_errors
-from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from keysetd.crypto import key_from_public
 from keysetd.errors import SourceError
 from keysetd.log import event
 from keysetd.model import Key, Snapshot, canonical_json
 from keysetd.plugin import Source, SourceConfig
+from keysetd.schema import Secret, non_empty
 from keysetd.sources.file import read_limited
 
 __all__ = ["KEY_TYPES", "VaultTransitConfig", "VaultTransitSource"]
@@ -71,74 +71,64 @@ _STATUS: Mapping[type[Exception], str] = {
 _T = TypeVar("_T")
 
 
-class VaultTransitConfig(SourceConfig):
-    # token and secret paths may carry secrets: keep inputs out of validation errors.
-    model_config = ConfigDict(hide_input_in_errors=True)
+def _address(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise ValueError("must not carry credentials, a query or a fragment")
+    return value.rstrip("/")
 
-    address: str
-    mount: str = "transit"
-    keys: list[str] = Field(default_factory=lambda: ["jwt-signing"], min_length=1)
+
+def _mount(value: str) -> str:
+    mount = value.strip("/")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*", mount):
+        raise ValueError("must be a mount path such as 'transit'")
+    return mount
+
+
+def _keys(value: list[str]) -> list[str]:
+    for name in value:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise ValueError(f"{name!r} is not a transit key name")
+    if len(set(value)) != len(value):
+        raise ValueError("a key is listed twice")
+    return value
+
+
+def _kid_format(value: str) -> str:
+    try:
+        fields = [name for _, name, _, _ in Formatter().parse(value) if name is not None]
+        if set(fields) <= {"name", "version"}:
+            value.format(name="k", version=1)  # a bad format spec fails here, not per fetch
+    except ValueError as exc:
+        raise ValueError(f"is not a format string: {exc}") from None
+    if not set(fields) <= {"name", "version"}:
+        raise ValueError("may use only the fields {name} and {version}")
+    if "version" not in fields:
+        raise ValueError("must include {version}, or every version gets the same kid")
+    return value
+
+
+class VaultTransitConfig(SourceConfig):
+    address: Annotated[str, _address]
+    mount: Annotated[str, _mount] = "transit"
+    keys: Annotated[list[str], non_empty, _keys] = field(default_factory=lambda: ["jwt-signing"])
     auth: Literal["token", "approle", "kubernetes"] = "token"
-    token: SecretStr | None = None
+    token: Secret | None = None
     token_file: Path | None = None
     role_id: str | None = None
     secret_id_file: Path | None = None
     role: str | None = None
     kubernetes_role: str | None = None
     jwt_file: Path = _KUBERNETES_JWT
-    auth_mount: str | None = None
+    auth_mount: Annotated[str, _mount] | None = None
     namespace: str | None = None
     ca_file: Path | None = None
     rsa_alg: Literal["RS256", "PS256"] = "RS256"
-    kid_format: str = "{name}-v{version}"
+    kid_format: Annotated[str, _kid_format] = "{name}-v{version}"
 
-    @field_validator("address")
-    @classmethod
-    def _address(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http:// or https:// URL with a host")
-        if parts.username or parts.password or parts.query or parts.fragment:
-            raise ValueError("must not carry credentials, a query or a fragment")
-        return value.rstrip("/")
-
-    @field_validator("mount", "auth_mount")
-    @classmethod
-    def _mount(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        mount = value.strip("/")
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*", mount):
-            raise ValueError("must be a mount path such as 'transit'")
-        return mount
-
-    @field_validator("keys")
-    @classmethod
-    def _keys(cls, value: list[str]) -> list[str]:
-        for name in value:
-            if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-                raise ValueError(f"{name!r} is not a transit key name")
-        if len(set(value)) != len(value):
-            raise ValueError("a key is listed twice")
-        return value
-
-    @field_validator("kid_format")
-    @classmethod
-    def _kid_format(cls, value: str) -> str:
-        try:
-            fields = [field for _, field, _, _ in Formatter().parse(value) if field is not None]
-            if set(fields) <= {"name", "version"}:
-                value.format(name="k", version=1)  # a bad format spec fails here, not per fetch
-        except ValueError as exc:
-            raise ValueError(f"is not a format string: {exc}") from None
-        if not set(fields) <= {"name", "version"}:
-            raise ValueError("may use only the fields {name} and {version}")
-        if "version" not in fields:
-            raise ValueError("must include {version}, or every version gets the same kid")
-        return value
-
-    @model_validator(mode="after")
-    def _auth_settings(self) -> VaultTransitConfig:
+    def __post_init__(self) -> None:
         token_given = self.token is not None or self.token_file is not None
         if self.auth == "token":
             if (self.token is None) == (self.token_file is None):
@@ -151,7 +141,6 @@ class VaultTransitConfig(SourceConfig):
             raise ValueError("role and kubernetes_role name the same thing: give one")
         if self.auth == "kubernetes" and self.login_role is None:
             raise ValueError("auth = 'kubernetes' needs role (the Kubernetes auth role)")
-        return self
 
     @property
     def login_role(self) -> str | None:
@@ -195,7 +184,7 @@ class VaultTransitSource(Source):
         # Values that must never reach a message: tokens, secret ids, Kubernetes JWTs.
         self._secrets: set[str] = set()
         if config.token is not None:
-            self._secrets.add(config.token.get_secret_value())
+            self._secrets.add(config.token.reveal())
 
     def describe(self) -> str:
         return f"vault_transit:{self.config.address}/{self.config.mount}"
@@ -392,7 +381,7 @@ class VaultTransitSource(Source):
     def _configured_token(self) -> str:
         config = self.config
         if config.token is not None:
-            return config.token.get_secret_value()
+            return config.token.reveal()
         assert config.token_file is not None
         # Re-read every fetch: an agent (Vault Agent, a CSI driver) may replace it.
         return self._read_secret("token_file", config.token_file)
