@@ -2,7 +2,8 @@
 
 The pipeline does one cycle and returns; this module decides when the next one
 runs. A watcher thread turns file events into a wake-up; signal handlers only
-set flags, so SIGTERM lets the current commit finish before the loop exits.
+set flags and write to the wake-up pipe (no locks: see ``keysetd.wake``), so
+SIGTERM lets the current commit finish before the loop exits.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import logging
 import random
 import signal
-import threading
 import time
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -25,6 +25,7 @@ from keysetd.sdnotify import watchdog_period
 from keysetd.state import StateStore
 from keysetd.status import readiness, status_document
 from keysetd.strict import config_violations
+from keysetd.wake import Wake
 from keysetd.watch import Watcher
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ class Daemon:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.wake = threading.Event()
+        self.wake = Wake()
         self.stopping = False
         self.reload_requested = False
         self.failures = 0

@@ -23,6 +23,7 @@ import threading
 from pathlib import Path
 
 from keysetd.log import event
+from keysetd.wake import Wake
 
 __all__ = ["Watcher"]
 
@@ -76,7 +77,7 @@ def _watch_dirs(paths: tuple[Path, ...]) -> dict[Path, set[str]]:
 class Watcher:
     """Sets ``wake`` when an entry that matters changes in a watched directory."""
 
-    def __init__(self, paths: tuple[Path, ...], wake: threading.Event) -> None:
+    def __init__(self, paths: tuple[Path, ...], wake: Wake) -> None:
         self.targets = _watch_dirs(paths)
         self.wake = wake
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)

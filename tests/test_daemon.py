@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -284,3 +285,26 @@ def test_http_notifier_posts_to_a_real_server(env: Env, keys: dict[str, Any]) ->
         server.shutdown()
         server.server_close()
         _Recorder.bodies.clear()
+
+
+def test_a_signal_storm_never_deadlocks_the_daemon(running: Env) -> None:
+    """Signal handlers take no lock: a burst of SIGHUPs, then SIGTERM, and keysetd exits.
+
+    The handlers once called ``threading.Event.set``; a signal landing while the main
+    thread held that Event's lock (inside ``wait`` or ``clear``) hung the daemon forever.
+    """
+    proc = running.procs[0]
+    deadline = time.monotonic() + 5
+    for sent in range(2000):
+        if time.monotonic() > deadline or proc.poll() is not None:
+            break
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(0.0005 if sent % 50 else 0.02)
+    assert proc.poll() is None, running.log()[-2000:]
+    proc.send_signal(signal.SIGTERM)
+    try:
+        assert proc.wait(timeout=10) == 0
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("keysetd did not exit within 10 s of SIGTERM after a SIGHUP burst")
+    assert events(running, "config_reloaded")
