@@ -1,12 +1,15 @@
 """The vault_transit plugin against a real OpenBao dev server: versions, algs, auth, faults.
 
-Kubernetes auth needs a Kubernetes API to review the service-account token, so it
-is not exercised here (see plugins/keysetd-vault/README.md); its config rules are.
+Kubernetes auth runs against OpenBao's real kubernetes auth method; only the Kubernetes
+API's TokenReview endpoint it consults is a stand-in (KubeApi), served on loopback.
 """
 
 from __future__ import annotations
 
 import base64
+import datetime
+import http.server
+import ipaddress
 import json
 import logging
 import os
@@ -14,11 +17,14 @@ import re
 import secrets
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +32,10 @@ from typing import Any
 
 import jwt
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from keysetd_vault.source import VaultTransitConfig, VaultTransitSource
 
 from keysetd.config import load_config
@@ -500,6 +510,399 @@ def test_a_refused_login_is_tried_once_per_fetch(
     with pytest.raises(SourceError, match=r"log in \(approle\): 400") as caught:
         source.fetch()
     assert secret_id not in str(caught.value)
+
+
+# --- Kubernetes auth -----------------------------------------------------------------------------
+#
+# OpenBao's kubernetes auth reads the service account from the JWT's claims without checking
+# its signature (no pem_keys are configured), checks them against the role, then asks the
+# Kubernetes API whether the token is real: POST /apis/authentication.k8s.io/v1/tokenreviews.
+# That endpoint is the one stand-in here (KubeApi); OpenBao, its config and its roles are real.
+
+API_AUDIENCE = "https://kubernetes.default.svc.cluster.local"
+TOKENREVIEWS = "/apis/authentication.k8s.io/v1/tokenreviews"
+
+
+@dataclass(frozen=True)
+class ServiceAccount:
+    namespace: str
+    name: str
+    uid: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+    @property
+    def username(self) -> str:
+        return f"system:serviceaccount:{self.namespace}:{self.name}"
+
+
+KEYSETD_SA = ServiceAccount("keysetd-system", "keysetd")
+
+
+def _loopback_tls(workdir: Path) -> tuple[ssl.SSLContext, str]:
+    """A server context for a 127.0.0.1 certificate, and the PEM of the CA that signed it."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key, leaf_key = (
+        ec.generate_private_key(ec.SECP256R1()),
+        ec.generate_private_key(ec.SECP256R1()),
+    )
+
+    def issue(subject: str, key: ec.EllipticCurvePrivateKey, *, ca: bool) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube test CA")]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            loopback = x509.IPAddress(ipaddress.ip_address("127.0.0.1"))
+            builder = builder.add_extension(x509.SubjectAlternativeName([loopback]), critical=False)
+        return builder.sign(ca_key, hashes.SHA256())
+
+    ca, leaf = issue("kube test CA", ca_key, ca=True), issue("127.0.0.1", leaf_key, ca=False)
+    cert_file, key_file = workdir / "kube-api.pem", workdir / "kube-api.key"
+    cert_file.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        leaf_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    return context, ca.public_bytes(serialization.Encoding.PEM).decode()
+
+
+@dataclass
+class KubeApi:
+    """The TokenReview endpoint of a kube-apiserver, over TLS on loopback.
+
+    It knows the tokens it issued (``issue``) until they are invalidated, answers only a
+    caller bearing ``reviewer`` (OpenBao's token_reviewer_jwt), and records every token it
+    was asked about in ``reviewed``.
+    """
+
+    url: str
+    ca_pem: str
+    reviewer: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    valid: dict[str, tuple[ServiceAccount, list[str]]] = field(default_factory=dict)
+    reviewed: list[str] = field(default_factory=list)
+    signer: ec.EllipticCurvePrivateKey = field(
+        default_factory=lambda: ec.generate_private_key(ec.SECP256R1())
+    )
+
+    def issue(self, account: ServiceAccount, *, legacy: bool = False) -> str:
+        """A signed service-account JWT: projected (bound, the kubelet's) or a legacy secret's."""
+        now = int(time.time())
+        claims: dict[str, Any]
+        if legacy:
+            claims = {
+                "iss": "kubernetes/serviceaccount",
+                "kubernetes.io/serviceaccount/namespace": account.namespace,
+                "kubernetes.io/serviceaccount/secret.name": f"{account.name}-token-x7k2p",
+                "kubernetes.io/serviceaccount/service-account.name": account.name,
+                "kubernetes.io/serviceaccount/service-account.uid": account.uid,
+                "sub": account.username,
+            }
+        else:
+            claims = {
+                "aud": [API_AUDIENCE],
+                "exp": now + 3600,
+                "iat": now,
+                "nbf": now,
+                "iss": API_AUDIENCE,
+                "kubernetes.io": {
+                    "namespace": account.namespace,
+                    "pod": {"name": f"{account.name}-5d8f7c9b4-q2w9z", "uid": str(uuid.uuid4())},
+                    "serviceaccount": {"name": account.name, "uid": account.uid},
+                },
+                "sub": account.username,
+            }
+        token = jwt.encode(claims, self.signer, algorithm="ES256", headers={"kid": "sa-key-1"})
+        self.valid[token] = (account, [API_AUDIENCE])
+        return token
+
+    def review(self, authorization: str | None, request: dict[str, Any]) -> tuple[int, Any]:
+        """What kube-apiserver answers to one TokenReview: (HTTP status, JSON body)."""
+        if authorization != f"Bearer {self.reviewer}":
+            return 401, {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Failure",
+                "message": "Unauthorized",
+                "reason": "Unauthorized",
+                "code": 401,
+            }
+        spec = request.get("spec") or {}
+        token, wanted = str(spec.get("token", "")), list(spec.get("audiences") or [])
+        self.reviewed.append(token)
+        known = self.valid.get(token)
+        # As kube-apiserver does: a token is good for the audiences it shares with the request.
+        audiences = known[1] if known is not None else []
+        granted = [aud for aud in wanted if aud in audiences] if wanted else audiences
+        if known is None or not granted:
+            status: dict[str, Any] = {
+                "authenticated": False,
+                "user": {},
+                "error": "[invalid bearer token, token lookup failed]",
+            }
+        else:
+            account = known[0]
+            status = {
+                "authenticated": True,
+                "user": {
+                    "username": account.username,
+                    "uid": account.uid,
+                    "groups": [
+                        "system:serviceaccounts",
+                        f"system:serviceaccounts:{account.namespace}",
+                        "system:authenticated",
+                    ],
+                },
+                "audiences": granted,
+            }
+        return 201, {
+            "kind": "TokenReview",
+            "apiVersion": "authentication.k8s.io/v1",
+            "metadata": {"creationTimestamp": None},
+            "spec": {"audiences": wanted} if wanted else {},
+            "status": status,
+        }
+
+
+class _KubeApiServer(http.server.ThreadingHTTPServer):
+    api: KubeApi
+
+
+class _KubeApiHandler(http.server.BaseHTTPRequestHandler):
+    server: _KubeApiServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(min(int(self.headers.get("Content-Length") or 0), 1 << 20))
+        if self.path != TOKENREVIEWS:
+            code, reply = 404, {"kind": "Status", "status": "Failure", "code": 404}
+        else:
+            code, reply = self.server.api.review(
+                self.headers.get("Authorization"), json.loads(body)
+            )
+        data = json.dumps(reply).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def enable_kubernetes_auth(bao: Bao, kube: KubeApi, mount: str) -> None:
+    bao.api("POST", f"sys/auth/{mount}", {"type": "kubernetes"})
+    bao.api(
+        "POST",
+        f"auth/{mount}/config",
+        {
+            "kubernetes_host": kube.url,
+            "kubernetes_ca_cert": kube.ca_pem,
+            "token_reviewer_jwt": kube.reviewer,
+            # Not in a pod: never fall back to /var/run/secrets/kubernetes.io/serviceaccount.
+            "disable_local_ca_jwt": True,
+        },
+    )
+
+
+def kubernetes_role(bao: Bao, mount: str, role: str, account: ServiceAccount) -> None:
+    bao.api(
+        "POST",
+        f"auth/{mount}/role/{role}",
+        {
+            "bound_service_account_names": [account.name],
+            "bound_service_account_namespaces": [account.namespace],
+            "token_policies": ["transit-read"],
+            "token_ttl": "1h",
+        },
+    )
+
+
+@pytest.fixture(scope="session")
+def kube(bao: Bao, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeApi]:
+    """The TokenReview stand-in, and kubernetes auth at ``kubernetes`` with role ``keysetd``."""
+    context, ca_pem = _loopback_tls(tmp_path_factory.mktemp("kube"))
+    server = _KubeApiServer(("127.0.0.1", 0), _KubeApiHandler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    server.api = KubeApi(url=f"https://127.0.0.1:{server.server_address[1]}", ca_pem=ca_pem)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        enable_kubernetes_auth(bao, server.api, "kubernetes")
+        kubernetes_role(bao, "kubernetes", "keysetd", KEYSETD_SA)
+        yield server.api
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def assert_never_shown(
+    secret: str, caplog: pytest.LogCaptureFixture, events: list[tuple[str, dict[str, Any]]]
+) -> None:
+    assert secret not in caplog.text
+    assert secret not in json.dumps(events)
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["projected-token", "legacy-secret-token"])
+def test_kubernetes_auth_reads_the_keys_with_a_reviewed_service_account_jwt(
+    legacy: bool,
+    bao: Bao,
+    kube: KubeApi,
+    make_source: Callable[..., VaultTransitSource],
+    events: list[tuple[str, dict[str, Any]]],
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    token = kube.issue(KEYSETD_SA, legacy=legacy)
+    (tmp_path / "token").write_text(token + "\n")
+    # The default mount ("kubernetes"); ``kubernetes_role`` is the synonym of ``role``.
+    role = {"kubernetes_role" if legacy else "role": "keysetd"}
+    source = make_source(
+        address=bao.address,
+        auth="kubernetes",
+        jwt_file=str(tmp_path / "token"),
+        keys=["jwt-ec", "jwt-ed"],
+        **role,
+    )
+    doc = document(source)
+    assert doc["active_kid"] == "jwt-ec-v3"
+    assert [k["kid"] for k in doc["keys"]] == ["jwt-ec-v2", "jwt-ec-v3", "jwt-ed-v1"]
+    assert kube.reviewed.count(token) == 1  # OpenBao asked the Kubernetes API
+    assert document(source) == doc  # the login token is kept: no second login or review
+    assert kube.reviewed.count(token) == 1
+    logins = [fields for name, fields in events if name == "vault_login"]
+    assert [fields["auth"] for fields in logins] == ["kubernetes"]
+    assert_never_shown(token, caplog, events)
+
+
+def test_kubernetes_auth_mount_and_a_rotated_service_account_jwt(
+    bao: Bao,
+    kube: KubeApi,
+    make_source: Callable[..., VaultTransitSource],
+    events: list[tuple[str, dict[str, Any]]],
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    enable_kubernetes_auth(bao, kube, "k8s/east")
+    kubernetes_role(bao, "k8s/east", "signer-reader", KEYSETD_SA)
+    first = kube.issue(KEYSETD_SA)
+    jwt_file = tmp_path / "token"
+    jwt_file.write_text(first)
+    source = make_source(
+        address=bao.address,
+        auth="kubernetes",
+        role="signer-reader",
+        auth_mount="k8s/east",
+        jwt_file=str(jwt_file),
+        keys=["jwt-ed"],
+    )
+    assert document(source)["active_kid"] == "jwt-ed-v1"
+    # The kubelet rotates the projected token; the old one stops being valid, and so does
+    # every OpenBao token of that mount. The next fetch logs in again with the new file.
+    second = kube.issue(KEYSETD_SA)
+    jwt_file.write_text(second)
+    del kube.valid[first]
+    bao.api("POST", "sys/leases/revoke-prefix/auth/k8s/east/login")
+    assert document(source)["active_kid"] == "jwt-ed-v1"
+    assert (named(events, "vault_token_refused"), named(events, "vault_login")) == (1, 2)
+    assert (kube.reviewed.count(first), kube.reviewed.count(second)) == (1, 1)
+    for token in (first, second):
+        assert_never_shown(token, caplog, events)
+
+
+def test_kubernetes_auth_refusals_name_the_problem_and_never_the_jwt(
+    bao: Bao,
+    kube: KubeApi,
+    make_source: Callable[..., VaultTransitSource],
+    events: list[tuple[str, dict[str, Any]]],
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    kubernetes_role(bao, "kubernetes", "payments", ServiceAccount("keysetd-system", "payments"))
+    kubernetes_role(bao, "kubernetes", "elsewhere", ServiceAccount("payments", "keysetd"))
+    issued = kube.issue(KEYSETD_SA)
+    # Shaped and signed like a real one, for the right account, but never issued by the API.
+    forged = KubeApi(url=kube.url, ca_pem=kube.ca_pem).issue(KEYSETD_SA)
+    garbage = "not-a-jwt-" + secrets.token_urlsafe(24)
+
+    def refused(token: str, role: str) -> str:
+        jwt_file = tmp_path / f"token-{secrets.token_hex(4)}"
+        jwt_file.write_text(token)
+        source = make_source(
+            address=bao.address, auth="kubernetes", role=role, jwt_file=str(jwt_file)
+        )
+        with pytest.raises(SourceError) as caught:
+            source.fetch()
+        assert caught.value.source == f"vault_transit:{bao.address}/transit"
+        assert token not in str(caught.value) and token not in repr(caught.value)
+        return caught.value.reason
+
+    # The Kubernetes API says the token is not valid: OpenBao answers permission denied.
+    assert refused(forged, "keysetd") == "log in (kubernetes): 403 Forbidden (permission denied)"
+    assert kube.reviewed[-1] == forged
+    reviews = len(kube.reviewed)
+    # Refused by the role before any review: no such role, another account, another namespace.
+    assert refused(issued, "no-such-role") == (
+        'log in (kubernetes): 400 Bad Request (invalid role name "no-such-role")'
+    )
+    assert refused(issued, "payments") == (
+        "log in (kubernetes): 403 Forbidden (service account name not authorized)"
+    )
+    assert refused(issued, "elsewhere") == (
+        "log in (kubernetes): 403 Forbidden (namespace not authorized)"
+    )
+    assert len(kube.reviewed) == reviews
+    # Not a JWT at all: refused before any review, and not echoed.
+    assert refused(garbage, "keysetd") == "log in (kubernetes): 403 Forbidden (permission denied)"
+    assert len(kube.reviewed) == reviews
+    missing = tmp_path / "no-token"
+    source = make_source(address=bao.address, auth="kubernetes", role="k", jwt_file=str(missing))
+    with pytest.raises(SourceError, match=f"cannot read jwt_file {missing}: No such file"):
+        source.fetch()
+    assert named(events, "vault_login") == 0
+    for token in (issued, forged, garbage):
+        assert_never_shown(token, caplog, events)
+
+
+def test_keysetd_once_with_kubernetes_auth_shows_no_jwt(bao: Bao, kube: KubeApi, env: Env) -> None:
+    jwt_file = env.root / "token"
+    env.config(
+        source={
+            "type": "vault_transit",
+            "address": bao.address,
+            "auth": "kubernetes",
+            "role": "keysetd",
+            "jwt_file": str(jwt_file),
+            "keys": ["jwt-ed"],
+            "timeout": "5s",
+        },
+        outputs=[{"type": "jwks", "path": str(env.jwks)}],
+    )
+    token = kube.issue(KEYSETD_SA)
+    jwt_file.write_text(token)
+    done = env.keysetd("once", "--config", str(env.config_path))
+    assert done.returncode == 0, done.stderr
+    assert [k["kid"] for k in json.loads(env.jwks.read_text())["keys"]] == ["jwt-ed-v1"]
+    assert token not in done.stdout + done.stderr
+    del kube.valid[token]  # the service account was deleted: its token no longer reviews
+    done = env.keysetd("once", "--config", str(env.config_path))
+    assert done.returncode != 0
+    assert "log in (kubernetes): 403 Forbidden (permission denied)" in done.stderr
+    assert token not in done.stdout + done.stderr
 
 
 # --- faults become SourceErrors ------------------------------------------------------------------
