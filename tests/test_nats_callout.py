@@ -8,6 +8,7 @@ import asyncio
 import base64
 import http.server
 import json
+import logging
 import os
 import signal
 import socket
@@ -29,8 +30,16 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from keysetd_nats_callout import natsjwt
 from keysetd_nats_callout.authorizer import Authorizer, user_permissions
-from keysetd_nats_callout.config import CalloutConfig, load_config, read_signer
+from keysetd_nats_callout.config import CalloutConfig, load_config, read_signer, read_xkey
 from keysetd_nats_callout.natsjwt import NatsJwtError, NkeySigner
+from keysetd_nats_callout.xkey import (
+    CurveKey,
+    XkeyError,
+    decode_public,
+    decode_seed,
+    encode_public,
+    encode_seed,
+)
 from nats.aio.client import Client
 
 from keysetd.verifier import Verifier
@@ -192,7 +201,11 @@ class Stack:
     account_public: str
     callout: subprocess.Popen[bytes]
     callout_log: Path
+    server_log: Path
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    #: The callout's curve seed (SX...) when the server's auth_callout has an xkey.
+    xkey_seed: str | None = None
+    xkey_public: str | None = None
 
     def callout_events(self) -> list[dict[str, Any]]:
         events = []
@@ -220,6 +233,106 @@ def callout_config(root: Path, **overrides: Any) -> dict[str, Any]:
     }
     base.update(overrides)
     return base
+
+
+def curve_seed() -> tuple[str, str]:
+    """(seed, public key) of a fresh curve nkey (SX..., X...)."""
+    seed = encode_seed(os.urandom(32))
+    return seed.decode(), CurveKey.from_seed(seed).public_key
+
+
+def start_server_and_callout(
+    root: Path,
+    realm: Realm,
+    jwks: Path,
+    procs: list[subprocess.Popen[bytes]],
+    *,
+    encrypted: bool = False,
+) -> dict[str, Any]:
+    """A nats-server with auth_callout (with an xkey if ``encrypted``) and the callout.
+
+    Every process started lands in ``procs`` (the caller stops them); the result holds
+    the Stack fields that belong to this pair.
+    """
+    # nats-server: auth callout for every client but the callout's own user.
+    seed, public = account_seed()
+    xkey_seed, xkey_public = curve_seed() if encrypted else (None, None)
+    xkey_option = f", xkey: {xkey_public}" if xkey_public else ""
+    port = free_port()
+    server_conf = root / "nats-server.conf"
+    server_conf.write_text(
+        f"listen: 127.0.0.1:{port}\n"
+        "accounts {\n"
+        '  AUTH { users: [ { user: callout, password: "callout-pw" } ] }\n'
+        "  APP {}\n"
+        "  ADMIN {}\n"
+        "}\n"
+        "authorization {\n"
+        f"  auth_callout {{ issuer: {public}, account: AUTH, auth_users: [ callout ]"
+        f"{xkey_option} }}\n"
+        "}\n"
+    )
+    server_log = root / "nats-server.log"
+    with server_log.open("ab") as log:
+        server = subprocess.Popen(
+            [nats_server_bin(), "-c", str(server_conf)], stdout=log, stderr=log
+        )
+    procs.append(server)
+    _wait_port(port, server, server_log)
+
+    # The callout.
+    overrides: dict[str, Any] = {}
+    if xkey_seed is not None:
+        overrides["xkey_seed_file"] = str(write_secret(root / "callout.xk", xkey_seed))
+    config = root / "callout.toml"
+    config.write_text(
+        render_toml(
+            callout_config(
+                root,
+                jwks=str(jwks),
+                issuer=realm.base,
+                issuer_account_seed_file=str(write_secret(root / "issuer.nk", seed)),
+                nats={
+                    "url": f"nats://127.0.0.1:{port}",
+                    "user": "callout",
+                    "password_file": str(write_secret(root / "callout.pw", "callout-pw")),
+                },
+                permissions={
+                    "publish": ["app.>"],
+                    "subscribe": ["app.>", "_INBOX.>"],
+                },
+                rules=[
+                    {
+                        "claim": "realm_access.roles",
+                        "contains": "admin",
+                        "account": "ADMIN",
+                        "permissions": {"publish": ">", "subscribe": ">"},
+                    }
+                ],
+                **overrides,
+            )
+        )
+    )
+    callout_log = root / "callout.log"
+    with callout_log.open("ab") as log:
+        callout = subprocess.Popen([*CALLOUT, "--config", str(config)], stdout=log, stderr=log)
+    procs.append(callout)
+    wait_for(
+        lambda: "callout_ready" in callout_log.read_text() or callout.poll() is not None,
+        15,
+        "the callout to be ready",
+    )
+    assert callout.poll() is None, callout_log.read_text()
+    return {
+        "url": f"nats://127.0.0.1:{port}",
+        "config": config,
+        "account_public": public,
+        "callout": callout,
+        "callout_log": callout_log,
+        "server_log": server_log,
+        "xkey_seed": xkey_seed,
+        "xkey_public": xkey_public,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -256,85 +369,36 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 )
             )
         wait_for(jwks.exists, 15, "keysetd to write the jwks")
-
-        # nats-server: auth callout for every client but the callout's own user.
-        seed, public = account_seed()
-        port = free_port()
-        server_conf = root / "nats-server.conf"
-        server_conf.write_text(
-            f"listen: 127.0.0.1:{port}\n"
-            "accounts {\n"
-            '  AUTH { users: [ { user: callout, password: "callout-pw" } ] }\n'
-            "  APP {}\n"
-            "  ADMIN {}\n"
-            "}\n"
-            "authorization {\n"
-            f"  auth_callout {{ issuer: {public}, account: AUTH, auth_users: [ callout ] }}\n"
-            "}\n"
-        )
-        server_log = root / "nats-server.log"
-        with server_log.open("ab") as log:
-            server = subprocess.Popen(
-                [nats_server_bin(), "-c", str(server_conf)], stdout=log, stderr=log
-            )
-        procs.append(server)
-        _wait_port(port, server, server_log)
-
-        # The callout.
-        config = root / "callout.toml"
-        config.write_text(
-            render_toml(
-                callout_config(
-                    root,
-                    issuer=realm.base,
-                    issuer_account_seed_file=str(write_secret(root / "issuer.nk", seed)),
-                    nats={
-                        "url": f"nats://127.0.0.1:{port}",
-                        "user": "callout",
-                        "password_file": str(write_secret(root / "callout.pw", "callout-pw")),
-                    },
-                    permissions={
-                        "publish": ["app.>"],
-                        "subscribe": ["app.>", "_INBOX.>"],
-                    },
-                    rules=[
-                        {
-                            "claim": "realm_access.roles",
-                            "contains": "admin",
-                            "account": "ADMIN",
-                            "permissions": {"publish": ">", "subscribe": ">"},
-                        }
-                    ],
-                )
-            )
-        )
-        callout_log = root / "callout.log"
-        with callout_log.open("ab") as log:
-            callout = subprocess.Popen([*CALLOUT, "--config", str(config)], stdout=log, stderr=log)
-        procs.append(callout)
-        wait_for(
-            lambda: "callout_ready" in callout_log.read_text() or callout.poll() is not None,
-            15,
-            "the callout to be ready",
-        )
-        assert callout.poll() is None, callout_log.read_text()
-        yield Stack(
-            root=root,
-            realm=realm,
-            rs=rs,
-            es=es,
-            jwks=jwks,
-            url=f"nats://127.0.0.1:{port}",
-            config=config,
-            account_public=public,
-            callout=callout,
-            callout_log=callout_log,
-            procs=procs,
-        )
+        started = start_server_and_callout(root, realm, jwks, procs)
+        yield Stack(root=root, realm=realm, rs=rs, es=es, jwks=jwks, procs=procs, **started)
     finally:
         for proc in reversed(procs):
             _stop(proc)
         realm.close()
+
+
+@pytest.fixture(scope="module")
+def xkey_stack(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A second nats-server whose auth_callout has an xkey, and a callout with its seed.
+
+    It shares the realm and keysetd's jwks with ``stack``.
+    """
+    root = tmp_path_factory.mktemp("callout-xkey")
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        started = start_server_and_callout(root, stack.realm, stack.jwks, procs, encrypted=True)
+        yield Stack(
+            root=root,
+            realm=stack.realm,
+            rs=stack.rs,
+            es=stack.es,
+            jwks=stack.jwks,
+            procs=procs,
+            **started,
+        )
+    finally:
+        for proc in reversed(procs):
+            _stop(proc)
 
 
 # --- clients ----------------------------------------------------------------------------------
@@ -588,6 +652,322 @@ async def _malformed(stack: Stack) -> None:
     assert user_claims["exp"] == jwt.decode(short, options={"verify_signature": False})["exp"]
 
 
+# --- encrypted callouts (xkey) ------------------------------------------------------------------
+
+
+@pytest.fixture
+def keysetd_events() -> Iterator[list[tuple[str, dict[str, Any]]]]:
+    """The keysetd log events emitted in this process during the test, as (name, fields)."""
+    seen: list[tuple[str, dict[str, Any]]] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append((record.getMessage(), dict(getattr(record, "fields", {}))))
+
+    logger = logging.getLogger("keysetd")
+    handler, level = Collect(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield seen
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+def server_request(
+    issuer_account: str, server: NkeySigner, token: str, server_xkey: str | None
+) -> tuple[bytes, str]:
+    """(an authorization request JWT as nats-server signs it, its user nkey)."""
+    user = nkeys.from_seed(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER))
+    user_nkey = user.public_key.decode()
+    server_id: dict[str, Any] = {"id": server.public_key, "name": "x", "host": "127.0.0.1"}
+    if server_xkey is not None:
+        server_id["xkey"] = server_xkey
+    claims = {
+        "sub": issuer_account,
+        "aud": "nats-authorization-request",
+        "exp": int(time.time()) + 10,
+        "nats": {
+            "type": "authorization_request",
+            "server_id": server_id,
+            "user_nkey": user_nkey,
+            "client_info": {"host": "127.0.0.1", "id": 9},
+            "connect_opts": {"auth_token": token, "protocol": 1},
+        },
+    }
+    return natsjwt.encode(claims, server, now=int(time.time())).encode(), user_nkey
+
+
+def test_xkey_encrypted_callout_grants_mapped_permissions(xkey_stack: Stack) -> None:
+    """nats-server with ``auth_callout { xkey: X... }``: requests sealed, answers sealed back."""
+    xs = xkey_stack
+    ready = [e for e in xs.callout_events() if e["event"] == "callout_ready"]
+    assert ready and ready[-1]["xkey"] == xs.xkey_public
+    mark = len(xs.callout_events())
+    asyncio.run(_xkey_accepted(xs))
+    granted = [e for e in xs.callout_events()[mark:] if e["event"] == "callout_authorized"]
+    assert len(granted) == 2 and all(e["encrypted"] is True for e in granted)
+    assert [e["account"] for e in granted] == ["APP", "ADMIN"]
+    assert not [e for e in xs.callout_events() if e["event"] == "callout_bad_request"]
+    assert "decrypt" not in xs.server_log.read_text().lower()
+
+
+async def _xkey_accepted(xs: Stack) -> None:
+    client = await connect(xs.url, xs.realm.token())  # the realm's current signing key
+    try:
+        assert await round_trip(client, "app.orders") == b"ping"
+        await client.publish("admin.audit", b"x")
+        await _until(partial(_violated, client), 5)
+    finally:
+        await client.close()
+    admin = await connect(xs.url, xs.realm.token(xs.es, roles=("user", "admin")))
+    try:
+        assert await round_trip(admin, "admin.audit") == b"ping"
+    finally:
+        await admin.close()
+
+
+def test_xkey_bad_tokens_refused(xkey_stack: Stack) -> None:
+    xs, realm = xkey_stack, xkey_stack.realm
+    cases = {
+        "token expired": realm.token(xs.es, iat=int(time.time()) - 600, lifetime=-300),
+        "unknown kid": realm.token(RealmKey.new("not-published", "ES256")),
+        "malformed token": "not-a-jwt",
+    }
+    mark = len(xs.callout_events())
+
+    async def attempt() -> list[str]:
+        results = []
+        for token in cases.values():
+            try:
+                client = await connect(xs.url, token)
+            except nats.errors.Error as exc:
+                results.append(str(exc).lower())
+            else:
+                await client.close()
+                results.append("connected")
+        return results
+
+    results = asyncio.run(attempt())
+    assert all("authorization violation" in error for error in results), results
+    refused = [e for e in xs.callout_events()[mark:] if e["event"] == "callout_refused"]
+    assert [e["reason"] for e in refused] == list(cases)
+    assert all(e["encrypted"] is True for e in refused)
+    # The server logs the reason from the error response: it opened what the callout sealed.
+    for reason in cases:
+        wait_for(
+            lambda reason=reason: f"returned an error: {reason}" in xs.server_log.read_text(),
+            5,
+            f"nats-server to log {reason!r}",
+        )
+    assert "decrypt" not in xs.server_log.read_text().lower()
+    assert xs.callout.poll() is None
+
+
+def test_xkey_mismatches_refused_and_responses_sealed(
+    stack: Stack, xkey_stack: Stack, keysetd_events: list[tuple[str, dict[str, Any]]]
+) -> None:
+    asyncio.run(_xkey_in_process(stack, xkey_stack, keysetd_events))
+
+
+async def _xkey_in_process(plain: Stack, xs: Stack, seen: list[tuple[str, dict[str, Any]]]) -> None:
+    config = load_config(xs.config)
+    callout_xkey = read_xkey(config)
+    assert callout_xkey is not None and callout_xkey.public_key == xs.xkey_public
+    assert xs.xkey_seed is not None and xs.xkey_seed not in repr(callout_xkey)
+    encrypted = Authorizer(
+        config, Verifier(xs.jwks, config.algorithms), read_signer(config), callout_xkey
+    )
+    plain_config = load_config(plain.config)
+    assert read_xkey(plain_config) is None
+    plain_authorizer = Authorizer(
+        plain_config, Verifier(plain.jwks, plain_config.algorithms), read_signer(plain_config)
+    )
+    # What nats-server does: its own curve key seals the request for the callout's xkey.
+    server = NkeySigner.from_seed(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_SERVER))
+    server_xkey = CurveKey.generate()
+    header = {"Nats-Server-Xkey": server_xkey.public_key}
+    request, user = server_request(
+        xs.account_public, server, xs.realm.token(xs.es), server_xkey.public_key
+    )
+    sealed = server_xkey.seal(request, xs.xkey_public)
+
+    def opened(reply: bytes) -> dict[str, Any]:
+        assert reply.startswith(b"xkv1")
+        return natsjwt.decode(
+            server_xkey.open(reply, xs.xkey_public),
+            expect_type="authorization_response",
+            issuer_prefix=nkeys.PREFIX_BYTE_ACCOUNT,
+            now=time.time(),
+        )
+
+    response = opened(await encrypted.handle(sealed, header))
+    assert response["sub"] == user and response["aud"] == server.public_key
+    assert "jwt" in response["nats"] and "error" not in response["nats"]
+    # nats-py keeps the header's case as sent; any case is the same header.
+    lower = {"nats-server-xkey": server_xkey.public_key}
+    assert "jwt" in opened(await encrypted.handle(sealed, lower))["nats"]
+    # A refused token: the error response is sealed too.
+    bad, _ = server_request(xs.account_public, server, "not-a-jwt", server_xkey.public_key)
+    response = opened(await encrypted.handle(server_xkey.seal(bad, xs.xkey_public), header))
+    assert response["nats"]["error"] == "malformed token"
+
+    stranger = CurveKey.generate()
+    resealed, _ = server_request(xs.account_public, server, xs.realm.token(xs.es), None)
+    cases: list[tuple[str, Authorizer, bytes, dict[str, str] | None]] = [
+        ("but no xkey_seed_file is set", plain_authorizer, sealed, header),
+        ("plain request but xkey_seed_file is set", encrypted, request, None),
+        ("does not open", encrypted, server_xkey.seal(request, stranger.public_key), header),
+        ("does not open", encrypted, sealed, {"Nats-Server-Xkey": stranger.public_key}),
+        ("does not open", encrypted, b"xkv1" + bytes(64), header),
+        ("does not open", encrypted, b"garbage", header),
+        ("does not open", encrypted, sealed, {"Nats-Server-Xkey": "XNOTAKEY"}),
+        # Sealed by another key than the signed server_id.xkey names (or with none).
+        (
+            "server_id.xkey is not the Nats-Server-Xkey header",
+            encrypted,
+            stranger.seal(request, xs.xkey_public),
+            {"Nats-Server-Xkey": stranger.public_key},
+        ),
+        (
+            "server_id.xkey is not the Nats-Server-Xkey header",
+            encrypted,
+            server_xkey.seal(resealed, xs.xkey_public),
+            header,
+        ),
+    ]
+    mark = len(seen)
+    for _, authorizer, data, headers in cases:
+        assert await authorizer.handle(data, headers) == b""
+    reasons = [str(f["reason"]) for name, f in seen[mark:] if name == "callout_bad_request"]
+    assert len(reasons) == len(cases)
+    for (expected, *_), reason in zip(cases, reasons, strict=True):
+        assert expected in reason, reason
+    logged = json.dumps(seen)
+    assert xs.xkey_seed not in logged
+    assert decode_seed(xs.xkey_seed.encode()).hex() not in logged
+
+
+def test_xkey_seed_never_shown(xkey_stack: Stack, tmp_path: Path) -> None:
+    xs = xkey_stack
+    assert xs.xkey_seed is not None and xs.xkey_public is not None
+    seed = xs.xkey_seed
+    for log in (xs.callout_log, xs.server_log):
+        assert seed not in log.read_text()
+    done = subprocess.run(
+        [*CALLOUT, "check-config", "--config", str(xs.config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"requests xkey {xs.xkey_public}" in done.stdout
+    assert seed not in done.stdout + done.stderr
+
+    # The seed file is a secret like the issuer seed: owner-only, and errors never quote it.
+    loose = write_secret(tmp_path / "loose.xk", seed, mode=0o644)
+    path = tmp_path / "callout.toml"
+    path.write_text(render_toml(callout_config(tmp_path, xkey_seed_file=str(loose))))
+    done = subprocess.run(
+        [*CALLOUT, "check-config", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "xkey_seed_file" in done.stderr and "chmod 0600" in done.stderr
+    assert seed not in done.stdout + done.stderr
+
+
+def test_xkey_seed_file_must_hold_a_curve_seed(tmp_path: Path) -> None:
+    from keysetd.errors import ConfigError
+
+    account, _ = account_seed()
+    truncated = curve_seed()[0][:-4]
+    for text, message in (
+        (account, "not a curve seed"),
+        (truncated, "not a curve seed"),
+        (f"# xkey\n{curve_seed()[0]}\n{curve_seed()[0]}", "expected one seed line"),
+        ("nothing here", "expected one seed line"),
+    ):
+        path = write_secret(tmp_path / "x.xk", text)
+        config = CalloutConfig.parse(callout_config(tmp_path, xkey_seed_file=str(path)))
+        with pytest.raises(ConfigError, match=message) as info:
+            read_xkey(config)
+        assert text.splitlines()[-1] not in str(info.value)
+    # A comment line beside the seed is fine, as in an nsc-style file.
+    seed, public = curve_seed()
+    path = write_secret(tmp_path / "x.xk", f"# the callout's xkey\n{seed}")
+    config = CalloutConfig.parse(callout_config(tmp_path, xkey_seed_file=str(path)))
+    key = read_xkey(config)
+    assert key is not None and key.public_key == public
+
+
+def test_xkey_seal_open_round_trip() -> None:
+    sender, recipient = CurveKey.generate(), CurveKey.generate()
+    assert sender.public_key.startswith("X") and len(sender.public_key) == 56
+    message = b"an authorization request JWT"
+    sealed = sender.seal(message, recipient.public_key)
+    assert sealed.startswith(b"xkv1") and len(sealed) == 4 + 24 + 16 + len(message)
+    assert recipient.open(sealed, sender.public_key) == message
+    assert sender.seal(message, recipient.public_key)[4:28] != sealed[4:28]  # fresh nonce
+    assert recipient.open(sender.seal(b"", recipient.public_key), sender.public_key) == b""
+
+    tampered = sealed[:-1] + bytes([sealed[-1] ^ 1])
+    third = CurveKey.generate()
+    for data, sender_key in (
+        (tampered, sender.public_key),  # the MAC fails
+        (sealed, third.public_key),  # the wrong sender
+        (b"xkv2" + sealed[4:], sender.public_key),  # an unknown version
+        (sealed[:28], sender.public_key),  # no box at all
+    ):
+        with pytest.raises(XkeyError):
+            recipient.open(data, sender_key)
+    with pytest.raises(XkeyError):
+        third.open(sealed, sender.public_key)  # not for this key
+
+    # Only X... keys are recipients: an account key, a bad checksum, or text.
+    account = nkeys.from_seed(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_ACCOUNT))
+    flipped = recipient.public_key[:10] + ("A" if recipient.public_key[10] != "A" else "B")
+    for bad in (account.public_key.decode(), flipped + recipient.public_key[11:], "X", "xkey"):
+        with pytest.raises(XkeyError):
+            sender.seal(message, bad)
+    with pytest.raises(XkeyError):
+        sender.seal(message, recipient.public_key, nonce=bytes(23))
+    assert encode_public(decode_public(recipient.public_key)) == recipient.public_key
+
+    # Seeds: SX... only, and an error never quotes one.
+    seed = encode_seed(os.urandom(32))
+    assert seed.startswith(b"SX") and encode_seed(decode_seed(seed)) == seed
+    account_seed_text = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_ACCOUNT)
+    for bad_seed in (account_seed_text, seed[:-2], b"SX" + b"A" * 56):
+        with pytest.raises(XkeyError) as info:
+            CurveKey.from_seed(bad_seed)
+        assert bad_seed.decode() not in str(info.value)
+    assert seed.decode() not in repr(CurveKey.from_seed(seed))
+
+
+#: nats-io/nkeys.js test/curve_test.ts, "actual data generated by the nkeys go library":
+#: Seal("hello world") from SENDER to RECIPIENT's public key with an all-zero nonce.
+GO_SENDER_SEED = b"SXAESVBNK3UN2O24Z53ZJLFMX5OYHLAAVULRILWXRO775SDYFKI7FM3J7Y"
+GO_RECIPIENT_SEED = b"SXAHMGVNIYUF4CA5G475EN64YWNG32HSIF4MZCPZHV7PAFYTWBE5J5USFE"
+GO_SEALED = (
+    b"xkv1" + bytes(24) + bytes.fromhex("67bcc3490003775bb5a7a2a7693366545e98bde595de2f1195bcaa")
+)
+
+
+def test_xkey_go_interop_vector() -> None:
+    sender, recipient = CurveKey.from_seed(GO_SENDER_SEED), CurveKey.from_seed(GO_RECIPIENT_SEED)
+    assert sender.seal(b"hello world", recipient.public_key, nonce=bytes(24)) == GO_SEALED
+    assert recipient.open(GO_SEALED, sender.public_key) == b"hello world"
+    # The same suite's seed -> public key pair, and its public key with a broken checksum.
+    key = CurveKey.from_seed(b"SXABQYG6TLQOAZSOGFIAPFJ6B5ZPUXKK5USV4UGXTULPGLSNTSZWJPTLEI")
+    assert key.public_key == "XBJKZV6QJMJAN3H3KFL2NFVJEQ4WW22423DKRNYF4OIB6LWHUC4COBP6"
+    with pytest.raises(XkeyError):
+        decode_public("XBJKZV6QJMJAN3H3KFL2LFVJEQ4WW22423DKRNYF4OIB6LWHUC4COBP6")
+
+
 def test_realm_rotation_with_overlap_loses_no_connection(stack: Stack) -> None:
     """Realm: publish rs-2, sign with it after PUBLISH_LEAD, then drop rs-1 (keysetd retains it)."""
     realm, old = stack.realm, stack.rs
@@ -672,7 +1052,7 @@ def test_seed_file_must_be_private(tmp_path: Path) -> None:
     ("change", "message"),
     [
         ({"surprise": 1}, "surprise"),
-        ({"xkey_seed_file": "/x.xk"}, "not supported"),
+        ({"xkey_seed_file": 7}, "xkey_seed_file: expected a path"),
         ({"algorithms": ["HS256"]}, "asymmetric"),
         ({"account": "bad name"}, "account"),
         ({"rules": [{"claim": "roles", "account": "A"}]}, "contains and equals"),
@@ -787,3 +1167,7 @@ def test_readme_config_snippet_loads(tmp_path: Path) -> None:
         "pub": {"allow": [">"]},
         "sub": {"allow": [">"]},
     }
+    # The commented-out xkey line names a real key.
+    assert "\n# xkey_seed_file = " in snippet
+    path.write_text(snippet.replace("\n# xkey_seed_file = ", "\nxkey_seed_file = "))
+    assert load_config(path).xkey_seed_file == Path("/etc/keysetd/nats-callout/callout.xk")

@@ -8,6 +8,11 @@ JWT signed by the issuer account (``sub`` = ``user_nkey``, ``aud`` = the server 
 either a user JWT (``aud`` = target account, permissions from the config, ``exp`` =
 min(token exp, now + max_ttl)) or an ``error``. A request that cannot be trusted gets an
 empty reply, which nats-server takes as a refusal. Nothing here logs or returns a token.
+
+With an xkey (``xkey_seed_file``), nats-server seals the request with its own curve key,
+named in the ``Nats-Server-Xkey`` header and in the signed ``server_id.xkey``; the
+response is sealed back to that key. An encrypted request without a configured xkey, or
+a plain one with it, is refused: the two sides disagree on the server's auth_callout.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from keysetd.verifier import MissingKidError, UnknownKidError, UnusableKeyError,
 from keysetd_nats_callout import natsjwt
 from keysetd_nats_callout.config import CalloutConfig, Rule
 from keysetd_nats_callout.natsjwt import NatsJwtError, NkeySigner
+from keysetd_nats_callout.xkey import CurveKey, XkeyError
 
 __all__ = ["REQUEST_AUDIENCE", "Authorizer", "Decision", "Request", "refusal_reason"]
 
@@ -53,6 +59,9 @@ class Request:
     token: str | None
     client_host: str | None
     client_id: int | None
+    #: The server's curve key (X...) when the request came encrypted: the response is
+    #: sealed to it.
+    server_xkey: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +173,17 @@ def user_permissions(perms: NatsPermissions | None) -> dict[str, Any]:
     return out
 
 
+def _header(headers: Mapping[str, str] | None, name: str) -> str | None:
+    """A header's value, its name matched without case (nats-py keeps the server's case)."""
+    if not headers:
+        return None
+    wanted = name.lower()
+    for key, value in headers.items():
+        if key.lower() == wanted:
+            return value.strip() or None
+    return None
+
+
 def _valid_public(text: object, prefix: int) -> bool:
     if not isinstance(text, str):
         return False
@@ -176,20 +196,50 @@ def _valid_public(text: object, prefix: int) -> bool:
 class Authorizer:
     """Verifies clients' tokens and signs NATS user JWTs for one issuer account."""
 
-    def __init__(self, config: CalloutConfig, verifier: Verifier, signer: NkeySigner) -> None:
+    def __init__(
+        self,
+        config: CalloutConfig,
+        verifier: Verifier,
+        signer: NkeySigner,
+        xkey: CurveKey | None = None,
+    ) -> None:
         self.config = config
         self.verifier = verifier
         self.signer = signer
+        #: The callout's curve key (``xkey_seed_file``): requests must come sealed to it.
+        self.xkey = xkey
         self._issuer: str | Sequence[str] = config.issuer
         self._default = user_permissions(config.permissions)
         self._rules = [(rule, user_permissions(rule.permissions)) for rule in config.rules]
 
     # -- the request -------------------------------------------------------------------------
 
+    def _open(self, data: bytes, headers: Mapping[str, str] | None) -> tuple[bytes, str | None]:
+        """(the request JWT, the server's xkey or None); BadRequest on any disagreement."""
+        server_xkey = _header(headers, XKEY_HEADER)
+        if server_xkey is None:
+            if self.xkey is not None:
+                raise BadRequest(
+                    "plain request but xkey_seed_file is set: add the public key of"
+                    " xkey_seed_file as xkey to the server's auth_callout, or unset it"
+                )
+            return data, None
+        if self.xkey is None:
+            raise BadRequest(
+                f"encrypted request ({XKEY_HEADER} header) but no xkey_seed_file is set:"
+                " set it to the seed of the auth_callout xkey"
+            )
+        try:
+            return self.xkey.open(data, server_xkey), server_xkey
+        except XkeyError as exc:
+            raise BadRequest(
+                f"encrypted request does not open ({exc}): is the server's auth_callout"
+                " xkey the public key of xkey_seed_file?"
+            ) from None
+
     def parse_request(self, data: bytes, headers: Mapping[str, str] | None, now: float) -> Request:
         """The verified request; BadRequest (no key or token in the message) otherwise."""
-        if headers and XKEY_HEADER in headers:
-            raise BadRequest("encrypted request (xkey): not supported, see xkey_seed_file")
+        data, server_xkey = self._open(data, headers)
         try:
             claims = natsjwt.decode(
                 data,
@@ -211,6 +261,10 @@ class Authorizer:
         server_id = server.get("id") if isinstance(server, dict) else None
         if server_id != claims["iss"]:
             raise BadRequest("request JWT: not signed by the server it names")
+        # The header is not signed; the claim is. A request re-sealed under another key
+        # must not get the user JWT sent to that key.
+        if server_xkey is not None and server.get("xkey") != server_xkey:
+            raise BadRequest(f"request JWT: server_id.xkey is not the {XKEY_HEADER} header")
         user_nkey = nats.get("user_nkey")
         if not _valid_public(user_nkey, nkeys.PREFIX_BYTE_USER):
             raise BadRequest("request JWT: user_nkey is not a user public nkey")
@@ -225,6 +279,7 @@ class Authorizer:
             token=token if isinstance(token, str) and token else None,
             client_host=host if isinstance(host, str) else None,
             client_id=cid if isinstance(cid, int) else None,
+            server_xkey=server_xkey,
         )
 
     # -- the token ---------------------------------------------------------------------------
@@ -288,7 +343,11 @@ class Authorizer:
         else:
             nats["error"] = decision.error or "refused"
         claims = {"sub": request.user_nkey, "aud": request.server_id, "nats": nats}
-        return natsjwt.encode(claims, self.signer, now=int(now)).encode("ascii")
+        token = natsjwt.encode(claims, self.signer, now=int(now)).encode("ascii")
+        if request.server_xkey is None:
+            return token
+        assert self.xkey is not None  # parse_request opened it with this key
+        return self.xkey.seal(token, request.server_xkey)
 
     async def handle(self, data: bytes, headers: Mapping[str, str] | None = None) -> bytes:
         """The reply to one request message: a response JWT, or b"" (refused, no reason)."""
@@ -308,6 +367,7 @@ class Authorizer:
                 expires=decision.expires,
                 client=request.client_id,
                 host=request.client_host,
+                encrypted=request.server_xkey is not None,
             )
         else:
             event(
@@ -318,5 +378,6 @@ class Authorizer:
                 iss=decision.iss,
                 client=request.client_id,
                 host=request.client_host,
+                encrypted=request.server_xkey is not None,
             )
         return self.response(request, decision, user_jwt, now)

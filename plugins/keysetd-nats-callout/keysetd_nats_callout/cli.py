@@ -12,7 +12,7 @@ from pathlib import Path
 
 from keysetd import log
 from keysetd.errors import ConfigError
-from keysetd_nats_callout.config import load_config, read_password, read_signer
+from keysetd_nats_callout.config import load_config, read_password, read_signer, read_xkey
 from keysetd_nats_callout.service import CalloutError, serve
 
 __all__ = ["main"]
@@ -46,12 +46,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.config)
         log.configure(args.log_format or config.log_format)
         signer = read_signer(config)
+        xkey = read_xkey(config)
         read_password(config)
     except ConfigError as exc:
         print(f"keysetd-nats-callout: {exc}", file=sys.stderr)
         return 2
     if args.command == "check-config":
-        print(f"config ok: issuer account {signer.public_key}, target account {config.account}")
+        encryption = f"xkey {xkey.public_key}" if xkey else "plain (no xkey)"
+        print(
+            f"config ok: issuer account {signer.public_key}, target account {config.account},"
+            f" requests {encryption}"
+        )
         return 0
     try:
         asyncio.run(serve(config))

@@ -21,6 +21,7 @@ from keysetd.outputs.nats import NatsPermissions
 from keysetd.schema import Table, TableError, matches, non_empty
 from keysetd.units import Duration, PositiveDuration
 from keysetd_nats_callout.natsjwt import NatsJwtError, NkeySigner
+from keysetd_nats_callout.xkey import CurveKey, XkeyError
 
 __all__ = [
     "CalloutConfig",
@@ -29,6 +30,7 @@ __all__ = [
     "load_config",
     "read_password",
     "read_signer",
+    "read_xkey",
 ]
 
 #: An account name nats-server accepts in a config file, or an account public nkey.
@@ -44,13 +46,6 @@ def _known(value: list[str]) -> list[str]:
     if unknown:
         raise ValueError(f"not an asymmetric JWS algorithm keysetd accepts: {unknown}")
     return value
-
-
-def _no_xkey(value: Path) -> Path:
-    raise ValueError(
-        "encrypted callouts (xkey) are not supported yet: remove xkey_seed_file and"
-        " the server's auth_callout xkey"
-    )
 
 
 class NatsConnection(Table):
@@ -100,7 +95,9 @@ class CalloutConfig(Table):
     )
     leeway: Duration = 0.0
     issuer_account_seed_file: Path
-    xkey_seed_file: Annotated[Path, _no_xkey] | None = None
+    #: The curve seed (SX...) whose public key (X...) is the server's auth_callout xkey:
+    #: requests arrive encrypted to it, responses go back encrypted to the server.
+    xkey_seed_file: Path | None = None
     account: Account
     max_ttl: PositiveDuration = 3600.0
     #: The token claim that names the NATS user (server logs, monitoring); else ``sub``.
@@ -161,6 +158,22 @@ def read_signer(config: CalloutConfig) -> NkeySigner:
     if signer.prefix != nkeys.PREFIX_BYTE_ACCOUNT:
         raise ConfigError(f"issuer_account_seed_file {path}: not an account seed (SA...)")
     return signer
+
+
+def read_xkey(config: CalloutConfig) -> CurveKey | None:
+    """The callout's curve key from ``xkey_seed_file`` (mode 0600), or None when unset."""
+    path = config.xkey_seed_file
+    if path is None:
+        return None
+    data = _read_secret(path, "xkey_seed_file")
+    # As for the issuer seed: comment lines may surround the one seed line.
+    lines = [line.strip() for line in data.splitlines() if line.strip().startswith(b"S")]
+    if len(lines) != 1:
+        raise ConfigError(f"xkey_seed_file {path}: expected one seed line (SX...)")
+    try:
+        return CurveKey.from_seed(lines[0])
+    except XkeyError:
+        raise ConfigError(f"xkey_seed_file {path}: not a curve seed (SX...)") from None
 
 
 def read_password(config: CalloutConfig) -> str:

@@ -21,7 +21,7 @@ from keysetd import sdnotify
 from keysetd.log import event
 from keysetd.verifier import KeysetUnavailable, Verifier
 from keysetd_nats_callout.authorizer import Authorizer
-from keysetd_nats_callout.config import CalloutConfig, read_password, read_signer
+from keysetd_nats_callout.config import CalloutConfig, read_password, read_signer, read_xkey
 
 __all__ = ["SUBJECT", "CalloutError", "build_authorizer", "open_verifier", "serve"]
 
@@ -49,8 +49,8 @@ async def open_verifier(config: CalloutConfig) -> Verifier:
 
 
 async def build_authorizer(config: CalloutConfig) -> Authorizer:
-    signer = read_signer(config)
-    return Authorizer(config, await open_verifier(config), signer)
+    signer, xkey = read_signer(config), read_xkey(config)
+    return Authorizer(config, await open_verifier(config), signer, xkey)
 
 
 async def _log_error(exc: Exception) -> None:
@@ -103,6 +103,8 @@ async def serve(config: CalloutConfig, stop: asyncio.Event | None = None) -> Non
             "callout_ready",
             subject=SUBJECT,
             account=authorizer.signer.public_key,
+            # The public key the server's auth_callout xkey must name (None: plain).
+            xkey=authorizer.xkey.public_key if authorizer.xkey else None,
             jwks=str(config.jwks),
             kids=list(authorizer.verifier.kids),
         )
