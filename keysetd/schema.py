@@ -1,8 +1,9 @@
 """Config tables: frozen dataclasses checked against their type hints, every problem named.
 
-A table is a class with annotated fields that derives from ``Table``; ``parse``
-converts a mapping (TOML, or strings from ``KEYSETD_*`` variables), rejects
-unknown keys and collects every problem with its location before it fails.
+A table is a class with annotated fields that derives from ``Table``. Its
+constructor, and ``parse`` for a mapping, converts the values (TOML, or strings
+from ``KEYSETD_*`` variables), rejects unknown keys and collects every problem
+with its location before it fails: no table exists unchecked.
 Field rules ride on the type: ``Annotated[float, Before(parse_duration), positive]``;
 rules that span fields go in ``__post_init__`` and raise ValueError.
 
