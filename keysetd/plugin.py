@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Literal
 
 from keysetd.errors import PluginError
 from keysetd.model import Keyset, Snapshot
-from keysetd.schema import Table
+from keysetd.schema import Table, declared_fields
 from keysetd.units import Duration, FileMode
 
 __all__ = [
@@ -223,5 +223,9 @@ def load(group: str, name: str) -> type[Any]:
         raise PluginError(group, name, f"{matches[0].value} is not a {base.__name__} subclass")
     config_model = getattr(cls, "Config", None)
     if not (isinstance(config_model, type) and issubclass(config_model, PluginConfig)):
-        raise PluginError(group, name, "its Config is not a keysetd PluginConfig model")
+        raise PluginError(group, name, "its Config is not a keysetd PluginConfig table")
+    try:
+        declared_fields(config_model)
+    except TypeError as exc:
+        raise PluginError(group, name, f"its Config is broken: {exc}") from None
     return cls

@@ -39,6 +39,7 @@ __all__ = [
     "Secret",
     "Table",
     "TableError",
+    "declared_fields",
     "matches",
     "non_empty",
     "positive",
@@ -282,23 +283,56 @@ def _convert(tp: Any, value: Any) -> Any:
 
 
 _FIELD_TYPES: dict[type, dict[str, tuple[Any, bool]]] = {}
+_SCALARS = (bool, int, float, str, Path, Secret)
 
 
-def _field_types(cls: type) -> dict[str, tuple[Any, bool]]:
-    """Each init field of ``cls``: its resolved type and whether it must be given (cached)."""
+def _unsupported(tp: Any) -> Any | None:
+    """The first part of ``tp`` that tables cannot convert, or None when all of it can."""
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is Annotated:
+        return _unsupported(args[0])
+    if origin in (Union, types.UnionType):
+        members = (member for member in args if member is not types.NoneType)
+        return next((bad for member in members if (bad := _unsupported(member))), None)
+    if origin is list or (origin is tuple and len(args) == 2 and args[1] is Ellipsis):
+        return _unsupported(args[0])
+    if origin is dict:
+        return tp if args[0] is not str else _unsupported(args[1])
+    if origin is Literal or tp is Any or tp in _SCALARS:
+        return None
+    if isinstance(tp, type) and issubclass(tp, Table):
+        declared_fields(tp)
+        return None
+    return tp
+
+
+def declared_fields(cls: type) -> dict[str, tuple[Any, bool]]:
+    """Each init field of ``cls``: its resolved type and whether it must be given (cached).
+
+    TypeError, naming the field, when a type does not resolve (a name imported only
+    under TYPE_CHECKING) or is one tables cannot convert: a plugin's mistake shows
+    when it loads, not as a user's config error.
+    """
     if cls not in _FIELD_TYPES:
-        hints = get_type_hints(cls, include_extras=True)
-        _FIELD_TYPES[cls] = {
+        try:
+            hints = get_type_hints(cls, include_extras=True)
+        except Exception as exc:  # NameError, or anything a broken annotation raises
+            raise TypeError(f"{cls.__qualname__}: cannot resolve its field types: {exc}") from None
+        declared = {
             f.name: (hints[f.name], f.default is MISSING and f.default_factory is MISSING)
             for f in fields(cls)
             if f.init
         }
+        for name, (tp, _) in declared.items():
+            if (bad := _unsupported(tp)) is not None:
+                raise TypeError(f"{cls.__qualname__}.{name}: tables cannot convert {bad!r}")
+        _FIELD_TYPES[cls] = declared
     return _FIELD_TYPES[cls]
 
 
 def _converted(cls: type, given: Mapping[str, Any]) -> dict[str, Any]:
     """Every given value converted to its field's type; TableError naming all problems."""
-    declared = _field_types(cls)
+    declared = declared_fields(cls)
     values: dict[str, Any] = {}
     problems: list[tuple[Location, str]] = []
     for name, (tp, required) in declared.items():

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+import datetime
+from typing import TYPE_CHECKING, ClassVar
 
 from keysetd.model import Snapshot
 from keysetd.plugin import Source, SourceConfig
+
+if TYPE_CHECKING:
+    from decimal import Decimal
 
 
 class EchoConfig(SourceConfig):
@@ -27,3 +31,23 @@ class EchoSource(Source):
 
 class NotAPlugin:
     """Registered by mistake: not a Source subclass."""
+
+
+class WhenConfig(SourceConfig):
+    when: datetime.datetime  # not a type config tables convert
+
+
+class WhenSource(EchoSource):
+    """Its Config declares a type that no TOML value converts to."""
+
+    Config: ClassVar[type[SourceConfig]] = WhenConfig
+
+
+class PriceConfig(SourceConfig):
+    price: Decimal  # only imported for type checkers: does not resolve at run time
+
+
+class PriceSource(EchoSource):
+    """Its Config names a type that exists only for the type checker."""
+
+    Config: ClassVar[type[SourceConfig]] = PriceConfig

@@ -59,6 +59,20 @@ def test_a_plugin_of_the_wrong_shape_is_named(site: Path) -> None:
         plugin.load("keysetd.sources", "gone")
 
 
+def test_a_config_table_that_cannot_work_is_named_when_the_plugin_loads(site: Path) -> None:
+    register(
+        site,
+        "odd_tables-1",
+        "[keysetd.sources]\n"
+        "when = tests.plugin_fixture:WhenSource\n"
+        "price = tests.plugin_fixture:PriceSource\n",
+    )
+    with pytest.raises(PluginError, match=r"'when'.*WhenConfig.when: tables cannot convert"):
+        plugin.load("keysetd.sources", "when")
+    with pytest.raises(PluginError, match=r"'price'.*PriceConfig: cannot resolve.*Decimal"):
+        plugin.load("keysetd.sources", "price")
+
+
 def test_only_the_plugins_a_config_names_are_imported(tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text(
