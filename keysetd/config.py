@@ -227,11 +227,8 @@ def _origin(loc: str, origins: Mapping[str, str]) -> str:
 
 def _describe(exc: TableError, prefix: str, origins: Mapping[str, str]) -> list[str]:
     """Each problem as ``where: message``, naming the variable when one set that key."""
-    problems = []
-    for loc, message in exc.problems:
-        where = ".".join(str(part) for part in (*([prefix] if prefix else []), *loc))
-        problems.append(f"{where or '(top level)'}: {message}{_origin(where, origins)}")
-    return problems
+    located = exc.located(prefix)
+    return [f"{where}: {message}{_origin(where, origins)}" for where, message in located]
 
 
 def _settings(

@@ -58,13 +58,17 @@ class TableError(ValueError):
         self.problems: tuple[tuple[Location, str], ...] = tuple(problems)
         super().__init__("; ".join(self.lines()))
 
-    def lines(self, prefix: str = "") -> list[str]:
-        """``where: message`` per problem, ``where`` dotted and under ``prefix``."""
+    def located(self, prefix: str = "") -> list[tuple[str, str]]:
+        """(where, message) per problem, ``where`` dotted and under ``prefix``."""
         out = []
         for loc, message in self.problems:
             where = ".".join(str(part) for part in (*([prefix] if prefix else []), *loc))
-            out.append(f"{where or '(top level)'}: {message}")
+            out.append((where or "(top level)", message))
         return out
+
+    def lines(self, prefix: str = "") -> list[str]:
+        """``where: message`` per problem."""
+        return [f"{where}: {message}" for where, message in self.located(prefix)]
 
     def under(self, *loc: str | int) -> TableError:
         return TableError([((*loc, *inner), message) for inner, message in self.problems])
