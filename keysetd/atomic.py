@@ -80,6 +80,13 @@ def open_directory(real: Path) -> int:
     return fd
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until all of ``data`` is written (a write may take only part)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def _stage(dir_fd: int, name: str, data: bytes, mode: int, *, durable: bool, label: str) -> str:
     """A fsynced temp file with ``data`` and ``mode`` in ``dir_fd``, ready to rename; its name."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -94,10 +101,7 @@ def _stage(dir_fd: int, name: str, data: bytes, mode: int, *, durable: bool, lab
                 raise
     try:
         os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
+        _write_all(fd, data)
         failpoints.hit("write.after-temp", label)
         if durable:
             os.fsync(fd)
@@ -186,10 +190,7 @@ def append_durable(fd: int, line: bytes) -> None:
 
     A crash can tear only the last line; readers drop a line without its newline.
     """
-    view = memoryview(line)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
+    _write_all(fd, line)
     os.fsync(fd)
 
 

@@ -35,24 +35,26 @@ def _digest(line: bytes) -> str:
     return hashlib.sha256(line).hexdigest()
 
 
-def _last_line(fd: int) -> bytes | None:
-    """The last complete line of the file (a torn tail from a crash does not count)."""
-    size = os.fstat(fd).st_size
+def _last_newline(fd: int, end: int) -> int:
+    """The offset of the last newline before ``end``, or -1; read backwards in widening windows."""
     window = _TAIL_WINDOW
     while True:
-        start = max(0, size - window)
-        data = os.pread(fd, size - start, start)
-        end = data.rfind(b"\n")
-        if end < 0:
-            if start == 0:
-                return None
-            window *= 2
-            continue
-        begin = data.rfind(b"\n", 0, end) + 1
-        if begin == 0 and start > 0:
-            window *= 2
-            continue
-        return data[begin:end]
+        start = max(0, end - window)
+        found = os.pread(fd, end - start, start).rfind(b"\n")
+        if found >= 0:
+            return start + found
+        if start == 0:
+            return -1
+        window *= 2
+
+
+def _last_line(fd: int) -> bytes | None:
+    """The last complete line of the file (a torn tail from a crash does not count)."""
+    end = _last_newline(fd, os.fstat(fd).st_size)
+    if end < 0:
+        return None
+    begin = _last_newline(fd, end) + 1
+    return os.pread(fd, end - begin, begin)
 
 
 class AuditLog:
@@ -104,16 +106,8 @@ class AuditLog:
         size = os.fstat(fd).st_size
         if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
             return
-        window = _TAIL_WINDOW
-        while True:
-            # Widen until a newline is found: a torn tail longer than one window must
-            # not cut the whole log (it used to truncate to 0).
-            start = max(0, size - window)
-            cut = os.pread(fd, size - start, start).rfind(b"\n")
-            if cut >= 0 or start == 0:
-                break
-            window *= 2
-        os.ftruncate(fd, start + cut + 1 if cut >= 0 else 0)
+        # A torn tail longer than one window must not cut the whole log.
+        os.ftruncate(fd, _last_newline(fd, size) + 1)
         os.fsync(fd)
 
 

@@ -132,7 +132,7 @@ def _prepare_directory(output: Output, directory: Path, written: Written) -> Pat
         finally:
             os.close(fd)
     except OSError as exc:
-        raise OutputError(output.name, str(directory), exc.strerror or str(exc)) from exc
+        raise _fail(output, directory, exc) from exc
     return written.directory(output, directory)
 
 
@@ -140,10 +140,9 @@ def _fail(output: Output, path: Path, exc: OSError) -> OutputError:
     return OutputError(output.name, str(path), exc.strerror or str(exc))
 
 
-def commit_output(rendered: Rendered, written: Written | None = None) -> bool:
+def commit_output(rendered: Rendered, written: Written) -> bool:
     """Atomically write changed files and remove stale ones; True when anything changed."""
     output = rendered.output
-    written = written or Written()
     changed = False
     checked: dict[Path, Path] = {}
     for path, data in rendered.files.items():

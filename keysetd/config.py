@@ -265,14 +265,13 @@ def _plugin_table(
 
 
 def _check_names(
-    outputs: list[tuple[type[Output], OutputConfig]],
+    outputs: Mapping[int, Output],
     notifiers: list[tuple[type[Notifier], NotifierConfig]],
     problems: list[str],
 ) -> None:
     names: dict[str, int] = {}
     paths: dict[Path, int] = {}
-    for index, (cls, cfg) in enumerate(outputs):
-        output = cls(cfg)
+    for index, output in outputs.items():
         if output.name in names:
             first = names[output.name]
             problems.append(
@@ -280,10 +279,11 @@ def _check_names(
                 " (set a unique name)"
             )
         names.setdefault(output.name, index)
-        resolved = cfg.path.absolute()
+        path = output.config.path
+        resolved = path.absolute()
         if resolved in paths:
             problems.append(
-                f"outputs.{index}.path: {cfg.path} is already used by outputs.{paths[resolved]}"
+                f"outputs.{index}.path: {path} is already used by outputs.{paths[resolved]}"
             )
         paths.setdefault(resolved, index)
     for index, (_cls, ncfg) in enumerate(notifiers):
@@ -303,9 +303,15 @@ def _check_rotation(settings: Settings, problems: list[str]) -> None:
         problems.append("rotation.every: must be longer than policy.activation_delay")
 
 
-def _tables(value: object) -> list[dict[str, Any]]:
-    """The array-of-tables at a key, or nothing when it has another shape (already reported)."""
-    return [t for t in value if isinstance(t, dict)] if isinstance(value, list) else []
+def _tables(value: object) -> list[tuple[int, dict[str, Any]]]:
+    """Each table of the array-of-tables at a key with its index; nothing for another shape.
+
+    The index is the one in the file, so problems name the right table even when an
+    entry before it is not a table (Settings has reported that already).
+    """
+    if not isinstance(value, list):
+        return []
+    return [(index, table) for index, table in enumerate(value) if isinstance(table, dict)]
 
 
 def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> Config:
@@ -324,36 +330,38 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
     settings = _settings(data, problems, origins)
     # With a broken top level, still check the plugin tables so every problem shows at once.
     raw_source = settings.source if settings else data.get("source")
-    raw_outputs = settings.outputs if settings else _tables(data.get("outputs"))
-    raw_notify = settings.notify if settings else _tables(data.get("notify"))
+    raw_outputs = _tables(settings.outputs if settings else data.get("outputs"))
+    raw_notify = _tables(settings.notify if settings else data.get("notify"))
     source = None
     if isinstance(raw_source, dict):
         source = _plugin_table("keysetd.sources", dict(raw_source), "source", problems, origins)
-    outputs = [
-        found
-        for index, table in enumerate(raw_outputs)
+    outputs = {
+        index: found
+        for index, table in raw_outputs
         if (found := _plugin_table("keysetd.outputs", table, f"outputs.{index}", problems, origins))
-    ]
+    }
     notifiers = [
         found
-        for index, table in enumerate(raw_notify)
+        for index, table in raw_notify
         if (
             found := _plugin_table("keysetd.notifiers", table, f"notify.{index}", problems, origins)
         )
     ]
+    built = {index: cls(cfg) for index, (cls, cfg) in outputs.items()}
     if settings is not None and not settings.outputs:
         problems.append("outputs: at least one [[outputs]] table is required")
     if not problems:
-        _check_names(outputs, notifiers, problems)
+        _check_names(built, notifiers, problems)
     if not problems:
-        built = [cls(cfg) for cls, cfg in outputs]
         for index, (ncls, ncfg) in enumerate(notifiers):
-            problems += [f"notify.{index}: {p}" for p in ncls.check_outputs(ncfg, built)]
+            problems += [
+                f"notify.{index}: {p}" for p in ncls.check_outputs(ncfg, [*built.values()])
+            ]
     if source is not None and source[0].public_only:
-        for index, (cls, cfg) in enumerate(outputs):
-            if cls(cfg).role is Role.SIGNER:
+        for index, output in built.items():
+            if output.role is Role.SIGNER:
                 problems.append(
-                    f"outputs.{index}: a {cfg.type} output needs private keys, and a "
+                    f"outputs.{index}: a {output.config.type} output needs private keys, and a "
                     f"{source[1].type} source has public keys only"
                 )
     if settings is not None and settings.rotation is not None:
@@ -365,7 +373,7 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
         path=path,
         source_class=source[0],
         source=source[1],
-        outputs=tuple(outputs),
+        outputs=tuple(outputs.values()),
         notifiers=tuple(notifiers),
     )
     if settings.strict:

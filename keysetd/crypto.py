@@ -24,6 +24,7 @@ from keysetd.model import Key
 __all__ = [
     "ALGORITHMS",
     "HMAC_MIN_BYTES",
+    "RSA_MIN_BITS",
     "KeyMaterialError",
     "b64u_decode",
     "b64u_encode",
@@ -49,6 +50,8 @@ ALGORITHMS: Mapping[str, tuple[str, str | None]] = {
 }
 #: RFC 7518 3.2: an HMAC key is at least as long as the hash output.
 HMAC_MIN_BYTES: Mapping[str, int] = {"HS256": 32, "HS384": 48, "HS512": 64}
+#: The smallest RSA modulus keysetd publishes or verifies with.
+RSA_MIN_BITS = 2048
 
 _CURVES: Mapping[str, ec.EllipticCurve] = {
     "P-256": ec.SECP256R1(),

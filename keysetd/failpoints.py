@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import signal
 
-__all__ = ["ENV_VAR", "armed", "hit", "parse"]
+__all__ = ["ENV_VAR", "hit", "parse"]
 
 ENV_VAR = "_KEYSETD_FAILPOINT"
 
@@ -44,11 +44,6 @@ def parse(value: str | None) -> tuple[str, str | None, int] | None:
 
 _TARGET = parse(os.environ.get(ENV_VAR))
 _hits = 0
-
-
-def armed() -> bool:
-    """Whether a failpoint is set for this process."""
-    return _TARGET is not None
 
 
 def hit(name: str, label: str | None = None) -> None:

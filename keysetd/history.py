@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 from keysetd.model import Keyset
-from keysetd.plan import Plan, current_signer_kid
+from keysetd.plan import Plan, current_signer_kid, held_kids
 from keysetd.state import KeyRecord
 
 __all__ = [
@@ -71,11 +71,6 @@ def mark_published(records: Records, planned: Plan, now: float) -> tuple[Records
     return updated, events
 
 
-def _live(records: Records) -> list[str]:
-    """Kids signers may hold: given to them (active_from) and not yet taken back."""
-    return [k for k, r in records.items() if r.active_from is not None and r.active_until is None]
-
-
 def mark_activating(records: Records, planned: Plan, now: float) -> tuple[Records, list[Event]]:
     """Before signer outputs are committed: write ahead that signers may now get the new kid.
 
@@ -84,7 +79,7 @@ def mark_activating(records: Records, planned: Plan, now: float) -> tuple[Record
     Returns the audit events to record once the signer commit is done.
     """
     new = planned.active_kid
-    live = _live(records)
+    live = held_kids(records)
     if new is None or new not in records or new in live:
         return records, []
     updated = dict(records)
@@ -96,7 +91,7 @@ def mark_activating(records: Records, planned: Plan, now: float) -> tuple[Record
 def mark_active(records: Records, planned: Plan, now: float) -> tuple[Records, list[Event]]:
     """After signer outputs were committed: every other live kid is taken back now."""
     new = planned.active_kid
-    closing = [kid for kid in _live(records) if kid != new]
+    closing = [kid for kid in held_kids(records) if kid != new]
     if not closing:
         return records, []
     updated = dict(records)

@@ -49,7 +49,8 @@ def check_headers(headers: dict[str, str], reserved: Collection[str]) -> dict[st
     """Header names that are tokens, values without CR/LF/NUL, none keysetd sets itself."""
     for name, value in headers.items():
         if not name or not all(33 <= ord(c) < 127 and c != ":" for c in name):
-            raise ValueError(f"not a valid header name: {name!r}")
+            # Not quoted: a name this malformed may be a pasted "Authorization: Bearer ...".
+            raise ValueError("a header name is not a token (no spaces, ':' or control characters)")
         if any(c in value for c in "\r\n\0"):
             raise ValueError(f"header {name} must not contain CR, LF or NUL")
         if name.lower() in reserved:

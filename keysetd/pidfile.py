@@ -7,7 +7,7 @@ from pathlib import Path
 
 from keysetd.sources.file import read_limited
 
-__all__ = ["PIDFILE_LIMIT", "target_pid"]
+__all__ = ["PIDFILE_LIMIT", "check_process_name", "target_pid"]
 
 PIDFILE_LIMIT = 64
 
@@ -32,3 +32,19 @@ def target_pid(pid: int | None, pidfile: Path | None) -> int:
     if pid == os.getpid():
         raise ValueError(f"refusing to signal pid {pid}: that is keysetd itself")
     return pid
+
+
+def check_process_name(pid: int, wanted: str) -> None:
+    """That ``/proc/<pid>/comm`` reads ``wanted``, so a recycled pid is never signalled.
+
+    ProcessLookupError when the process is gone; ValueError saying why not otherwise.
+    """
+    try:
+        comm = read_limited(Path(f"/proc/{pid}/comm"), 256)
+    except FileNotFoundError as exc:
+        raise ProcessLookupError(pid) from exc
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot check the name of process {pid}: {exc}") from exc
+    name = comm.decode(errors="replace").strip()
+    if name != wanted:
+        raise ValueError(f"process {pid} is {name!r}, not {wanted!r}; not signalled")

@@ -280,7 +280,8 @@ class Pipeline:
         changed += self._commit_phase(verifiers)
         failpoints.hit("cycle.after-verifier-phase")  # failpoint (tests only)
         self._remember(*mark_published(self.history, planned, now))
-        early = [n for n in pending if interested(n, changed) and not _follows(n, signer_names)]
+        # A notifier that follows any signer output waits for the signer phase.
+        early = [n for n in pending if interested(n, changed) and not interested(n, signer_names)]
         failures += self._notify(early, planned, changed)
         pending = [n for n in pending if n not in early]
 
@@ -502,9 +503,3 @@ def _sooner(result: CycleResult, when: float | None) -> CycleResult:
     if when is None or (result.next_change_at is not None and result.next_change_at <= when):
         return result
     return replace(result, next_change_at=when)
-
-
-def _follows(notifier: Notifier, names: set[str]) -> bool:
-    """Whether the notifier follows any of ``names`` (a notifier without a filter follows all)."""
-    wanted = notifier.config.outputs
-    return bool(names) if wanted is None else bool(names.intersection(wanted))

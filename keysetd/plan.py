@@ -27,6 +27,7 @@ __all__ = [
     "Plan",
     "Policy",
     "current_signer_kid",
+    "held_kids",
     "plan",
     "public_key_from_record",
 ]
@@ -89,9 +90,17 @@ def public_key_from_record(record: KeyRecord) -> Key | None:
     )
 
 
+def held_kids(history: Mapping[str, KeyRecord]) -> list[str]:
+    """Kids signers may hold: given to them (active_from) and not yet taken back (active_until).
+
+    One, or two while a hand-over was interrupted by a crash.
+    """
+    return [k for k, r in history.items() if r.active_from is not None and r.active_until is None]
+
+
 def current_signer_kid(history: Mapping[str, KeyRecord]) -> str | None:
-    """The kid signers were last given: active_from set, active_until not yet."""
-    live = [r for r in history.values() if r.active_from is not None and r.active_until is None]
+    """The kid signers were last given: the held one activated last."""
+    live = [history[kid] for kid in held_kids(history)]
     return max(live, key=lambda r: r.active_from or 0.0).kid if live else None
 
 
@@ -105,13 +114,6 @@ def _signer_key(
     if key is None and previous_signer is not None:
         key = previous_signer.get(kid)
     return key if key is not None else public_key_from_record(history[kid])
-
-
-def _held_kids(history: Mapping[str, KeyRecord]) -> list[str]:
-    """Every kid signers may hold: one, or two while a hand-over was interrupted by a crash."""
-    return sorted(
-        kid for kid, r in history.items() if r.active_from is not None and r.active_until is None
-    )
 
 
 def _choose_active(
@@ -166,10 +168,11 @@ def plan(
     current_kid = current_signer_kid(history)
     current = _signer_key(current_kid, source, history, previous_signer) if current_kid else None
     active, decisions, next_change = _choose_active(source, current, history, policy, now)
-    verifier_keys = list(source.keys)
+    signer_keys = list(source.keys)
     if active is not None and source.get(active.kid) is None:
-        verifier_keys.append(active)
-    for kid in _held_kids(history):
+        signer_keys.append(active)
+    verifier_keys = list(signer_keys)
+    for kid in sorted(held_kids(history)):
         held = _signer_key(kid, source, history, previous_signer)
         if held is None or active is None or kid == active.kid:
             continue
@@ -203,9 +206,6 @@ def plan(
     decisions += [
         Decision(k.kid, "published", "in the source") for k in source if k.kid not in decided
     ]
-    signer_keys = list(source.keys)
-    if active is not None and source.get(active.kid) is None:
-        signer_keys.append(active)
     active_kid = active.kid if active else None
     verifier = Keyset(tuple(verifier_keys), active_kid)
     signer = Keyset(tuple(signer_keys), active_kid)

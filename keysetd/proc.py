@@ -270,7 +270,10 @@ def check_env(env: dict[str, str]) -> dict[str, str]:
     """Config validator: environment names are identifiers; values hold no NUL."""
     for name, value in env.items():
         if not _ENV_NAME.fullmatch(name):
-            raise ValueError(f"not a valid environment variable name: {name!r}")
+            # Not quoted: a name this malformed may be a pasted "NAME=value".
+            raise ValueError(
+                "environment variable names are letters, digits and _ (no digit first)"
+            )
         if "\0" in value:
             raise ValueError(f"environment variable {name} must not contain NUL characters")
     return env

@@ -175,7 +175,10 @@ def _scalar(tp: Any, value: Any) -> Any:
         if isinstance(value, float) and value.is_integer():
             return int(value)
         if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
-            return int(value)
+            try:
+                return int(value)
+            except ValueError:  # more digits than sys.get_int_max_str_digits()
+                pass
     elif tp is float:
         number = _number(value)
         if number is not None and math.isfinite(number):
@@ -357,13 +360,7 @@ def _checked(cls: type, init: Callable[..., None]) -> Callable[..., None]:
     """The dataclass ``__init__`` behind conversion: a table is never built unchecked."""
 
     def __init__(self: Any, **given: Any) -> None:
-        values = _converted(cls, given)
-        try:
-            init(self, **values)
-        except TableError:
-            raise
-        except ValueError as exc:
-            raise _fail(str(exc)) from None
+        _apply(lambda values: init(self, **values), _converted(cls, given))
 
     __init__.__qualname__ = f"{cls.__qualname__}.__init__"
     __init__.__doc__ = init.__doc__

@@ -19,6 +19,7 @@ from typing import Any
 
 from keysetd.atomic import clean_temp_files, write_atomic
 from keysetd.errors import ConfigError
+from keysetd.model import canonical_json
 
 __all__ = ["KeyRecord", "LastKnownGood", "StateStore"]
 
@@ -130,8 +131,7 @@ class StateStore:
             self._lock_fd = None
 
     def _write_json(self, path: Path, value: object, *, durable: bool = True) -> None:
-        data = json.dumps(value, sort_keys=True, separators=(",", ":")).encode() + b"\n"
-        write_atomic(path, data, STATE_MODE, durable=durable)
+        write_atomic(path, canonical_json(value) + b"\n", STATE_MODE, durable=durable)
 
     def _read_json(self, path: Path) -> Any:
         """The parsed file, or None when absent; a corrupt file reads as absent."""

@@ -26,9 +26,7 @@ def parse_duration(value: object) -> float:
         else:
             parts = _PART.findall(text)
             if not parts or "".join(n + u for n, u in parts) != text:
-                raise ValueError(
-                    f"not a duration: {value!r} (use e.g. '750ms', '30s', '1h30m', '7d')"
-                )
+                raise ValueError("not a duration (use e.g. '750ms', '30s', '1h30m', '7d')")
             seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
     else:
         raise ValueError("a duration is a number of seconds or a string like '30s'")
@@ -45,13 +43,13 @@ def parse_mode(value: object) -> int:
         try:
             mode = int(value, 8)
         except ValueError:
-            raise ValueError(f"not an octal file mode: {value!r}") from None
+            raise ValueError("not an octal file mode (use e.g. '0640')") from None
     elif isinstance(value, int):
         mode = value
     else:
         raise ValueError("a file mode is an octal string like '0640'")
     if not 0 <= mode <= 0o777:
-        raise ValueError(f"file mode out of range: {value!r}")
+        raise ValueError("a file mode is between 0000 and 0777")
     return mode
 
 

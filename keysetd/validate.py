@@ -17,6 +17,7 @@ from functools import lru_cache
 from keysetd.crypto import (
     ALGORITHMS,
     HMAC_MIN_BYTES,
+    RSA_MIN_BITS,
     KeyMaterialError,
     b64u_decode,
     is_b64u,
@@ -26,7 +27,7 @@ from keysetd.crypto import (
 from keysetd.errors import InvalidKeyset, Problem
 from keysetd.formats import decode_partial
 from keysetd.formats.jwks import kid_label, short
-from keysetd.model import PUBLIC_MEMBERS, Key, Keyset
+from keysetd.model import PRIVATE_MEMBERS, PUBLIC_MEMBERS, Key, Keyset
 
 __all__ = ["RULES", "check", "find_problems", "resolve_active", "validate"]
 
@@ -53,13 +54,8 @@ RULES = (
     "missing-active-kid",
     "unsupported-use",
 )
-_REQUIRED: Mapping[str, tuple[str, ...]] = {
-    "RSA": ("n", "e"),
-    "EC": ("crv", "x", "y"),
-    "OKP": ("crv", "x"),
-    "oct": ("k",),
-}
-_RSA_MIN_BITS = 2048
+#: Members each kty must carry: its public ones, and for oct the secret.
+_REQUIRED: Mapping[str, tuple[str, ...]] = {**PUBLIC_MEMBERS, "oct": PRIVATE_MEMBERS["oct"]}
 _KID_MAX = 1024
 #: Validated keys remembered per process (a 10,000-key keyset plus churn).
 _VERDICT_CACHE = 32768
@@ -120,8 +116,8 @@ def _material_problems(key: Key, declared_public: bool) -> list[Problem]:
         return found
     if key.kty == "RSA":
         bits = int.from_bytes(b64u_decode(key.member("n") or ""), "big").bit_length()
-        if bits < _RSA_MIN_BITS:
-            add("rsa-too-small", f"{bits}-bit modulus; at least {_RSA_MIN_BITS} bits are required")
+        if bits < RSA_MIN_BITS:
+            add("rsa-too-small", f"{bits}-bit modulus; at least {RSA_MIN_BITS} bits are required")
     try:
         load_public(key)
         if key.private and not declared_public:

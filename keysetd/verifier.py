@@ -38,7 +38,14 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from keysetd import formats
-from keysetd.crypto import ALGORITHMS, HMAC_MIN_BYTES, KeyMaterialError, b64u_decode, load_public
+from keysetd.crypto import (
+    ALGORITHMS,
+    HMAC_MIN_BYTES,
+    RSA_MIN_BITS,
+    KeyMaterialError,
+    b64u_decode,
+    load_public,
+)
 from keysetd.errors import ConfigError, InvalidKeyset
 from keysetd.model import Key, Keyset
 
@@ -63,7 +70,6 @@ MIN_RECHECK: Final = 0.01
 #: Header segments cached (segment -> kid) so the hot path does not parse the header twice.
 _HEADER_CACHE_SIZE: Final = 1024
 _HEADER_CACHE_MAX_LEN: Final = 1024
-_RSA_MIN_BITS: Final = 2048
 _MISSING: Final = object()
 
 _VerifyKey: TypeAlias = (
@@ -207,8 +213,8 @@ def _build_key(key: Key) -> _VerifyKey:
             raise KeyMaterialError("hmac-too-short", f"the secret is shorter than {key.alg} needs")
         return secret
     public = load_public(key)
-    if isinstance(public, rsa.RSAPublicKey) and public.key_size < _RSA_MIN_BITS:
-        raise KeyMaterialError("rsa-too-small", f"RSA key under {_RSA_MIN_BITS} bits")
+    if isinstance(public, rsa.RSAPublicKey) and public.key_size < RSA_MIN_BITS:
+        raise KeyMaterialError("rsa-too-small", f"RSA key under {RSA_MIN_BITS} bits")
     if isinstance(public, _SIGNATURE_KEYS):
         return public
     raise KeyMaterialError("invalid-key", f"kty {key.kty} cannot verify signatures")

@@ -27,7 +27,6 @@ from keysetd.wake import Wake
 
 __all__ = ["Watcher"]
 
-_IN_MODIFY = 0x002
 _IN_CLOSE_WRITE = 0x008
 _IN_MOVED_FROM = 0x040
 _IN_MOVED_TO = 0x080
@@ -86,10 +85,6 @@ class Watcher:
         self._wds: dict[int, Path] = {}
         self._warned: set[Path] = set()
         self._thread = threading.Thread(target=self._run, name="keysetd-watch", daemon=True)
-
-    @property
-    def backend(self) -> str:
-        return "inotify" if self._libc is not None else "watchfiles"
 
     def start(self) -> None:
         """Arm the watch (inotify: before returning) and start the waiting thread."""

@@ -121,7 +121,8 @@ class HttpNotifier(Notifier):
         except urllib.error.HTTPError as exc:
             with exc:
                 excerpt = _excerpt(exc)
-            raise self._fail(f"HTTP {exc.code} {exc.reason}{excerpt}") from None
+            reason = redact(" ".join(str(exc.reason).split()))[:60]  # the server chose it
+            raise self._fail(f"HTTP {exc.code} {reason}{excerpt}") from None
         except urllib.error.URLError as exc:
             raise self._fail(self._reason(exc.reason)) from exc
         except TimeoutError as exc:

@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Annotated, ClassVar
 
 from keysetd.errors import NotifyError
-from keysetd.pidfile import target_pid
+from keysetd.pidfile import check_process_name, target_pid
 from keysetd.plugin import Notifier, NotifierConfig, NotifyEvent
 from keysetd.schema import non_empty, positive
-from keysetd.sources.file import read_limited
 
 __all__ = ["SignalNotifier", "SignalNotifierConfig", "parse_signal"]
 
@@ -32,7 +31,7 @@ def parse_signal(value: str) -> signal.Signals:
     try:
         return signal.Signals[name]
     except KeyError:
-        raise ValueError(f"unknown signal: {value!r}") from None
+        raise ValueError("unknown signal (use a name such as SIGHUP or HUP)") from None
 
 
 def _signal_name(value: str) -> str:
@@ -86,13 +85,15 @@ class SignalNotifier(Notifier):
         pidfd = _pidfd_open(pid)
         try:
             if self.config.process_name is not None:
-                self._check_name(pid)
+                check_process_name(pid, self.config.process_name)
             if pidfd is not None:
                 signal.pidfd_send_signal(pidfd, self.signal)
             else:
                 os.kill(pid, self.signal)
         except ProcessLookupError as exc:
             raise _Refused(f"process {pid} does not exist (stale pid)") from exc
+        except ValueError as exc:  # another process now holds the pid
+            raise _Refused(str(exc)) from exc
         except PermissionError as exc:
             raise _Refused(f"not permitted to signal process {pid}") from exc
         except OSError as exc:
@@ -100,19 +101,6 @@ class SignalNotifier(Notifier):
         finally:
             if pidfd is not None:
                 os.close(pidfd)
-
-    def _check_name(self, pid: int) -> None:
-        try:
-            comm = read_limited(Path(f"/proc/{pid}/comm"), 256)
-        except FileNotFoundError as exc:
-            raise ProcessLookupError(pid) from exc
-        except (OSError, ValueError) as exc:
-            raise _Refused(f"cannot check the name of process {pid}: {exc}") from exc
-        name = comm.decode(errors="replace").strip()
-        if name != self.config.process_name:
-            raise _Refused(
-                f"process {pid} is {name!r}, not {self.config.process_name!r}; not signalled"
-            )
 
 
 def _pidfd_open(pid: int) -> int | None:

@@ -24,7 +24,7 @@ _UNIT = re.compile(r"[A-Za-z0-9:_.\\@][A-Za-z0-9:_.\\@-]{0,255}")
 
 def _unit_name(unit: str) -> str:
     if not _UNIT.fullmatch(unit):
-        raise ValueError(f"not a systemd unit name: {unit!r}")
+        raise ValueError("not a systemd unit name")
     return unit
 
 

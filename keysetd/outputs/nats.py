@@ -25,7 +25,7 @@ import nkeys
 from keysetd.crypto import b64u_decode
 from keysetd.errors import OutputError
 from keysetd.model import Key, Keyset
-from keysetd.plugin import Output, OutputConfig, Role
+from keysetd.plugin import Output, OutputConfig
 from keysetd.schema import Before, Table, matches, positive
 
 __all__ = [
@@ -92,7 +92,7 @@ def _nkey(raw: bytes, prefix: int) -> str:
 
 def _subject(value: str) -> str:
     if not _SUBJECT.fullmatch(value):
-        raise ValueError(f"not a NATS subject: {value!r}")
+        raise ValueError("not a NATS subject (no spaces, quotes or backslashes)")
     return value
 
 
@@ -234,14 +234,6 @@ class NatsOutput(Output):
     def __init__(self, config: NatsOutputConfig) -> None:
         super().__init__(config)
         self.config: NatsOutputConfig = config
-
-    @property
-    def role(self) -> Role:
-        return Role.VERIFIER
-
-    @property
-    def kind(self) -> Kind:
-        return self.config.kind
 
     def render(self, keyset: Keyset) -> dict[Path, bytes]:
         cfg = self.config

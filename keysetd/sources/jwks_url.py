@@ -371,8 +371,6 @@ class JwksUrlSource(Source):
             _shrink_timeout(sock, deadline)
             with conn.getresponse() as response:  # closed here: it may own the socket
                 return self._answer(sock, response, deadline)
-        except SourceError:
-            raise
         except TimeoutError as exc:
             raise self._fail(f"timed out after {self.config.timeout:g}s") from exc
         except ssl.SSLCertVerificationError as exc:

@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 from keysetd.crypto import key_from_public
 from keysetd.errors import SourceError
+from keysetd.httpcheck import check_http_url
 from keysetd.model import Key, Snapshot, canonical_json
 from keysetd.plugin import Source, SourceConfig
 from keysetd.schema import non_empty
@@ -90,9 +91,7 @@ def _active(value: str) -> str:
 
 
 def _url(value: str) -> str:
-    if not value.startswith(("https://", "http://")):
-        raise ValueError("must be an http:// or https:// URL")
-    return value
+    return check_http_url(value)
 
 
 def _kid_format(value: str) -> str:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -208,7 +208,6 @@ class Authorizer:
         self.signer = signer
         #: The callout's curve key (``xkey_seed_file``): requests must come sealed to it.
         self.xkey = xkey
-        self._issuer: str | Sequence[str] = config.issuer
         self._default = user_permissions(config.permissions)
         self._rules = [(rule, user_permissions(rule.permissions)) for rule in config.rules]
 
@@ -294,7 +293,7 @@ class Authorizer:
             claims = await self.verifier.adecode(
                 token,
                 audience=cfg.audience,
-                issuer=self._issuer,
+                issuer=cfg.issuer,
                 leeway=cfg.leeway,
                 options={"require": ["exp", "iss", "aud"]},
             )

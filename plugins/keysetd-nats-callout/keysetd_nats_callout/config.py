@@ -123,7 +123,8 @@ def load_config(path: Path) -> CalloutConfig:
 def _read_secret(path: Path, what: str) -> bytes:
     """A small file readable by its owner only; ConfigError naming the key otherwise."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO in its place fails the regular-file check instead of hanging.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise ConfigError(f"{what} {path}: {exc.strerror or exc}") from None
     try:
@@ -143,16 +144,21 @@ def _read_secret(path: Path, what: str) -> bytes:
     return data.strip()
 
 
+def _seed_line(path: Path, what: str, kind: str) -> bytes:
+    """The one line starting with S of a seed file (nsc/.nk-style files hold comment lines)."""
+    data = _read_secret(path, what)
+    lines = [line.strip() for line in data.splitlines() if line.strip().startswith(b"S")]
+    if len(lines) != 1:
+        raise ConfigError(f"{what} {path}: expected one seed line ({kind})")
+    return lines[0]
+
+
 def read_signer(config: CalloutConfig) -> NkeySigner:
     """The issuer account's signing nkey from ``issuer_account_seed_file`` (mode 0600)."""
     path = config.issuer_account_seed_file
-    data = _read_secret(path, "issuer_account_seed_file")
-    # An nsc/.nk-style file may hold comment lines; the seed is the one line starting with S.
-    lines = [line.strip() for line in data.splitlines() if line.strip().startswith(b"S")]
-    if len(lines) != 1:
-        raise ConfigError(f"issuer_account_seed_file {path}: expected one seed line (SA...)")
+    seed = _seed_line(path, "issuer_account_seed_file", "SA...")
     try:
-        signer = NkeySigner.from_seed(lines[0])
+        signer = NkeySigner.from_seed(seed)
     except NatsJwtError:
         raise ConfigError(f"issuer_account_seed_file {path}: not a valid nkey seed") from None
     if signer.prefix != nkeys.PREFIX_BYTE_ACCOUNT:
@@ -165,13 +171,9 @@ def read_xkey(config: CalloutConfig) -> CurveKey | None:
     path = config.xkey_seed_file
     if path is None:
         return None
-    data = _read_secret(path, "xkey_seed_file")
-    # As for the issuer seed: comment lines may surround the one seed line.
-    lines = [line.strip() for line in data.splitlines() if line.strip().startswith(b"S")]
-    if len(lines) != 1:
-        raise ConfigError(f"xkey_seed_file {path}: expected one seed line (SX...)")
+    seed = _seed_line(path, "xkey_seed_file", "SX...")
     try:
-        return CurveKey.from_seed(lines[0])
+        return CurveKey.from_seed(seed)
     except XkeyError:
         raise ConfigError(f"xkey_seed_file {path}: not a curve seed (SX...)") from None
 

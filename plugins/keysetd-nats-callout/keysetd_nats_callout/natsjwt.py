@@ -22,6 +22,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from keysetd.crypto import b64u_encode
 from keysetd.outputs.nats import decode_public_nkey, encode_public_nkey
 
 __all__ = [
@@ -35,9 +36,7 @@ __all__ = [
 
 ALGORITHM: Final = "ed25519-nkey"
 LIB_VERSION: Final = 2
-_HEADER: Final = (
-    base64.urlsafe_b64encode(b'{"typ":"JWT","alg":"ed25519-nkey"}').rstrip(b"=").decode()
-)
+_HEADER: Final = b64u_encode(b'{"typ":"JWT","alg":"ed25519-nkey"}')
 #: The standard claims the reference hashes for jti, in its struct order.
 _CLAIMS_DATA: Final = ("aud", "exp", "iat", "iss", "name", "nbf", "sub")
 #: A NATS JWT larger than this is not a request nats-server sends.
@@ -48,11 +47,8 @@ class NatsJwtError(ValueError):
     """A NATS JWT that does not decode or verify; the message never carries the token."""
 
 
-def _b64u(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
 def _b64u_decode(text: str) -> bytes:
+    """Lenient where ``keysetd.crypto.b64u_decode`` is strict: padding is tolerated."""
     try:
         return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError) as exc:
@@ -111,8 +107,8 @@ def encode(claims: Mapping[str, Any], signer: NkeySigner, *, now: int) -> str:
     nats = dict(body.get("nats") or {})
     nats["version"] = LIB_VERSION
     body["nats"] = nats
-    signing_input = f"{_HEADER}.{_b64u(_go_json(body).encode())}"
-    return f"{signing_input}.{_b64u(signer.sign(signing_input.encode('ascii')))}"
+    signing_input = f"{_HEADER}.{b64u_encode(_go_json(body).encode())}"
+    return f"{signing_input}.{b64u_encode(signer.sign(signing_input.encode('ascii')))}"
 
 
 def decode(

@@ -33,6 +33,7 @@ from hvac import exceptions as vault_errors
 
 from keysetd.crypto import key_from_public
 from keysetd.errors import SourceError
+from keysetd.httpcheck import check_http_url
 from keysetd.log import event
 from keysetd.model import Key, Snapshot, canonical_json
 from keysetd.plugin import Source, SourceConfig
@@ -56,6 +57,8 @@ _KUBERNETES_JWT = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 _SECRET_FILE_LIMIT = 64 * 1024
 _REASON_LIMIT = 300
 _REDACT_MIN = 8
+#: Credentials remembered for redaction: the configured ones and the latest logins.
+_SECRETS_KEPT = 16
 _MULTIERROR = re.compile(r"^\d+ errors? occurred:\s*")
 _STATUS: Mapping[type[Exception], str] = {
     vault_errors.InvalidRequest: "400 Bad Request",
@@ -72,9 +75,8 @@ _T = TypeVar("_T")
 
 
 def _address(value: str) -> str:
+    check_http_url(value)
     parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("must be an http:// or https:// URL with a host")
     if parts.username or parts.password or parts.query or parts.fragment:
         raise ValueError("must not carry credentials, a query or a fragment")
     return value.rstrip("/")
@@ -181,10 +183,11 @@ class VaultTransitSource(Source):
         self.config: VaultTransitConfig = config
         self._client: Any = None
         self._lease: _Lease | None = None
-        # Values that must never reach a message: tokens, secret ids, Kubernetes JWTs.
-        self._secrets: set[str] = set()
+        # Values that must never reach a message: tokens, secret ids, Kubernetes JWTs. The
+        # newest few only (insertion order): a daemon that logs in for months keeps no log.
+        self._secrets: dict[str, None] = {}
         if config.token is not None:
-            self._secrets.add(config.token.reveal())
+            self._remember(config.token.reveal())
 
     def describe(self) -> str:
         return f"vault_transit:{self.config.address}/{self.config.mount}"
@@ -373,7 +376,7 @@ class VaultTransitSource(Source):
         token = auth.get("client_token")
         if not isinstance(token, str) or not token:
             raise self._error(f"log in ({config.auth}): the answer holds no client token")
-        self._secrets.add(token)
+        self._remember(token)
         client.token = token
         self._lease = _Lease.of(auth.get("lease_duration"), None, auth.get("renewable"), now)
         event("vault_login", source=self.describe(), auth=config.auth, ttl=self._lease.period)
@@ -394,7 +397,7 @@ class VaultTransitSource(Source):
             raise self._error(f"cannot read {key} {path}: {reason}") from None
         if not text:
             raise self._error(f"{key} {path} is empty")
-        self._secrets.add(text)
+        self._remember(text)
         return text
 
     # --- the seam -----------------------------------------------------------------------------
@@ -429,6 +432,12 @@ class VaultTransitSource(Source):
         if not isinstance(auth, dict):
             raise self._error(f"{action}: unexpected response ({_describe_reply(reply)})")
         return auth
+
+    def _remember(self, secret: str) -> None:
+        self._secrets.pop(secret, None)
+        self._secrets[secret] = None
+        while len(self._secrets) > _SECRETS_KEPT:
+            del self._secrets[next(iter(self._secrets))]
 
     def _error(self, reason: str) -> SourceError:
         # Messages are built from names and Vault's error text; should a server ever echo a
