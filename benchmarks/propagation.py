@@ -82,12 +82,7 @@ def measure(changes: int = 200) -> list[float]:
         stamp_file = ws.root / "stamps"
         script = f'exec /bin/date "+%s%N $KEYSETD_ACTIVE_KID" >> {shlex.quote(str(stamp_file))}'
         ws.write_config(
-            outputs=[
-                {"type": "jwks", "path": str(ws.out / "jwks.json")},
-                {"type": "jwks", "name": "jwks-gateway", "path": str(ws.out / "gateway.json")},
-                {"type": "pem", "path": str(ws.out / "pem")},
-                {"type": "keyset", "path": str(ws.out / "keyset.json")},
-            ],
+            outputs=ws.four_outputs(),
             notify=[{"type": "command", "argv": ["/bin/sh", "-c", script], "timeout": "5s"}],
         )
         stamps = _Stamps(stamp_file)

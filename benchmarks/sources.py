@@ -16,11 +16,8 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -32,7 +29,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import KEYSETD, Row, Workspace, document, key_pool, proc_status, wait_for
+from benchmarks._common import (
+    KEYSETD,
+    Row,
+    Workspace,
+    binary,
+    document,
+    free_port,
+    key_pool,
+    proc_status,
+    wait_for,
+)
 from keysetd.daemon import FAILURE_BACKOFF_INITIAL, FAILURE_BACKOFF_MAX
 from keysetd.plugin import SourceConfig
 
@@ -53,12 +60,6 @@ AWS_ENV = {
     "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
     "AWS_EC2_METADATA_DISABLED": "true",
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def failure_schedule(refresh: float, seconds: float, jitter: float = 1.0) -> list[float]:
@@ -161,14 +162,6 @@ def _rss_after_publish(proc: subprocess.Popen[bytes], ws: Workspace, timeout: fl
     return proc_status(proc.pid)["VmRSS"] / 1024
 
 
-def _binary(name: str) -> str:
-    beside = Path(sys.executable).with_name(name)
-    found = str(beside) if beside.exists() else shutil.which(name)
-    if found is None:
-        raise RuntimeError(f"{name} not found next to {sys.executable} or on PATH")
-    return found
-
-
 def _answers(url: str, headers: dict[str, str] | None = None) -> bool:
     try:
         with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=1):
@@ -185,19 +178,15 @@ def _call(url: str, body: dict[str, Any], token: str) -> None:
         pass
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    Workspace.stop(proc)
-
-
 @contextmanager
 def _bao(root: Path) -> Iterator[tuple[str, str]]:
     """(address, root token) of a ``bao server -dev`` with transit and one ECDSA key."""
-    port, token = _free_port(), "bench-root-token"
+    port, token = free_port(), "bench-root-token"
     root.mkdir()
     with (root / "bao.log").open("wb") as log:
         proc = subprocess.Popen(
             [
-                _binary("bao"),
+                binary("bao"),
                 "server",
                 "-dev",
                 f"-dev-root-token-id={token}",
@@ -214,7 +203,7 @@ def _bao(root: Path) -> Iterator[tuple[str, str]]:
         _call(f"{address}/v1/transit/keys/jwt-ec", {"type": "ecdsa-p256"}, token)
         yield address, token
     finally:
-        _stop(proc)
+        Workspace.stop(proc)
 
 
 @contextmanager
@@ -222,11 +211,11 @@ def _moto(root: Path) -> Iterator[tuple[str, str]]:
     """(endpoint url, key id) of a ``moto_server`` holding one ECC_NIST_P256 signing key."""
     import boto3
 
-    port = _free_port()
+    port = free_port()
     root.mkdir()
     with (root / "moto.log").open("wb") as log:
         proc = subprocess.Popen(
-            [_binary("moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+            [binary("moto_server"), "-H", "127.0.0.1", "-p", str(port)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **AWS_ENV},
@@ -247,7 +236,7 @@ def _moto(root: Path) -> Iterator[tuple[str, str]]:
             kms.close()
         yield url, str(key["KeyMetadata"]["KeyId"])
     finally:
-        _stop(proc)
+        Workspace.stop(proc)
 
 
 def _plugin_rss(tmp: Path) -> list[tuple[str, float]]:
@@ -263,14 +252,14 @@ def _plugin_rss(tmp: Path) -> list[tuple[str, float]]:
     try:
         results.append(("file", _rss_after_publish(proc, ws)))
     finally:
-        _stop(proc)
+        Workspace.stop(proc)
     with _bao(tmp / "bao") as (address, token):
         source = {"type": "vault_transit", "address": address, "token": token, "keys": ["jwt-ec"]}
         proc, ws = _daemon(tmp / "vault-daemon", source)
         try:
             results.append(("vault_transit", _rss_after_publish(proc, ws)))
         finally:
-            _stop(proc)
+            Workspace.stop(proc)
     with _moto(tmp / "moto") as (url, key_id):
         source = {
             "type": "aws_kms",
@@ -283,7 +272,7 @@ def _plugin_rss(tmp: Path) -> list[tuple[str, float]]:
         try:
             results.append(("aws_kms", _rss_after_publish(proc, ws)))
         finally:
-            _stop(proc)
+            Workspace.stop(proc)
     return results
 
 
@@ -327,8 +316,8 @@ def run(seconds: float = WINDOW) -> list[Row]:
                 if proc.poll() is not None:
                     raise RuntimeError(f"keysetd exited {proc.returncode}:\n{ws.log_tail()}")
         finally:
-            _stop(good_proc)
-            _stop(bad_proc)
+            Workspace.stop(good_proc)
+            Workspace.stop(bad_proc)
         good = _in_window(healthy.times(200), healthy_start, seconds)
         bad = _in_window(failing.times(503), outage_start, seconds)
     return _rows(seconds, good, bad, jwks_rss, plugins)

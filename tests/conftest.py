@@ -30,6 +30,15 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "c
         time.sleep(0.01)
 
 
+def is_dead(pid: int) -> bool:
+    """True when ``pid`` is gone or a zombie (killed; our PID 1 may not reap orphans)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
 def toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -78,6 +87,18 @@ class Env:
     @property
     def signer(self) -> Path:
         return self.out / "keyset.json"
+
+    @property
+    def pem(self) -> Path:
+        return self.out / "pem"
+
+    def outputs_with_pem(self) -> list[dict[str, str]]:
+        """The ``outputs`` of a verifier file, a verifier directory (pem) and the signer keyset."""
+        return [
+            {"type": "jwks", "path": str(self.jwks)},
+            {"type": "pem", "path": str(self.pem)},
+            {"type": "keyset", "path": str(self.signer)},
+        ]
 
     def config(self, **extra: Any) -> Path:
         """Write a config: file source, jwks + keyset outputs, plus ``extra`` top-level keys."""
@@ -174,4 +195,4 @@ def keys() -> dict[str, dict[str, Any]]:
     }
 
 
-__all__ = ["Env", "jwk", "jwks_doc", "wait_for"]
+__all__ = ["Env", "is_dead", "jwk", "jwks_doc", "wait_for"]

@@ -11,6 +11,10 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+#: The JWK members that hold private material; ``k`` is the whole of an HMAC key.
+ASYMMETRIC_PRIVATE = ("d", "p", "q", "dp", "dq", "qi")
+PRIVATE = (*ASYMMETRIC_PRIVATE, "k")
+
 _CURVES = {
     "ES256": (ec.SECP256R1(), "P-256", 32),
     "ES384": (ec.SECP384R1(), "P-384", 48),
@@ -92,6 +96,22 @@ def jwk(
     else:
         raise ValueError(alg)
     return out
+
+
+def public(key: dict[str, Any]) -> dict[str, Any]:
+    """What a verifier gets of ``key``: its asymmetric private members left out (oct keeps k)."""
+    return {name: value for name, value in key.items() if name not in ASYMMETRIC_PRIVATE}
+
+
+def secrets_of(*keys: dict[str, Any]) -> list[str]:
+    return [key[m] for key in keys for m in PRIVATE if m in key]
+
+
+def assert_clean(text: str, secrets: list[str], where: str) -> None:
+    """No secret, nor any 16-character window of one (a leak too), appears in ``text``."""
+    for secret in secrets:
+        for start in range(0, max(1, len(secret) - 16), 8):
+            assert secret[start : start + 16] not in text, f"key material in {where}"
 
 
 def jwks_doc(*keys: dict[str, Any], active: str | None = None) -> bytes:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from keysetd.config import load_config
 from keysetd.errors import ConfigError, SourceError
 from tests.conftest import KEYSETD, Env, wait_for
 from tests.keys import b64u
+from tests.servers import binary, free_port, stop
 
 REGION = "us-east-1"
 PLUGIN = Path(__file__).resolve().parent.parent / "plugins" / "keysetd-aws-kms"
@@ -53,13 +54,6 @@ AWS_UNSET = (
 )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(f"{url}/moto-api/", timeout=1) as reply:
@@ -68,18 +62,13 @@ def _answers(url: str) -> bool:
         return False
 
 
-@pytest.fixture(scope="session")
-def moto_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real ``moto_server`` (KMS endpoint) on a free loopback port for the session."""
-    binary = Path(sys.executable).with_name("moto_server")
-    command = str(binary) if binary.exists() else shutil.which("moto_server")
-    if command is None:
-        pytest.fail("moto_server not found: pip install 'moto[server]'")
+@contextmanager
+def running_moto(log: Path) -> Iterator[str]:
+    """A real ``moto_server`` (KMS endpoint) on a free loopback port, for the block: its URL."""
     port = free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [command, "-H", "127.0.0.1", "-p", str(port)],
+            [binary("moto_server", "moto[server]"), "-H", "127.0.0.1", "-p", str(port)],
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, **AWS_ENV},
@@ -90,21 +79,27 @@ def moto_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         assert proc.poll() is None, log.read_text(errors="replace")
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop(proc)
 
 
-@pytest.fixture(autouse=True)
-def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """For the test and the keysetd processes it starts."""
+def fake_aws(monkeypatch: pytest.MonkeyPatch) -> None:
+    """AWS_ENV and none of AWS_UNSET, for the test and the keysetd processes it starts."""
     for name in AWS_UNSET:
         monkeypatch.delenv(name, raising=False)
     for name, value in AWS_ENV.items():
         monkeypatch.setenv(name, value)
+
+
+@pytest.fixture(scope="session")
+def moto_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One moto_server for the session."""
+    with running_moto(tmp_path_factory.mktemp("moto") / "moto.log") as url:
+        yield url
+
+
+@pytest.fixture(autouse=True)
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_aws(monkeypatch)
 
 
 @pytest.fixture

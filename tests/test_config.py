@@ -101,7 +101,7 @@ def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("KEYSETD_POLICY__RETENTION", "2h")
     monkeypatch.setenv("KEYSETD_POLICY__MAX_STALENESS", "1h")
     config = load_config(base(tmp_path))
-    assert str(config.source.path)  # type: ignore[attr-defined] == "/srv/keys.json"
+    assert str(config.source.path) == "/srv/keys.json"  # type: ignore[attr-defined]
     assert config.source.refresh_interval == 5
     assert config.settings.strict is True
     assert config.policy.retention == 7200
@@ -221,3 +221,35 @@ def test_rgs_strict_production_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("RGS_STRICT_PRODUCTION_MODE", "true")
     with pytest.raises(ConfigError, match="strict mode refuses"):
         load_config(base(tmp_path))  # BASE has no max_staleness
+
+
+def test_problems_name_each_output_by_its_place_in_the_file(tmp_path: Path) -> None:
+    """An output that fails, or an entry that is not a table, does not renumber the rest."""
+    path = write(
+        tmp_path,
+        f'state_dir = "{tmp_path / "state"}"\n'
+        '[source]\ntype = "jwks_url"\nurl = "https://sso.example.com/certs"\n'
+        '[[outputs]]\ntype = "jwks"\npath = "/run/j.json"\nmdoe = 1\n'
+        '[[outputs]]\ntype = "keyset"\npath = "/run/k.json"\n',
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert "outputs.0.mdoe: unknown key" in caught.value.problems
+    assert any(
+        p.startswith("outputs.1: a keyset output needs private keys") for p in caught.value.problems
+    )
+    mixed = 'outputs = [1, {type = "jwks", path = "/run/j.json", mdoe = 1}]\n'
+    mixed += '[source]\ntype = "file"\npath = "/k"\n'
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, mixed))
+    assert "outputs.1.mdoe: unknown key" in caught.value.problems
+
+
+def test_a_huge_number_is_a_config_error_not_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KEYSETD_NOTIFY", '[{"type": "signal", "pid": "' + "9" * 5000 + '"}]')
+    with pytest.raises(ConfigError) as caught:
+        load_config(base(tmp_path))
+    [problem] = caught.value.problems
+    assert problem.startswith("notify.0.pid: expected an integer")

@@ -32,7 +32,7 @@ def check_consistent(env: Env, pem_dir: Path) -> None:
 def test_kill_9_at_random_instants(env: Env) -> None:
     rng = random.Random(20261123)
     pool = [jwk("ES256", f"k{i}") for i in range(6)]
-    pem_dir = env.out / "pem"
+    pem_dir = env.pem
 
     def document(i: int) -> bytes:
         previous, current = pool[(i - 1) % len(pool)], pool[i % len(pool)]
@@ -40,13 +40,7 @@ def test_kill_9_at_random_instants(env: Env) -> None:
         return jwks_doc(*keys, active=current["kid"])
 
     env.write_source(document(0))
-    env.config(
-        outputs=[
-            {"type": "jwks", "path": str(env.jwks)},
-            {"type": "pem", "path": str(pem_dir)},
-            {"type": "keyset", "path": str(env.signer)},
-        ]
-    )
+    env.config(outputs=env.outputs_with_pem())
     env.start()
     wait_for(env.signer.exists, what="first publish")
     deadline = time.monotonic() + BUDGET_SECONDS
@@ -70,6 +64,9 @@ def test_kill_9_at_random_instants(env: Env) -> None:
         what="the last snapshot after the last restart",
     )
     check_consistent(env, pem_dir)
+    # Stopped with SIGTERM, no write is in flight: any temp file now is a leftover.
+    env.stop_all()
+    assert all(proc.returncode == 0 for proc in env.procs[-1:])
     leftovers = [p for p in env.out.rglob("*") if ".keysetd-" in p.name]
     assert leftovers == [], leftovers
     assert rounds >= min(ROUNDS, 100), f"only {rounds} rounds fit the time budget"

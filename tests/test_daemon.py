@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,6 +17,7 @@ import pytest
 
 from tests.conftest import Env, wait_for
 from tests.keys import jwk, jwks_doc
+from tests.servers import serving
 
 
 def kids(path: Path) -> list[str]:
@@ -133,7 +133,7 @@ def test_bad_input_keeps_outputs_and_daemon(running: Env, keys: dict[str, Any], 
     wait_for(lambda: active(running.signer) == "es-b", timeout=5, what="recovery")
 
 
-def test_sighup_rereads_config(running: Env, keys: dict[str, Any]) -> None:
+def test_sighup_rereads_config(running: Env) -> None:
     pem_dir = running.out / "pem"
     running.config(
         outputs=[
@@ -268,10 +268,8 @@ class _Recorder(BaseHTTPRequestHandler):
 
 
 def test_http_notifier_posts_to_a_real_server(env: Env, keys: dict[str, Any]) -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    _Recorder.bodies.clear()
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)) as server:
         url = f"http://127.0.0.1:{server.server_address[1]}/-/reload"
         env.write_source(jwks_doc(keys["es-a"], active="es-a"))
         env.config(notify=[{"type": "http", "url": url}])
@@ -281,10 +279,6 @@ def test_http_notifier_posts_to_a_real_server(env: Env, keys: dict[str, Any]) ->
         assert body["active_kid"] == "es-a"
         assert sorted(body["outputs"]) == ["jwks", "keyset"]
         assert len(body["fingerprint"]) == 64
-    finally:
-        server.shutdown()
-        server.server_close()
-        _Recorder.bodies.clear()
 
 
 def test_a_signal_storm_never_deadlocks_the_daemon(running: Env) -> None:

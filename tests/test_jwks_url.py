@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import base64
-import datetime
 import hashlib
 import http.server
-import ipaddress
 import json
-import logging
-import socket
 import ssl
 import threading
 import time
@@ -21,10 +17,8 @@ from typing import Any
 import jwt
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from keysetd.errors import InvalidKeyset, SourceError
 from keysetd.plugin import load
@@ -33,6 +27,7 @@ from keysetd.sources.jwks_url import JwksUrlSource, JwksUrlSourceConfig
 from keysetd.validate import check
 from tests.conftest import Env
 from tests.keys import b64u, jwk
+from tests.servers import Events, certificate, free_port, keysetd_events, loopback_tls, serving
 
 CERTS_PATH = "/realms/app/protocol/openid-connect/certs"
 
@@ -47,54 +42,6 @@ def _rsa_private(key: dict[str, Any]) -> rsa.RSAPrivateKey:
     return rsa.RSAPrivateNumbers(
         num("p"), num("q"), num("d"), num("dp"), num("dq"), num("qi"), public
     ).private_key()
-
-
-def _certificate(
-    subject: str,
-    public_key: Any,
-    signer: CertificateIssuerPrivateKeyTypes,
-    issuer: str | None = None,
-    *,
-    ca: bool = False,
-    ip: str | None = None,
-) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer or subject)]))
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=3650))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-    )
-    if ca:
-        builder = builder.add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-    if ip is not None:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]),
-            critical=False,
-        ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        builder = builder.add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()),
-            critical=False,
-        )
-    return builder.sign(signer, hashes.SHA256())
 
 
 def _with_x5c(key: dict[str, Any], cert: x509.Certificate) -> dict[str, Any]:
@@ -130,7 +77,7 @@ class Realm:
             if rotated
             else (self.signing, self.signing_key)
         )
-        cert = _certificate("app", private.public_key(), private)
+        cert = certificate("app", private.public_key(), private)
         keys = [_with_x5c(_public(key), cert), self.enc, self.es]
         return json.dumps({"keys": keys}, indent=2).encode()
 
@@ -221,17 +168,13 @@ def _serve(context: ssl.SSLContext | None = None) -> Iterator[Served]:
     server.behaviour = Behaviour()
     if context is not None:
         server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
     port = server.server_address[1]
     scheme = "https" if context is not None else "http"
-    try:
-        yield Served(server.behaviour, f"{scheme}://127.0.0.1:{port}{CERTS_PATH}", port)
-    finally:
-        server.behaviour.release.set()
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serving(server):
+        try:
+            yield Served(server.behaviour, f"{scheme}://127.0.0.1:{port}{CERTS_PATH}", port)
+        finally:
+            server.behaviour.release.set()  # free held requests before the shutdown
 
 
 @pytest.fixture
@@ -247,55 +190,19 @@ class Tls:
 
 @pytest.fixture
 def tls(tmp_path: Path) -> Iterator[Tls]:
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = _certificate("keysetd test CA", ca_key.public_key(), ca_key, ca=True)
-    leaf_key = ec.generate_private_key(ec.SECP256R1())
-    leaf = _certificate(
-        "127.0.0.1", leaf_key.public_key(), ca_key, issuer="keysetd test CA", ip="127.0.0.1"
-    )
-    ca_file, cert_file, key_file = tmp_path / "ca.pem", tmp_path / "tls.pem", tmp_path / "tls.key"
-    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    cert_file.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        leaf_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert_file, key_file)
-    for served in _serve(context):
-        yield Tls(served, ca_file)
+    made = loopback_tls(tmp_path)
+    for served in _serve(made.context):
+        yield Tls(served, made.ca_file)
 
 
 def source(url: str, **options: Any) -> JwksUrlSource:
     return JwksUrlSource(JwksUrlSourceConfig(type="jwks_url", url=url, **options))
 
 
-class Events(logging.Handler):
-    """keysetd.log events as (name, fields)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.seen: list[tuple[str, dict[str, Any]]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.seen.append((record.getMessage(), dict(getattr(record, "fields", {}))))
-
-    def named(self, name: str) -> list[dict[str, Any]]:
-        return [fields for event, fields in self.seen if event == name]
-
-
 @pytest.fixture
 def events() -> Iterator[Events]:
-    logger = logging.getLogger("keysetd")
-    handler, level = Events(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(level)
+    with keysetd_events() as seen:
+        yield seen
 
 
 def kids(data: bytes) -> list[str]:
@@ -406,7 +313,7 @@ def test_oct_key_is_kept_for_validation_to_refuse(served: Served, realm: Realm) 
 
 def test_x5c_must_carry_the_key(served: Served, realm: Realm) -> None:
     other = ec.generate_private_key(ec.SECP256R1())
-    forged = _with_x5c(realm.es, _certificate("app", other.public_key(), other))
+    forged = _with_x5c(realm.es, certificate("app", other.public_key(), other))
     served.behaviour.body = json.dumps({"keys": [realm.enc, forged]}).encode()
     with pytest.raises(SourceError, match="kid 'es-1': x5c certificate does not match the key"):
         source(served.url).fetch()
@@ -564,9 +471,7 @@ def test_a_dripping_body_is_bounded_by_the_timeout(served: Served, realm: Realm)
 
 
 def test_connection_refused() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     with pytest.raises(SourceError, match="Connection refused"):
         source(f"http://127.0.0.1:{port}/certs", timeout=2).fetch()
 

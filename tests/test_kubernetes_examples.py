@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from keysetd.config import load_config
+from tests.conftest import KEYSETD
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "kubernetes"
@@ -101,7 +102,7 @@ def test_example_secret_is_a_valid_placeholder(tmp_path: Path) -> None:
     keyset = tmp_path / "keyset.json"
     keyset.write_text(resource("Secret")["stringData"]["keyset.json"])
     done = subprocess.run(
-        [sys.executable, "-m", "keysetd", "validate", str(keyset)],
+        [*KEYSETD, "validate", str(keyset)],
         capture_output=True,
         text=True,
         timeout=30,

@@ -8,10 +8,7 @@ import asyncio
 import base64
 import http.server
 import json
-import logging
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -42,8 +39,10 @@ from keysetd_nats_callout.xkey import (
 )
 from nats.aio.client import Client
 
+from keysetd.errors import ConfigError
 from keysetd.verifier import Verifier
 from tests.conftest import KEYSETD, render_toml, wait_for
+from tests.servers import Events, free_port, keysetd_events, stop, wait_for_port
 from tests.test_nats_output import nats_server_bin
 
 CERTS_PATH = "/realms/app/protocol/openid-connect/certs"
@@ -53,13 +52,19 @@ REFRESH = "200ms"
 #: How long the realm publishes a new key before it signs with it (> keysetd's refresh).
 PUBLISH_LEAD = 1.5
 CALLOUT = [sys.executable, "-m", "keysetd_nats_callout"]
+#: The realm roles the callout's rules map to the ADMIN account.
+ADMIN = ("user", "admin")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def check_config(path: Path) -> subprocess.CompletedProcess[str]:
+    """``keysetd-nats-callout check-config`` of the config at ``path``."""
+    return subprocess.run(
+        [*CALLOUT, "check-config", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
 
 
 # --- the realm --------------------------------------------------------------------------------
@@ -151,28 +156,6 @@ class Realm:
 
 
 # --- the stack --------------------------------------------------------------------------------
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
-def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"nats-server did not start:\n{log.read_text()}") from None
-            time.sleep(0.02)
 
 
 def account_seed() -> tuple[str, str]:
@@ -278,7 +261,7 @@ def start_server_and_callout(
             [nats_server_bin(), "-c", str(server_conf)], stdout=log, stderr=log
         )
     procs.append(server)
-    _wait_port(port, server, server_log)
+    wait_for_port(port, server, server_log)
 
     # The callout.
     overrides: dict[str, Any] = {}
@@ -373,7 +356,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield Stack(root=root, realm=realm, rs=rs, es=es, jwks=jwks, procs=procs, **started)
     finally:
         for proc in reversed(procs):
-            _stop(proc)
+            stop(proc)
         realm.close()
 
 
@@ -398,7 +381,7 @@ def xkey_stack(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         )
     finally:
         for proc in reversed(procs):
-            _stop(proc)
+            stop(proc)
 
 
 # --- clients ----------------------------------------------------------------------------------
@@ -452,17 +435,20 @@ async def round_trip(client: Client, subject: str) -> bytes:
 
 
 def test_rs256_and_es256_tokens_accepted_with_mapped_permissions(stack: Stack) -> None:
-    asyncio.run(_accepted(stack))
-    granted = [e for e in stack.callout_events() if e["event"] == "callout_authorized"]
+    mark = len(stack.callout_events())
+    realm = stack.realm
+    users = [realm.token(stack.rs), realm.token(stack.es)]
+    asyncio.run(_mapped_permissions(stack.url, users, realm.token(stack.es, roles=ADMIN)))
+    granted = [e for e in stack.callout_events()[mark:] if e["event"] == "callout_authorized"]
     assert {e["kid"] for e in granted} >= {"rs-1", "es-1"}
     assert {e["account"] for e in granted} >= {"APP", "ADMIN"}
     assert all(e["user"] == "alice" for e in granted)
 
 
-async def _accepted(stack: Stack) -> None:
-    realm = stack.realm
-    for key in (stack.rs, stack.es):
-        client = await connect(stack.url, realm.token(key))
+async def _mapped_permissions(url: str, user_tokens: list[str], admin_token: str) -> None:
+    """Users get the mapped subjects only; the realm role admin gets the ADMIN account."""
+    for token in user_tokens:
+        client = await connect(url, token)
         try:
             assert await round_trip(client, "app.orders") == b"ping"
             # Outside the mapped permissions: the server answers -ERR Permissions Violation.
@@ -472,7 +458,7 @@ async def _accepted(stack: Stack) -> None:
             await client.close()
 
     # realm role admin -> the ADMIN account, every subject.
-    admin = await connect(stack.url, realm.token(stack.es, roles=("user", "admin")))
+    admin = await connect(url, admin_token)
     try:
         assert await round_trip(admin, "admin.audit") == b"ping"
     finally:
@@ -656,21 +642,10 @@ async def _malformed(stack: Stack) -> None:
 
 
 @pytest.fixture
-def keysetd_events() -> Iterator[list[tuple[str, dict[str, Any]]]]:
-    """The keysetd log events emitted in this process during the test, as (name, fields)."""
-    seen: list[tuple[str, dict[str, Any]]] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            seen.append((record.getMessage(), dict(getattr(record, "fields", {}))))
-
-    logger = logging.getLogger("keysetd")
-    handler, level = Collect(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield seen
-    logger.removeHandler(handler)
-    logger.setLevel(level)
+def events() -> Iterator[Events]:
+    """The keysetd log events emitted in this process during the test."""
+    with keysetd_events() as seen:
+        yield seen
 
 
 def server_request(
@@ -703,27 +678,13 @@ def test_xkey_encrypted_callout_grants_mapped_permissions(xkey_stack: Stack) -> 
     ready = [e for e in xs.callout_events() if e["event"] == "callout_ready"]
     assert ready and ready[-1]["xkey"] == xs.xkey_public
     mark = len(xs.callout_events())
-    asyncio.run(_xkey_accepted(xs))
+    user = xs.realm.token()  # the realm's current signing key
+    asyncio.run(_mapped_permissions(xs.url, [user], xs.realm.token(xs.es, roles=ADMIN)))
     granted = [e for e in xs.callout_events()[mark:] if e["event"] == "callout_authorized"]
     assert len(granted) == 2 and all(e["encrypted"] is True for e in granted)
     assert [e["account"] for e in granted] == ["APP", "ADMIN"]
     assert not [e for e in xs.callout_events() if e["event"] == "callout_bad_request"]
     assert "decrypt" not in xs.server_log.read_text().lower()
-
-
-async def _xkey_accepted(xs: Stack) -> None:
-    client = await connect(xs.url, xs.realm.token())  # the realm's current signing key
-    try:
-        assert await round_trip(client, "app.orders") == b"ping"
-        await client.publish("admin.audit", b"x")
-        await _until(partial(_violated, client), 5)
-    finally:
-        await client.close()
-    admin = await connect(xs.url, xs.realm.token(xs.es, roles=("user", "admin")))
-    try:
-        assert await round_trip(admin, "admin.audit") == b"ping"
-    finally:
-        await admin.close()
 
 
 def test_xkey_bad_tokens_refused(xkey_stack: Stack) -> None:
@@ -764,12 +725,12 @@ def test_xkey_bad_tokens_refused(xkey_stack: Stack) -> None:
 
 
 def test_xkey_mismatches_refused_and_responses_sealed(
-    stack: Stack, xkey_stack: Stack, keysetd_events: list[tuple[str, dict[str, Any]]]
+    stack: Stack, xkey_stack: Stack, events: Events
 ) -> None:
-    asyncio.run(_xkey_in_process(stack, xkey_stack, keysetd_events))
+    asyncio.run(_xkey_in_process(stack, xkey_stack, events))
 
 
-async def _xkey_in_process(plain: Stack, xs: Stack, seen: list[tuple[str, dict[str, Any]]]) -> None:
+async def _xkey_in_process(plain: Stack, xs: Stack, seen: Events) -> None:
     config = load_config(xs.config)
     callout_xkey = read_xkey(config)
     assert callout_xkey is not None and callout_xkey.public_key == xs.xkey_public
@@ -853,13 +814,7 @@ def test_xkey_seed_never_shown(xkey_stack: Stack, tmp_path: Path) -> None:
     seed = xs.xkey_seed
     for log in (xs.callout_log, xs.server_log):
         assert seed not in log.read_text()
-    done = subprocess.run(
-        [*CALLOUT, "check-config", "--config", str(xs.config)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    done = check_config(xs.config)
     assert done.returncode == 0, done.stderr
     assert f"requests xkey {xs.xkey_public}" in done.stdout
     assert seed not in done.stdout + done.stderr
@@ -868,21 +823,13 @@ def test_xkey_seed_never_shown(xkey_stack: Stack, tmp_path: Path) -> None:
     loose = write_secret(tmp_path / "loose.xk", seed, mode=0o644)
     path = tmp_path / "callout.toml"
     path.write_text(render_toml(callout_config(tmp_path, xkey_seed_file=str(loose))))
-    done = subprocess.run(
-        [*CALLOUT, "check-config", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    done = check_config(path)
     assert done.returncode == 2
     assert "xkey_seed_file" in done.stderr and "chmod 0600" in done.stderr
     assert seed not in done.stdout + done.stderr
 
 
 def test_xkey_seed_file_must_hold_a_curve_seed(tmp_path: Path) -> None:
-    from keysetd.errors import ConfigError
-
     account, _ = account_seed()
     truncated = curve_seed()[0][:-4]
     for text, message in (
@@ -1025,25 +972,13 @@ def test_seed_file_must_be_private(tmp_path: Path) -> None:
     os.chmod(config["issuer_account_seed_file"], 0o644)
     path = tmp_path / "callout.toml"
     path.write_text(render_toml(config))
-    done = subprocess.run(
-        [*CALLOUT, "check-config", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    done = check_config(path)
     assert done.returncode == 2
     assert "chmod 0600" in done.stderr
     seed = Path(config["issuer_account_seed_file"]).read_text().strip()
     assert seed not in done.stderr + done.stdout
     os.chmod(config["issuer_account_seed_file"], 0o600)
-    done = subprocess.run(
-        [*CALLOUT, "check-config", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    done = check_config(path)
     assert done.returncode == 0, done.stderr
     assert seed not in done.stderr + done.stdout
 
@@ -1059,8 +994,6 @@ def test_seed_file_must_be_private(tmp_path: Path) -> None:
     ],
 )
 def test_config_refused(tmp_path: Path, change: dict[str, Any], message: str) -> None:
-    from keysetd.errors import ConfigError
-
     path = tmp_path / "callout.toml"
     path.write_text(render_toml(callout_config(tmp_path, **change)))
     with pytest.raises(ConfigError, match=message):
@@ -1068,8 +1001,6 @@ def test_config_refused(tmp_path: Path, change: dict[str, Any], message: str) ->
 
 
 def test_user_seed_is_not_an_issuer(tmp_path: Path) -> None:
-    from keysetd.errors import ConfigError
-
     user_seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER).decode()
     config = CalloutConfig.parse(
         callout_config(
@@ -1082,8 +1013,9 @@ def test_user_seed_is_not_an_issuer(tmp_path: Path) -> None:
 
 
 def test_nats_jwt_round_trip_and_jti() -> None:
-    signer = NkeySigner.from_seed(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_ACCOUNT))
-    assert signer.public_key.startswith("A") and "SA" not in repr(signer)
+    seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_ACCOUNT)
+    signer = NkeySigner.from_seed(seed)
+    assert signer.public_key.startswith("A") and seed.decode() not in repr(signer)
     token = natsjwt.encode({"sub": "UX", "aud": "APP", "nats": {"type": "user"}}, signer, now=100)
     head, payload, _ = token.split(".")
     assert json.loads(base64.urlsafe_b64decode(head + "==")) == {

@@ -4,10 +4,9 @@ the dual-key overlap, and a broken server config that is never reloaded."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import os
-import signal
-import socket
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -20,16 +19,10 @@ import pytest
 from nats.aio.client import Client
 
 from tests.conftest import Env, render_toml
+from tests.servers import free_port, stop, wait_for_port
 from tests.test_nats_output import ed25519_jwk, nats_server_bin
 
 RETENTION = 3.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class NatsServer:
@@ -54,28 +47,15 @@ class NatsServer:
             self.proc = subprocess.Popen(
                 [nats_server_bin(), "-c", str(self.config)], stdout=log, stderr=log
             )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    break
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError("nats-server did not start:\n" + self.log_text()) from None
-                time.sleep(0.02)
+        wait_for_port(self.port, self.proc, self.log)
         assert self.pidfile.read_text().strip() == str(self.proc.pid)
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        if self.proc is not None:
+            stop(self.proc)
 
 
 class Seeds:
@@ -125,9 +105,17 @@ async def can_connect(server: NatsServer, user: Seeds) -> bool:
     return True
 
 
-async def eventually(condition: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+async def eventually(
+    condition: Callable[[], Awaitable[bool] | bool], timeout: float, what: str
+) -> None:
+    """Poll ``condition`` (plain or a coroutine) until it holds; fail after ``timeout``."""
     deadline = time.monotonic() + timeout
-    while not await condition():
+    while True:
+        held = condition()
+        if inspect.isawaitable(held):
+            held = await held
+        if held:
+            return
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.05)
@@ -243,9 +231,7 @@ async def _rotation(env: Env, server: NatsServer, include: Path, old: Seeds, new
         # The source drops the old key: it keeps working for the retention ...
         env.write_source(source_doc(new, active=new))
         dropped_at = time.monotonic()
-        await eventually(
-            lambda: asyncio.sleep(0, retained(env, old.kid)), 10, "the old kid to be retained"
-        )
+        await eventually(lambda: retained(env, old.kid), 10, "the old kid to be retained")
         assert await can_connect(server, old)
         assert await kept.alive()
         assert time.monotonic() - dropped_at < RETENTION, "too slow to observe the overlap"
@@ -282,7 +268,7 @@ async def _broken(env: Env, server: NatsServer, include: Path, old: Seeds, new: 
         def failed() -> bool:
             return "config check" in env.log() and "notify_failed" in env.log()
 
-        await eventually(lambda: asyncio.sleep(0, failed()), 15, "the failed check")
+        await eventually(failed, 15, "the failed check")
         line = next(
             json.loads(entry)
             for entry in env.log().splitlines()
@@ -291,9 +277,7 @@ async def _broken(env: Env, server: NatsServer, include: Path, old: Seeds, new: 
         assert "Parse error" in line["error"] and "no reload" in line["error"]
         # Each later cycle (here the activation delay's) rewrites the include, fails the
         # check again and restores it: wait for a restored moment rather than race one.
-        await eventually(
-            lambda: asyncio.sleep(0, include.read_bytes() == accepted), 10, "the restore"
-        )
+        await eventually(lambda: include.read_bytes() == accepted, 10, "the restore")
         assert "hangup" not in server.log_text() and "Reloaded" not in server.log_text()
         assert server.proc is not None and server.proc.poll() is None
         assert await client.alive()

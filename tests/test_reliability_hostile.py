@@ -228,30 +228,24 @@ def test_open_directory_refuses_any_symlink_component(tmp_path: Path) -> None:
 
 def _config(env: Env) -> Path:
     env.write_source(jwks_doc(jwk("ES256", "s0"), active="s0"))
-    return env.config(
-        outputs=[
-            {"type": "jwks", "path": str(env.jwks)},
-            {"type": "pem", "path": str(env.out / "pem")},
-            {"type": "keyset", "path": str(env.signer)},
-        ]
-    )
+    return env.config(outputs=env.outputs_with_pem())
 
 
 def test_fscheck_clean_config_has_no_violations(env: Env) -> None:
     _config(env)
     env.state.mkdir(mode=0o700)
-    (env.out / "pem").mkdir()
+    env.pem.mkdir()
     assert filesystem_violations(load_config(env.config_path, environ={})) == []
 
 
 def test_fscheck_refuses_world_writable_output_directories(env: Env) -> None:
     _config(env)
-    (env.out / "pem").mkdir()
+    env.pem.mkdir()
     env.out.chmod(0o1777)  # even with the sticky bit, like /tmp
-    (env.out / "pem").chmod(0o777)
+    env.pem.chmod(0o777)
     found = filesystem_violations(load_config(env.config_path, environ={}))
     assert any(str(env.out) in v and "world-writable" in v for v in found), found
-    assert any(str(env.out / "pem") in v and v.startswith("outputs.1.path") for v in found)
+    assert any(str(env.pem) in v and v.startswith("outputs.1.path") for v in found)
 
 
 def test_fscheck_refuses_state_dir_of_another_user(env: Env) -> None:

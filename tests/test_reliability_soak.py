@@ -50,13 +50,7 @@ def asym_pipeline(env: Env) -> tuple[Pipeline, list[bytes]]:
     keys = [jwk("ES256", f"a{i}") for i in range(3)] + [jwk("EdDSA", "ed")]
     docs = [jwks_doc(keys[i], keys[(i + 1) % 3], keys[3], active=keys[i]["kid"]) for i in range(3)]
     env.write_source(docs[0])
-    env.config(
-        outputs=[
-            {"type": "jwks", "path": str(env.jwks)},
-            {"type": "pem", "path": str(env.out / "pem")},
-            {"type": "keyset", "path": str(env.signer)},
-        ]
-    )
+    env.config(outputs=env.outputs_with_pem())
     return Pipeline(load_config(env.config_path, environ={})), docs
 
 

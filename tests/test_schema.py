@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from dataclasses import field
 from pathlib import Path
 from typing import Annotated, Literal
 
 import pytest
 
-from keysetd.schema import Before, Secret, Table, TableError, matches, non_empty, positive
+from keysetd.schema import (
+    Before,
+    Secret,
+    Table,
+    TableError,
+    declared_fields,
+    matches,
+    non_empty,
+    positive,
+)
 from keysetd.units import Duration
 
 
@@ -190,3 +200,24 @@ def test_the_readme_plugin_example_works() -> None:
 @pytest.mark.parametrize("value", ["nan", float("inf"), "-inf", "x", True])
 def test_numbers_are_finite(value: object) -> None:
     assert problems({"name": "n", "ratio": value}) == ["t.ratio: expected a finite number"]
+
+
+@pytest.mark.parametrize(
+    ("config_class", "table"),
+    [
+        ("keysetd.notifiers.command:CommandNotifierConfig", {"env": {"TOKEN=hunter2": "x"}}),
+        ("keysetd.notifiers.http:HttpNotifierConfig", {"headers": {"Bearer hunter2": "x"}}),
+        ("keysetd.notifiers.command:CommandNotifierConfig", {"timeout": "hunter2s"}),
+        ("keysetd.outputs.builtin:EnvOutputConfig", {"mode": "hunter2"}),
+    ],
+)
+def test_the_rules_of_real_tables_do_not_quote_the_value(
+    config_class: str, table: dict[str, object]
+) -> None:
+    module, _, name = config_class.partition(":")
+    cls = getattr(importlib.import_module(module), name)
+    base = {"type": "x", "argv": ["/bin/true"], "url": "https://h/", "path": "/p"}
+    given = {key: value for key, value in base.items() if key in declared_fields(cls)}
+    with pytest.raises(TableError) as caught:
+        cls.parse({**given, **table})
+    assert "hunter2" not in str(caught.value)

@@ -12,21 +12,9 @@ from keysetd.errors import InvalidKeyset
 from keysetd.formats import decode
 from keysetd.validate import check
 from tests.conftest import Env, wait_for
-from tests.keys import b64u, jwk, jwks_doc
-from tests.test_operations import free_port, get
-
-PRIVATE = ("d", "p", "q", "dp", "dq", "qi", "k")
-
-
-def secrets_of(*keys: dict[str, Any]) -> list[str]:
-    return [key[m] for key in keys for m in PRIVATE if m in key]
-
-
-def assert_clean(text: str, secrets: list[str], where: str) -> None:
-    for secret in secrets:
-        # Any 16-character window of a secret would be a leak too.
-        for start in range(0, max(1, len(secret) - 16), 8):
-            assert secret[start : start + 16] not in text, f"key material in {where}"
+from tests.keys import assert_clean, b64u, jwk, jwks_doc, secrets_of
+from tests.servers import free_port
+from tests.test_operations import get
 
 
 def bad_documents(keys: dict[str, dict[str, Any]]) -> list[bytes]:
@@ -62,16 +50,9 @@ def test_daemon_logs_status_and_public_outputs_stay_clean(
 ) -> None:
     secrets = secrets_of(keys["es-a"], keys["es-b"], keys["es-c"], keys["rs-a"])
     env.write_source(jwks_doc(keys["es-a"], active="es-a"))
-    pem_dir = env.out / "pem"
+    pem_dir = env.pem
     port = free_port()
-    env.config(
-        server={"listen": f"127.0.0.1:{port}"},
-        outputs=[
-            {"type": "jwks", "path": str(env.jwks)},
-            {"type": "pem", "path": str(pem_dir)},
-            {"type": "keyset", "path": str(env.signer)},
-        ],
-    )
+    env.config(server={"listen": f"127.0.0.1:{port}"}, outputs=env.outputs_with_pem())
     env.start()
     wait_for(env.signer.exists, what="first publish")
     for number, document in enumerate(bad_documents(keys), start=1):

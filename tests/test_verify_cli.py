@@ -14,9 +14,7 @@ import pytest
 
 from keysetd.cli import main
 from tests.conftest import KEYSETD
-from tests.keys import jwk, jwks_doc, write_atomically
-
-_PRIVATE = {"d", "p", "q", "dp", "dq", "qi"}
+from tests.keys import jwk, jwks_doc, public, write_atomically
 
 
 def sign(key: dict[str, Any], claims: dict[str, Any] | None = None, kid: str | None = None) -> str:
@@ -34,8 +32,7 @@ def signer() -> dict[str, Any]:
 def jwks(tmp_path: Path, signer: dict[str, Any]) -> Path:
     path = tmp_path / "jwks.json"
     other = jwk("EdDSA", "k2")
-    keys = [{n: v for n, v in k.items() if n not in _PRIVATE} for k in (signer, other)]
-    write_atomically(path, jwks_doc(*keys))
+    write_atomically(path, jwks_doc(public(signer), public(other)))
     return path
 
 
