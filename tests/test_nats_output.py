@@ -18,14 +18,14 @@ import pytest
 from keysetd.config import load_config
 from keysetd.errors import NotifyError, OutputError
 from keysetd.formats import decode
+from keysetd.formats.nkey import decode_public as decode_public_nkey
+from keysetd.formats.nkey import encode_public as encode_public_nkey
 from keysetd.model import Keyset
 from keysetd.notifiers.nats import NatsNotifier, NatsNotifierConfig
 from keysetd.notifiers.systemd import SystemdNotifier, SystemdNotifierConfig
 from keysetd.outputs.nats import (
     NatsOutput,
     NatsOutputConfig,
-    decode_public_nkey,
-    encode_public_nkey,
     header_kind,
     render_nats,
 )

@@ -12,7 +12,6 @@ one placeholder nkey that admits nobody.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import re
@@ -24,6 +23,7 @@ import nkeys
 
 from keysetd.crypto import b64u_decode
 from keysetd.errors import OutputError
+from keysetd.formats import nkey as nkey_codec
 from keysetd.model import Key, Keyset
 from keysetd.plugin import Output, OutputConfig
 from keysetd.schema import Before, Table, matches, positive
@@ -34,8 +34,6 @@ __all__ = [
     "NatsOutputConfig",
     "NatsPermissions",
     "NatsUser",
-    "decode_public_nkey",
-    "encode_public_nkey",
     "header_kind",
     "render_nats",
 ]
@@ -51,41 +49,10 @@ _SUBJECT = re.compile(r"[^\s\"'\\]+")
 _ACCOUNT = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
 
-def encode_public_nkey(raw: bytes, prefix: int) -> str:
-    """The nkey text of a raw 32-byte Ed25519 public key: base32(prefix, key, crc16 LE).
-
-    nkeys-py encodes public keys only from a seed; this is its encoding
-    (``KeyPair.public_key``) with its prefix bytes and checksum, for keys
-    whose private half keysetd never sees.
-    """
-    if len(raw) != 32:
-        raise ValueError(f"an Ed25519 public key is 32 bytes, not {len(raw)}")
-    if not nkeys.valid_public_prefix_byte(prefix):
-        raise ValueError(f"not an nkey public prefix byte: {prefix}")
-    body = bytes([prefix]) + raw
-    return base64.b32encode(body + nkeys.crc16_checksum(body)).decode("ascii").rstrip("=")
-
-
-def decode_public_nkey(text: str) -> tuple[int, bytes]:
-    """(prefix byte, raw key) of a public nkey; ValueError when it is not one."""
-    try:
-        data = base64.b32decode(text + "=" * (-len(text) % 8))
-    except ValueError as exc:
-        raise ValueError("not base32") from exc
-    if len(data) != 35:
-        raise ValueError("a public nkey holds 35 bytes")
-    body, checksum = data[:-2], data[-2:]
-    if nkeys.crc16_checksum(body) != checksum:
-        raise ValueError("checksum mismatch")
-    if not nkeys.valid_public_prefix_byte(body[0]):
-        raise ValueError("not a public nkey prefix")
-    return body[0], body[1:]
-
-
 def _nkey(raw: bytes, prefix: int) -> str:
     """Encode, then decode again: a key nats-server would misread never reaches the file."""
-    text = encode_public_nkey(raw, prefix)
-    if decode_public_nkey(text) != (prefix, raw):
+    text = nkey_codec.encode_public(raw, prefix)
+    if nkey_codec.decode_public(text) != (prefix, raw):
         raise ValueError("nkey encoding does not round-trip")
     return text
 

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from keysetd.crypto import b64u_encode
-from keysetd.outputs.nats import decode_public_nkey, encode_public_nkey
+from keysetd.formats.nkey import decode_public, encode_public
 
 __all__ = [
     "ALGORITHM",
@@ -87,7 +87,7 @@ class NkeySigner:
             raise NatsJwtError("not an nkey seed")
         private = Ed25519PrivateKey.from_private_bytes(bytes(raw))
         public = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-        return cls(encode_public_nkey(public, prefix), prefix, private)
+        return cls(encode_public(public, prefix), prefix, private)
 
     def sign(self, data: bytes) -> bytes:
         return self._private.sign(data)
@@ -146,7 +146,7 @@ def decode(
     if not isinstance(issuer, str):
         raise NatsJwtError("no issuer")
     try:
-        prefix, raw = decode_public_nkey(issuer)
+        prefix, raw = decode_public(issuer)
     except ValueError as exc:
         raise NatsJwtError(f"the issuer is not a public nkey: {exc}") from None
     if prefix != issuer_prefix:

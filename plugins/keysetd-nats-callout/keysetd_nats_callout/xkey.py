@@ -3,7 +3,7 @@
 nats-server encrypts an auth callout request when its ``auth_callout`` has an ``xkey``:
 it seals the request JWT with its own curve key to that public key and names its own
 public key in the ``Nats-Server-Xkey`` header; the response goes back sealed the other
-way. nkeys-py (0.2) knows no curve keys, so the encoding is here:
+way. nkeys-py (0.2) knows no curve keys; their encoding is ``keysetd.formats.nkey``:
 
 - A public key is ``X...``: base32 (no padding) of prefix byte ``23 << 3``, the 32-byte
   X25519 public key and a CRC-16 (little endian) of both, as for every nkey.
@@ -18,15 +18,15 @@ Errors are ``XkeyError`` and never carry a seed or a plaintext.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import dataclass
 from typing import Final
 
 import nacl.exceptions
 import nacl.utils
-import nkeys  # type: ignore[import-untyped,unused-ignore]
 from nacl.public import Box, PrivateKey, PublicKey
+
+from keysetd.formats import nkey
+from keysetd.formats.nkey import KEY_LEN, PREFIX_BYTE_CURVE, NkeyError
 
 __all__ = [
     "PREFIX_BYTE_CURVE",
@@ -39,70 +39,18 @@ __all__ = [
     "encode_seed",
 ]
 
-#: nkeys' PrefixByteCurve: base32-encodes to ``X``.
-PREFIX_BYTE_CURVE: Final = 23 << 3
-_PREFIX_BYTE_SEED: Final = 18 << 3
 VERSION: Final = b"xkv1"
-KEY_LEN: Final = 32
 NONCE_LEN: Final = 24
 #: Go's Open refuses anything no longer than version + nonce.
 _MIN_SEALED: Final = len(VERSION) + NONCE_LEN + 1
 
 
-class XkeyError(ValueError):
-    """A curve key or sealed message that does not decode or open; never carries the key."""
-
-
-def _crc(data: bytes) -> bytes:
-    return bytes(nkeys.crc16_checksum(data))
-
-
-def _b32decode(text: str | bytes, what: str) -> bytes:
-    raw = text.encode("ascii", "replace") if isinstance(text, str) else bytes(text)
-    raw = raw.strip()
-    try:
-        data = base64.b32decode(raw + b"=" * (-len(raw) % 8))
-    except (binascii.Error, ValueError):
-        raise XkeyError(f"{what} is not base32") from None
-    if len(data) < 3 or _crc(data[:-2]) != data[-2:]:
-        raise XkeyError(f"{what}: checksum mismatch")
-    return data[:-2]
-
-
-def encode_public(raw: bytes) -> str:
-    """The ``X...`` text of a raw 32-byte X25519 public key."""
-    if len(raw) != KEY_LEN:
-        raise XkeyError(f"a curve public key is {KEY_LEN} bytes")
-    body = bytes([PREFIX_BYTE_CURVE]) + raw
-    return base64.b32encode(body + _crc(body)).decode("ascii").rstrip("=")
-
-
-def decode_public(text: str) -> bytes:
-    """The raw X25519 public key of an ``X...`` key; XkeyError when it is not one."""
-    body = _b32decode(text, "curve public key")
-    if len(body) != 1 + KEY_LEN or body[0] != PREFIX_BYTE_CURVE:
-        raise XkeyError("not a curve public key (X...)")
-    return body[1:]
-
-
-def encode_seed(raw: bytes) -> bytes:
-    """The ``SX...`` seed of a raw 32-byte X25519 private key (tests, key generation)."""
-    if len(raw) != KEY_LEN:
-        raise XkeyError(f"a curve seed holds {KEY_LEN} bytes")
-    body = bytes([_PREFIX_BYTE_SEED | PREFIX_BYTE_CURVE >> 5, (PREFIX_BYTE_CURVE & 31) << 3]) + raw
-    return base64.b32encode(body + _crc(body)).rstrip(b"=")
-
-
-def decode_seed(seed: bytes) -> bytes:
-    """The raw X25519 private key of an ``SX...`` seed; XkeyError (no seed in it) otherwise."""
-    body = _b32decode(seed, "curve seed")
-    if len(body) != 2 + KEY_LEN:
-        raise XkeyError("not a curve seed (SX...)")
-    kind = body[0] & 0b11111000
-    prefix = (body[0] & 0b111) << 5 | (body[1] & 0b11111000) >> 3
-    if kind != _PREFIX_BYTE_SEED or prefix != PREFIX_BYTE_CURVE:
-        raise XkeyError("not a curve seed (SX...)")
-    return body[2:]
+#: The codec's error: a curve key or seed that does not decode; never carries the key.
+XkeyError = NkeyError
+encode_public = nkey.encode_curve_public
+decode_public = nkey.decode_curve_public
+encode_seed = nkey.encode_curve_seed
+decode_seed = nkey.decode_curve_seed
 
 
 @dataclass(frozen=True, slots=True)
