@@ -49,8 +49,6 @@ CERTS_PATH = "/realms/app/protocol/openid-connect/certs"
 AUDIENCE = "nats"
 RETENTION = "30s"
 REFRESH = "200ms"
-#: How long the realm publishes a new key before it signs with it (> keysetd's refresh).
-PUBLISH_LEAD = 1.5
 CALLOUT = [sys.executable, "-m", "keysetd_nats_callout"]
 #: The realm roles the callout's rules map to the ADMIN account.
 ADMIN = ("user", "admin")
@@ -97,6 +95,8 @@ class Realm:
     def __init__(self) -> None:
         self.published: list[RealmKey] = []
         self.signing: RealmKey | None = None
+        #: Certs documents served so far: a refresh of keysetd's jwks_url source is one more.
+        self.served = 0
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.port = self._server.server_address[1]
         self.base = f"http://127.0.0.1:{self.port}/realms/app"
@@ -117,6 +117,7 @@ class Realm:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+                realm.served += 1
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -916,7 +917,7 @@ def test_xkey_go_interop_vector() -> None:
 
 
 def test_realm_rotation_with_overlap_loses_no_connection(stack: Stack) -> None:
-    """Realm: publish rs-2, sign with it after PUBLISH_LEAD, then drop rs-1 (keysetd retains it)."""
+    """Realm: publish rs-2, sign with it once verifiers have it, then drop rs-1 (retained)."""
     realm, old = stack.realm, stack.rs
     new = RealmKey.new("rs-2", "RS256")
     issued_before = realm.token(old)  # a client still holding a token of the old key
@@ -940,16 +941,24 @@ def test_realm_rotation_with_overlap_loses_no_connection(stack: Stack) -> None:
                         failures.append(kid)
                 await asyncio.sleep(0.01)
 
+        async def refreshed() -> None:
+            """Until keysetd has fetched the realm's certs twice more."""
+            seen = realm.served
+            await _until(lambda: realm.served >= seen + 2, 10)
+
         task = asyncio.create_task(clients())
         try:
-            await asyncio.sleep(0.5)
+            await _until(lambda: by_kid.get(old.kid, 0) >= 10, 10)
             realm.published = [old, new, stack.es]  # publish before use
-            await asyncio.sleep(PUBLISH_LEAD)
-            assert "rs-2" in stack.jwks.read_text()
+            await refreshed()
+            await _until(lambda: "rs-2" in stack.jwks.read_text(), 10)
+            assert await accepted(stack.url, realm.token(new))  # the callout verifies rs-2
             realm.signing = new
-            await asyncio.sleep(1.0)
+            await _until(lambda: by_kid.get(new.kid, 0) >= 10, 10)
             realm.published = [new, stack.es]  # the old key leaves the realm
-            await asyncio.sleep(1.5)
+            await refreshed()
+            signed_old = by_kid.get(old.kid, 0)
+            await _until(lambda: by_kid.get(old.kid, 0) >= signed_old + 10, 10)
         finally:
             done.set()
             await task
