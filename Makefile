@@ -14,7 +14,7 @@ $(BIN)/python:
 PLUGINS := plugins/keysetd-vault plugins/keysetd-aws-kms plugins/keysetd-nats-callout
 
 $(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS)) | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[test]' $(foreach p,$(PLUGINS),-e '$(p)[test]')
+	$(BIN)/python -m pip install -q -e '.[daemon,test]' $(foreach p,$(PLUGINS),-e '$(p)[test]')
 	touch $(STAMP)
 
 # Debian packages the tests drive for real (systemd-analyze for the unit files).
@@ -26,7 +26,7 @@ system-deps:
 RUN_STAMP := $(VENV)/.installed-run
 
 $(RUN_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e .
+	$(BIN)/python -m pip install -q -e '.[daemon]'
 	touch $(RUN_STAMP)
 
 run: $(RUN_STAMP)

@@ -442,10 +442,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Top-level modules of the ``daemon`` extra; the verifier and offline commands need none.
+DAEMON_MODULES = frozenset({"watchfiles", "tenacity", "nkeys", "prometheus_client"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         code: int = args.func(args)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in DAEMON_MODULES:
+            raise
+        print(
+            f"keysetd: {args.command} needs the daemon's dependencies ({exc.name} is missing):"
+            " pip install 'keysetd[daemon]'",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     except ConfigError as exc:
         print(f"keysetd: {exc}", file=sys.stderr)
         return EXIT_USAGE
