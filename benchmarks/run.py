@@ -19,15 +19,25 @@ if __package__ in (None, ""):
     # Run as a script: make the repository root importable so ``benchmarks`` resolves.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-NAMES = ("propagation", "footprint", "scale", "idle", "sources", "verify", "nats")
+NAMES = ("propagation", "footprint", "peer", "scale", "idle", "sources", "verify", "nats")
 
 
 def _benchmarks() -> dict[str, Callable[[], Sequence[object]]]:
-    from benchmarks import footprint, idle, nats_rotation, propagation, scale, sources, verify
+    from benchmarks import (
+        footprint,
+        idle,
+        nats_rotation,
+        peer,
+        propagation,
+        scale,
+        sources,
+        verify,
+    )
 
     return {
         "propagation": propagation.run,
         "footprint": footprint.run,
+        "peer": peer.run,
         "scale": scale.run,
         "idle": idle.run,
         "sources": sources.run,
