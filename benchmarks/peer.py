@@ -38,10 +38,12 @@ auto_auth {{
   }}
 }}
 template {{
-  contents = "{{{{ with secret \\"transit/keys/jwt-ec\\" }}}}{{{{ .Data.keys | toJSON }}}}{{{{ end }}}}"
+  contents = "{template}"
   destination = "{destination}"
 }}
 """
+#: The transit key's versions and public keys, as JSON (HCL string: quotes escaped).
+TEMPLATE = '{{ with secret \\"transit/keys/jwt-ec\\" }}{{ .Data.keys | toJSON }}{{ end }}'
 
 
 def _agent_once(root: Path, address: str, token: str) -> tuple[float, int]:
@@ -52,7 +54,9 @@ def _agent_once(root: Path, address: str, token: str) -> tuple[float, int]:
     destination = root / "keys.json"
     config = root / "agent.hcl"
     config.write_text(
-        AGENT_CONFIG.format(address=address, token_file=token_file, destination=destination)
+        AGENT_CONFIG.format(
+            address=address, token_file=token_file, destination=destination, template=TEMPLATE
+        )
     )
     with (root / "agent.log").open("wb") as log:
         started = time.perf_counter()
