@@ -443,7 +443,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 #: Top-level modules of the ``daemon`` extra; the verifier and offline commands need none.
-DAEMON_MODULES = frozenset({"watchfiles", "tenacity", "nkeys", "prometheus_client"})
+DAEMON_MODULES = frozenset(
+    {"watchfiles", "inotify_simple", "tenacity", "nkeys", "prometheus_client"}
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

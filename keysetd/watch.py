@@ -2,51 +2,33 @@
 
 watchfiles' loop wakes every ``step`` to poll (3% of a core idle at 1 ms, 0.4%
 at 50 ms, and ``step`` adds to every propagation), so on Linux keysetd blocks
-on an inotify descriptor instead: zero idle CPU and sub-millisecond wake-ups.
-The watch is armed before ``start()`` returns, so a change made right after the
-first fetch is never missed. Directories are watched, not files, so atomic
-renames, deletion and re-creation, and the Kubernetes ``..data`` symlink swap
-all count; in-place writes count when the writer closes the file.
+on an inotify descriptor (inotify_simple) instead: zero idle CPU and
+sub-millisecond wake-ups. The watch is armed before ``start()`` returns, so a
+change made right after the first fetch is never missed. Directories are
+watched, not files, so atomic renames, deletion and re-creation, and the
+Kubernetes ``..data`` symlink swap all count; in-place writes count when the
+writer closes the file.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
-import errno
 import logging
 import os
 import select
-import struct
 import threading
 from pathlib import Path
 
 from keysetd.log import event
 from keysetd.wake import Wake
 
+try:
+    from inotify_simple import INotify, flags
+except ImportError:  # not Linux: the watchfiles loop
+    INotify = None
+
 __all__ = ["Watcher"]
 
-_IN_CLOSE_WRITE = 0x008
-_IN_MOVED_FROM = 0x040
-_IN_MOVED_TO = 0x080
-_IN_CREATE = 0x100
-_IN_DELETE = 0x200
-_IN_DELETE_SELF = 0x400
-_IN_MOVE_SELF = 0x800
-_IN_IGNORED = 0x8000
-_IN_NONBLOCK = 0o4000
-_IN_CLOEXEC = 0o2000000
-_MASK = (
-    _IN_CLOSE_WRITE
-    | _IN_MOVED_FROM
-    | _IN_MOVED_TO
-    | _IN_CREATE
-    | _IN_DELETE
-    | _IN_DELETE_SELF
-    | _IN_MOVE_SELF
-)
-_HEADER = struct.Struct("iIII")
 _QUIET_SECONDS = 0.002
 _MAX_QUIET_ROUNDS = 25
 _REARM_SECONDS = 1.0
@@ -54,14 +36,22 @@ _REARM_SECONDS = 1.0
 _K8S_DATA = "..data"
 
 
-def _libc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name or "libc.so.6", use_errno=True)
-        libc.inotify_init1  # noqa: B018 (probe)
-    except (OSError, AttributeError):
+def _inotify() -> INotify | None:
+    """A non-blocking, close-on-exec inotify descriptor; None where the system has none."""
+    if INotify is None:
         return None
-    return libc
+    try:
+        return INotify(nonblocking=True)
+    except (OSError, AttributeError):  # no inotify_init1 in this libc
+        return None
+
+
+def _has_inotify() -> bool:
+    probe = _inotify()
+    if probe is None:
+        return False
+    probe.close()  # each arming opens its own descriptor
+    return True
 
 
 def _watch_dirs(paths: tuple[Path, ...]) -> dict[Path, set[str]]:
@@ -73,6 +63,20 @@ def _watch_dirs(paths: tuple[Path, ...]) -> dict[Path, set[str]]:
     return dirs
 
 
+_MASK = (
+    flags.CLOSE_WRITE
+    | flags.MOVED_FROM
+    | flags.MOVED_TO
+    | flags.CREATE
+    | flags.DELETE
+    | flags.DELETE_SELF
+    | flags.MOVE_SELF
+    if INotify is not None
+    else 0
+)
+_GONE = flags.DELETE_SELF | flags.MOVE_SELF | flags.IGNORED if INotify is not None else 0
+
+
 class Watcher:
     """Sets ``wake`` when an entry that matters changes in a watched directory."""
 
@@ -80,8 +84,8 @@ class Watcher:
         self.targets = _watch_dirs(paths)
         self.wake = wake
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        self._libc = _libc()
-        self._fd: int | None = None
+        self._linux = _has_inotify()
+        self._inotify: INotify | None = None
         self._wds: dict[int, Path] = {}
         self._warned: set[Path] = set()
         self._thread = threading.Thread(target=self._run, name="keysetd-watch", daemon=True)
@@ -90,7 +94,7 @@ class Watcher:
         """Arm the watch (inotify: before returning) and start the waiting thread."""
         if not self.targets:
             return
-        if self._libc is not None:
+        if self._linux:
             self._arm()
         self._thread.start()
 
@@ -107,78 +111,61 @@ class Watcher:
     # -- inotify ------------------------------------------------------------
 
     def _arm(self) -> None:
-        assert self._libc is not None
         self._disarm()
-        fd = self._libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
-        if fd < 0:
-            raise OSError(ctypes.get_errno(), "inotify_init1 failed")
-        self._fd = fd
+        self._inotify = _inotify()
+        if self._inotify is None:
+            return
         for directory in self.targets:
-            wd = self._libc.inotify_add_watch(fd, os.fsencode(directory), _MASK)
-            if wd >= 0:
-                self._wds[wd] = directory
-                self._warned.discard(directory)
-            elif directory not in self._warned:
-                self._warned.add(directory)
-                event(
-                    "watch_unavailable",
-                    logging.WARNING,
-                    path=str(directory),
-                    error=os.strerror(ctypes.get_errno()),
-                )
+            try:
+                wd = self._inotify.add_watch(directory, _MASK)
+            except OSError as exc:
+                if directory not in self._warned:
+                    self._warned.add(directory)
+                    event(
+                        "watch_unavailable",
+                        logging.WARNING,
+                        path=str(directory),
+                        error=exc.strerror or str(exc),
+                    )
+                continue
+            self._wds[wd] = directory
+            self._warned.discard(directory)
 
     def _disarm(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        if self._inotify is not None:
+            self._inotify.close()
+            self._inotify = None
         self._wds.clear()
 
-    def _relevant(self, data: bytes) -> tuple[bool, bool]:
+    def _relevant(self, events: list[tuple[int, int, int, str]]) -> tuple[bool, bool]:
         """(something we watch changed, a watched directory itself went away)."""
         changed = gone = False
-        offset = 0
-        while offset + _HEADER.size <= len(data):
-            wd, mask, _cookie, length = _HEADER.unpack_from(data, offset)
-            raw = data[offset + _HEADER.size : offset + _HEADER.size + length]
-            offset += _HEADER.size + length
-            name = os.fsdecode(raw.rstrip(b"\0"))
-            if mask & (_IN_DELETE_SELF | _IN_MOVE_SELF | _IN_IGNORED):
+        for wd, mask, _cookie, name in events:
+            if mask & _GONE:
                 gone = changed = True
             elif (directory := self._wds.get(wd)) is not None and name in self.targets[directory]:
                 changed = True
         return changed, gone
 
-    def _drain(self) -> bytes:
-        assert self._fd is not None
-        chunks = []
-        while True:
-            try:
-                chunks.append(os.read(self._fd, 65536))
-            except BlockingIOError:
-                return b"".join(chunks)
-            except OSError as exc:
-                if exc.errno == errno.EINTR:
-                    continue
-                raise
-
     def _run(self) -> None:
-        if self._libc is None:
+        if not self._linux:
             self._run_watchfiles()
             return
         poller = select.poll()
         poller.register(self._stop_r, select.POLLIN)
         while True:
-            if self._fd is None or not self._wds:
+            inotify = self._inotify
+            if inotify is None or not self._wds:
                 if poller.poll(_REARM_SECONDS * 1000):
                     return
                 self._arm()
                 self.wake.set()
                 continue
-            poller.register(self._fd, select.POLLIN)
+            poller.register(inotify.fileno(), select.POLLIN)
             ready = {fd for fd, _ in poller.poll()}
             if self._stop_r in ready:
                 return
-            data = self._drain()
+            events = list(inotify.read(timeout=0))
             # A writer's events come in bursts: let the burst finish (bounded), then wake once.
             for _ in range(_MAX_QUIET_ROUNDS):
                 more = {fd for fd, _ in poller.poll(_QUIET_SECONDS * 1000)}
@@ -186,12 +173,12 @@ class Watcher:
                     break
                 if self._stop_r in more:
                     return
-                data += self._drain()
-            changed, gone = self._relevant(data)
+                events += inotify.read(timeout=0)
+            changed, gone = self._relevant(events)
             if changed:
                 self.wake.set()
             if gone:
-                poller.unregister(self._fd)
+                poller.unregister(inotify.fileno())
                 self._disarm()
 
     # -- portable fallback ----------------------------------------------------
