@@ -371,7 +371,9 @@ def test_notify_only_signals_reload(tmp_path: Path) -> None:
     include = tmp_path / "inc.conf"
     include.write_bytes(bad_include())
     sleeper = subprocess.Popen(["sleep", "60"])
+    comm = Path(f"/proc/{sleeper.pid}/comm")
     try:
+        wait_for(lambda: comm.read_text().strip() == "sleep", 10, "the exec of sleep")
         notifier = notifier_for(main, include, pid=sleeper.pid, process_name="sleep")
         event = NotifyEvent("f" * 64, None, ("nats",))
         strict_name = dataclasses.replace(notifier.config, process_name="nats-server")

@@ -19,7 +19,8 @@ check, and an unchecked include is never published.
 
 ``include`` directives are found where nats-server's lexer takes them: the
 keyword (any case) as a key at the start of a line or after ``{``, ``;`` or
-``,``, then a quoted or bare path. Comments are not matched.
+``,``, then a quoted or bare path. Comments are not matched. Rewrites stay on
+their line, so the line numbers in nats-server's messages are the real files'.
 """
 
 from __future__ import annotations
@@ -71,16 +72,8 @@ class _Stager:
         self.candidate = candidate
         self._names = itertools.count()
 
-    def copy(self, path: Path, chain: tuple[Path, ...]) -> Path | None:
-        """The staged copy of ``path`` if its include chain reaches the include, else None.
-
-        OSError when ``path`` cannot be read (symlinks are followed, as nats-server does).
-        """
-        with path.open("rb") as handle:
-            data = handle.read(_LIMIT + 1)
-        if len(data) > _LIMIT:
-            raise OSError(errno.EFBIG, f"larger than {_LIMIT >> 20} MiB", str(path))
-        text = data.decode("utf-8", errors="surrogateescape")
+    def copy(self, path: Path, text: str, chain: tuple[Path, ...]) -> Path | None:
+        """The staged copy of ``path`` (read as ``text``) if it leads to the include, else None."""
         found = False
 
         def swap(match: re.Match[str]) -> str:
@@ -104,11 +97,21 @@ class _Stager:
         return copy
 
     def _nested(self, path: Path, chain: tuple[Path, ...]) -> Path | None:
-        """An included file: one keysetd cannot read is left to nats-server to report."""
+        """An included file; one keysetd cannot read is left to nats-server to report."""
         try:
-            return self.copy(path, (*chain, path))
+            text = _read(path)
         except OSError:
             return None
+        return self.copy(path, text, (*chain, path))
+
+
+def _read(path: Path) -> str:
+    """A config file's text; OSError when unreadable (symlinks followed, as nats-server does)."""
+    with path.open("rb") as handle:
+        data = handle.read(_LIMIT + 1)
+    if len(data) > _LIMIT:
+        raise OSError(errno.EFBIG, f"larger than {_LIMIT >> 20} MiB", str(path))
+    return data.decode("utf-8", errors="surrogateescape")
 
 
 @contextmanager
@@ -124,7 +127,8 @@ def staged(config: Path, include: Path, candidate: bytes) -> Iterator[Path]:
         workdir = Path(name)
         staged_include = workdir / "candidate.conf"
         write_atomic(staged_include, candidate, 0o600, durable=False)
-        copy = _Stager(workdir, Path(os.path.abspath(include)), staged_include).copy(main, (main,))
+        stager = _Stager(workdir, Path(os.path.abspath(include)), staged_include)
+        copy = stager.copy(main, _read(main), (main,))
         if copy is None:
             raise ValueError(
                 f"{config} does not include {include} (directly or through up to "
