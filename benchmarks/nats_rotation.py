@@ -1,7 +1,8 @@
 """NATS: source change -> nats-server accepts the new nkey; auth callout authorizations per second.
 
 Rotations: a real ``keysetd run`` (file source of Ed25519 keys, ``nats`` output of
-``kind = "users"``, ``nats`` notifier: ``nats-server -t`` then ``--signal reload``) and a
+``kind = "users"``, ``nats`` notifier: ``nats-server -t`` on the rendered include before
+the commit, ``--signal reload`` after it) and a
 real nats-server including the output. ``ROTATIONS`` times the source gains a new active
 key; latency = ``time.time_ns()`` before the ``os.replace`` of the source -> the first
 successful nats-py connection with the new nkey seed (attempts every ``POLL`` s; each

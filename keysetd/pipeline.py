@@ -236,6 +236,9 @@ class Pipeline:
 
     def _publish_plan(self, planned: Plan, now: float) -> CycleResult:
         rendered = render_outputs(self.outputs, planned)
+        files = {path: data for item in rendered for path, data in item.files.items()}
+        for notifier in self.notifiers:
+            notifier.check(files)  # pre-commit: a NotifyError here fails the cycle unwritten
         result = self._commit_and_notify(planned, rendered, now)
         if result.changed:
             event(

@@ -10,7 +10,7 @@ imported, and a name registered twice is an error, not "last one wins".
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import EntryPoint, entry_points
@@ -147,7 +147,10 @@ class NotifyEvent:
 
 
 class Notifier:
-    """Tells a consumer to reload. One attempt per call; the pipeline retries."""
+    """Tells a consumer to reload. One attempt per call; the pipeline retries.
+
+    ``check`` runs before the commit (it may veto the cycle), ``notify`` after it.
+    """
 
     Config: ClassVar[type[NotifierConfig]] = NotifierConfig
 
@@ -162,6 +165,13 @@ class Notifier:
     def check_outputs(cls, config: Any, outputs: Sequence[Output]) -> list[str]:
         """Problems of this notifier's config against the configured outputs (config load)."""
         return []
+
+    def check(self, rendered: Mapping[Path, bytes]) -> None:
+        """Pre-commit: judge this cycle's rendered files (path -> bytes) before any is written.
+
+        Raise NotifyError to fail the cycle with every output left as it was; the
+        default accepts everything. Read-only: never write ``rendered`` or the files.
+        """
 
     def notify(self, event: NotifyEvent) -> None:
         """Deliver one notification or raise NotifyError."""

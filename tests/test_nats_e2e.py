@@ -1,5 +1,5 @@
 """A real nats-server, real nats-py clients and a real ``keysetd run``: nkey rotation with
-the dual-key overlap, and a broken server config that is never reloaded."""
+the dual-key overlap, and an include nats-server refuses, which is never written."""
 
 from __future__ import annotations
 
@@ -23,6 +23,9 @@ from tests.servers import free_port, stop, wait_for_port
 from tests.test_nats_output import ed25519_jwk, nats_server_bin
 
 RETENTION = 3.0
+#: A kid whose user gets a publish permission nats-server -t refuses ("orders..new" is
+#: not a valid subject; keysetd's own subject rule lets it through).
+BAD_KID = "k-bad"
 
 
 class NatsServer:
@@ -166,7 +169,15 @@ def nats_env(env: Env) -> Iterator[tuple[Env, NatsServer, Path]]:
                 "log_format": "json",
                 "source": {"type": "file", "path": str(env.source), "refresh_interval": "30s"},
                 "policy": {"activation_delay": "200ms", "retention": f"{RETENTION}s"},
-                "outputs": [{"type": "nats", "path": str(include), "kind": "users"}],
+                "outputs": [
+                    {
+                        "type": "nats",
+                        "path": str(include),
+                        "kind": "users",
+                        "users": {BAD_KID: {"permissions": {"publish": ["orders..new"]}}},
+                    },
+                    *env.outputs_with_pem(),
+                ],
                 "notify": [
                     {
                         "type": "nats",
@@ -251,43 +262,57 @@ async def _rotation(env: Env, server: NatsServer, include: Path, old: Seeds, new
         await newcomer.close()
 
 
-def test_broken_server_config_is_never_reloaded(nats_env: tuple[Env, NatsServer, Path]) -> None:
+def test_a_refused_include_writes_nothing(nats_env: tuple[Env, NatsServer, Path]) -> None:
     env, server, include = nats_env
-    old, new = Seeds("k-old"), Seeds("k-new")
+    old, bad, new = Seeds("k-old"), Seeds(BAD_KID), Seeds("k-new")
     start_all(env, server, include, source_doc(old, active=old))
-    asyncio.run(_broken(env, server, include, old, new))
+    asyncio.run(_refused(env, server, include, old, bad, new))
 
 
-async def _broken(env: Env, server: NatsServer, include: Path, old: Seeds, new: Seeds) -> None:
+def last_error(env: Env) -> str | None:
+    """``status.last_error`` as keysetd last recorded it."""
+    try:
+        error = json.loads((env.state / "status.json").read_text()).get("last_error")
+    except (OSError, ValueError):
+        return None
+    return error if isinstance(error, str) else None
+
+
+async def _refused(
+    env: Env, server: NatsServer, include: Path, old: Seeds, bad: Seeds, new: Seeds
+) -> None:
     client = await Watched().open(server, old)
     try:
-        accepted = include.read_bytes()
-        server.config.write_text(server.good_config + "broken {{{\n")
-        env.write_source(source_doc(old, new, active=new))
+        before = env.snapshot_outputs()
+        assert {"nats-users.conf", "jwks.json", "keyset.json", "pem/k-old.pem"} <= set(before)
+        stat = include.stat()
+        env.write_source(source_doc(old, bad, active=bad))
 
-        def failed() -> bool:
-            return "config check" in env.log() and "notify_failed" in env.log()
-
-        await eventually(failed, 15, "the failed check")
-        line = next(
-            json.loads(entry)
-            for entry in env.log().splitlines()
-            if "notify_failed" in entry and "config check" in entry
+        await eventually(lambda: last_error(env) is not None, 15, "the refused cycle")
+        message = last_error(env)
+        assert message is not None
+        assert message.startswith("notifier nats:") and str(server.config) in message
+        assert "is not a valid subject" in message and "nothing was written" in message
+        # The daemon retries (failure backoff, ~1 s): that cycle is refused the same way.
+        await eventually(lambda: env.log().count("cycle_failed") >= 2, 10, "a retried cycle")
+        # Every output, verifier and signer, is as it was: not rewritten and restored.
+        assert env.snapshot_outputs() == before
+        assert (include.stat().st_ino, include.stat().st_mtime_ns) == (
+            stat.st_ino,
+            stat.st_mtime_ns,
         )
-        assert "Parse error" in line["error"] and "no reload" in line["error"]
-        # Each later cycle (here the activation delay's) rewrites the include, fails the
-        # check again and restores it: wait for a restored moment rather than race one.
-        await eventually(lambda: include.read_bytes() == accepted, 10, "the restore")
-        assert "hangup" not in server.log_text() and "Reloaded" not in server.log_text()
-        assert server.proc is not None and server.proc.poll() is None
+        assert env.procs[0].poll() is None
+        assert "Reloaded" not in server.log_text()
         assert await client.alive()
-        assert not await can_connect(server, new)
+        assert not await can_connect(server, bad)
 
-        # Fixed by hand: the next change (here the same snapshot written again) goes through.
-        server.config.write_text(server.good_config)
+        # A later good keyset goes through: published, and the real server reloaded.
         env.write_source(source_doc(old, new, active=new))
-        await eventually(lambda: can_connect(server, new), 10, "the new nkey after the fix")
-        assert new.public in include.read_text()
+        await eventually(lambda: can_connect(server, new), 10, "the new nkey to be accepted")
+        assert new.public in include.read_text() and bad.public not in include.read_text()
+        assert b'"k-new"' in (env.out / "jwks.json").read_bytes()
+        await eventually(lambda: last_error(env) is None, 10, "last_error to clear")
+        assert "Reloaded server configuration" in server.log_text()
         assert await client.alive()
     finally:
         await client.close()

@@ -1,5 +1,6 @@
 """The nats output (nkeys known answers, rendering checked by the real nats-server),
-the nats notifier's config check and restore, the systemd notifier, and their config rules."""
+the nats notifier's pre-commit config check and reload, the systemd notifier, and their
+config rules."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -264,73 +266,135 @@ def test_nats_notifier_needs_one_pid_source(tmp_path: Path) -> None:
         NatsNotifierConfig.parse({**base, "pid": 5, "pidfile": str(tmp_path / "p")})
 
 
-# -- the nats notifier's check and restore, with the real nats-server -------------
+# -- the nats notifier: a pre-commit check of the new bytes, then only a reload -----------
+
+BAD_SUBJECT = {"publish": ["orders..new"]}  # passes keysetd's subject rule, not nats-server's
 
 
-def test_failed_check_restores_the_include_and_sends_nothing(tmp_path: Path) -> None:
-    """The pid is a ``sleep``: a SIGHUP (what ``--signal reload`` sends) would kill it."""
-    include, main = tmp_path / "inc.conf", tmp_path / "main.conf"
+def bad_include(kid: str = "k-bad") -> bytes:
+    """An include nats-server -t refuses: one kid's permissions name an invalid subject."""
+    cfg = NatsOutputConfig.parse(
+        {"type": "nats", "path": "/x", "users": {kid: {"permissions": BAD_SUBJECT}}}
+    )
+    return render_nats(keyset(ed25519_jwk(kid, os.urandom(32))), users=cfg.users)
+
+
+def notifier_for(main: Path, include: Path, **extra: Any) -> NatsNotifier:
+    fields: dict[str, Any] = {"pid": 1, "process_name": "", "nats_server": nats_server_bin()}
+    return NatsNotifier(
+        NatsNotifierConfig(type="nats", config=main, include=include, **{**fields, **extra})
+    )
+
+
+def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Where ``tempfile`` makes its directories in this test, to see that none is left."""
+    where = tmp_path / "tmp"
+    where.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(where))
+    return where
+
+
+def test_check_judges_the_new_bytes_and_never_writes_the_include(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scratch = private_tmp(tmp_path, monkeypatch)
+    (tmp_path / "etc").mkdir()
+    include, main = tmp_path / "etc" / "inc.conf", tmp_path / "etc" / "main.conf"
+    (tmp_path / "etc" / "limits.conf").write_text("max_payload: 65536\n")
     old = render_nats(keyset(ed25519_jwk("k1", os.urandom(32))))
     include.write_bytes(old)
-    main.write_text("listen: 127.0.0.1:-1\ninclude ./inc.conf\n")
-    sleeper = subprocess.Popen(["sleep", "60"])
-    try:
-        notifier = NatsNotifier(
-            NatsNotifierConfig(
-                type="nats",
-                config=main,
-                include=include,
-                pid=sleeper.pid,
-                process_name="sleep",
-                nats_server=nats_server_bin(),
-            )
-        )
-        include.write_bytes(render_nats(keyset(ed25519_jwk("k2", os.urandom(32)))))
-        main.write_text(main.read_text() + "broken {{{\n")
-        event = NotifyEvent("f" * 64, None, ("nats",))
-        with pytest.raises(NotifyError) as caught:
-            notifier.notify(event)
-        message = str(caught.value)
-        assert "nats-server -t -c" in message and "Parse error" in message
-        assert "restored to its previous bytes" in message and "no reload sent" in message
-        assert include.read_bytes() == old
-        with pytest.raises(NotifyError, match="no reload until the next change"):
-            notifier.notify(event)  # a retry of the same change does not pretend success
-        assert sleeper.poll() is None
+    before = include.stat()
+    # Other relative includes keep resolving from the private copy of the main config.
+    main.write_text("listen: 127.0.0.1:-1\ninclude ./limits.conf\ninclude ./inc.conf\n")
+    notifier = notifier_for(main, include, name="nats-users")
 
-        main.write_text("listen: 127.0.0.1:-1\ninclude ./inc.conf\n")
-        include.write_bytes(render_nats(keyset(ed25519_jwk("k3", os.urandom(32)))))
+    with pytest.raises(NotifyError) as caught:
+        notifier.check({include: bad_include()})
+    message = str(caught.value)
+    assert message.startswith("notifier nats-users:")
+    assert f"nats-server -t -c {main}" in message and str(include) in message
+    assert "orders..new" in message and "is not a valid subject" in message
+    assert "nothing was written" in message
+    assert include.read_bytes() == old
+    assert (include.stat().st_ino, include.stat().st_mtime_ns) == (
+        before.st_ino,
+        before.st_mtime_ns,
+    )
+    assert list(scratch.iterdir()) == []  # the private copy is gone
+
+    notifier.check({include: render_nats(keyset(ed25519_jwk("k2", os.urandom(32))))})
+    assert include.read_bytes() == old  # a passing check writes nothing either
+    notifier.check({tmp_path / "other.json": b"{}"})  # not its include: nothing to check
+    assert list(scratch.iterdir()) == []
+
+    # The check is of the main config with the new include: a main config that
+    # nats-server refuses fails it too, with nats-server's message.
+    main.write_text(main.read_text() + "broken {{{\n")
+    with pytest.raises(NotifyError, match="Parse error"):
+        notifier.check({include: render_nats(keyset(ed25519_jwk("k3", os.urandom(32))))})
+    notifier.check({include: old})  # unchanged bytes: nothing new reaches the server
+
+
+def test_check_follows_an_indirect_include(tmp_path: Path) -> None:
+    """main.conf (in conf/) includes auth/mid.conf, which includes the include in out/."""
+    for name in ("conf", "conf/auth", "out"):
+        (tmp_path / name).mkdir()
+    include = tmp_path / "out" / "users.conf"
+    (tmp_path / "conf" / "auth" / "mid.conf").write_text(
+        "# include ../nowhere.conf (a comment, not an include)\n"
+        "INCLUDE '../../out/users.conf'; include tuning.conf\n"
+    )
+    (tmp_path / "conf" / "auth" / "tuning.conf").write_text("max_connections: 100\n")
+    main = tmp_path / "conf" / "main.conf"
+    main.write_text('listen: 127.0.0.1:-1\ninclude "auth/mid.conf"\n')
+    notifier = notifier_for(main, include)
+    with pytest.raises(NotifyError, match="is not a valid subject"):
+        notifier.check({include: bad_include()})
+    notifier.check({include: render_nats(keyset(ed25519_jwk("k1", os.urandom(32))))})
+    assert not include.exists()
+
+    main.write_text("listen: 127.0.0.1:-1\n")
+    with pytest.raises(NotifyError, match=r"does not include .*users\.conf.*cannot be checked"):
+        notifier.check({include: render_nats(keyset(ed25519_jwk("k1", os.urandom(32))))})
+    main.unlink()
+    with pytest.raises(NotifyError, match=r"main\.conf: No such file"):
+        notifier.check({include: render_nats(keyset(ed25519_jwk("k1", os.urandom(32))))})
+
+
+def test_notify_only_signals_reload(tmp_path: Path) -> None:
+    """No check after the commit: even with a broken main config, notify just signals.
+
+    The pid is a ``sleep``: the SIGHUP that ``--signal reload`` sends ends it.
+    """
+    main = tmp_path / "main.conf"
+    main.write_text("broken {{{\n")
+    include = tmp_path / "inc.conf"
+    include.write_bytes(bad_include())
+    sleeper = subprocess.Popen(["sleep", "60"])
+    comm = Path(f"/proc/{sleeper.pid}/comm")
+    try:
+        wait_for(lambda: comm.read_text().strip() == "sleep", 10, "the exec of sleep")
+        notifier = notifier_for(main, include, pid=sleeper.pid, process_name="sleep")
+        event = NotifyEvent("f" * 64, None, ("nats",))
         strict_name = dataclasses.replace(notifier.config, process_name="nats-server")
         with pytest.raises(NotifyError, match="is 'sleep', not 'nats-server'"):
             NatsNotifier(strict_name).notify(event)
-        notifier.notify(event)  # check passes: nats-server --signal reload=<pid> sends SIGHUP
+        assert sleeper.poll() is None
+        notifier.notify(event)
         wait_for(lambda: sleeper.poll() is not None, 10, "the SIGHUP of the reload")
+        assert include.read_bytes().startswith(b"# generated by keysetd")  # untouched
     finally:
         sleeper.kill()
         sleeper.wait(timeout=10)
 
 
-def test_nats_notifier_refuses_a_trusted_keys_include(tmp_path: Path) -> None:
-    """The pid is a ``sleep`` (a SIGHUP would kill it), never a process of the test run."""
+def test_check_refuses_a_trusted_keys_include(tmp_path: Path) -> None:
     include = tmp_path / "inc.conf"
-    include.write_bytes(render_nats(keyset(ed25519_jwk("op", os.urandom(32))), "trusted_keys"))
-    sleeper = subprocess.Popen(["sleep", "60"])
-    try:
-        notifier = NatsNotifier(
-            NatsNotifierConfig(
-                type="nats",
-                config=tmp_path / "main.conf",
-                include=include,
-                pid=sleeper.pid,
-                process_name="sleep",
-            )
-        )
-        with pytest.raises(NotifyError, match="cannot reload"):
-            notifier.notify(NotifyEvent("f" * 64, None, ("nats",)))
-        assert sleeper.poll() is None  # no reload was sent
-    finally:
-        sleeper.kill()
-        sleeper.wait(timeout=10)
+    notifier = notifier_for(tmp_path / "main.conf", include)
+    data = render_nats(keyset(ed25519_jwk("op", os.urandom(32))), "trusted_keys")
+    with pytest.raises(NotifyError, match="cannot reload"):
+        notifier.check({include: data})
+    assert not include.exists()
 
 
 # -- the systemd notifier ------------------------------------------------------------

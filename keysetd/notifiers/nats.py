@@ -1,12 +1,16 @@
-"""The ``nats`` notifier: check nats-server's config, then ask the server to reload it.
+"""The ``nats`` notifier: check the new include with nats-server before it is written; reload.
 
-Each notification runs ``nats-server -t -c <config>`` first. When that check
-fails, the nats output file (``include``) gets back the bytes it held at the
-last successful check (or when keysetd started), no reload is sent, and the
-error carries the check's output: a broken config never reaches a running
-server, and a later restart still finds a config it can read. Only then is
-``nats-server --signal reload=<pid>`` run, the pid read from ``pidfile`` at
-that moment (or ``pid``) and checked against ``process_name``.
+Pre-commit (:meth:`NatsNotifier.check`, before any output of the cycle is
+written): when the nats output's new bytes for ``include`` differ from the file,
+``nats-server -t -c`` checks them inside a private copy of ``config`` (see
+:mod:`keysetd.notifiers.natsconf`; the real include is never touched). A failed
+check fails the whole cycle: every output keeps its old bytes, the error names
+this notifier, ``config`` and nats-server's message, and the next change tries
+again. So only the commit stage writes outputs, and a broken include never
+reaches the running server nor a later restart. After the commit,
+:meth:`NatsNotifier.notify` only runs ``nats-server --signal reload=<pid>``, the
+pid read from ``pidfile`` at that moment (or ``pid``) and checked against
+``process_name``.
 
 nats-server cannot reload ``trusted_keys``; a nats notifier on a
 ``kind = "trusted_keys"`` output is a configuration error (restart the server
@@ -15,13 +19,14 @@ with a ``systemd`` notifier, ``action = "restart"``, or a ``command``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
 from keysetd import proc
-from keysetd.atomic import read_current, write_atomic
+from keysetd.atomic import read_current
 from keysetd.errors import NotifyError
+from keysetd.notifiers.natsconf import staged
 from keysetd.outputs.nats import NatsOutputConfig, header_kind
 from keysetd.pidfile import check_process_name, target_pid
 from keysetd.plugin import Notifier, NotifierConfig, NotifyEvent, Output
@@ -39,7 +44,7 @@ _RESTART_HINT = (
 class NatsNotifierConfig(NotifierConfig):
     #: The server's main config file, the one ``nats-server -t -c`` checks.
     config: Path
-    #: The nats output's file that ``config`` includes: what a failed check restores.
+    #: The nats output's file that ``config`` includes: its new bytes are checked first.
     include: Path
     pid: Annotated[int, positive] | None = None
     pidfile: Path | None = None
@@ -55,7 +60,7 @@ class NatsNotifierConfig(NotifierConfig):
 
 
 class NatsNotifier(Notifier):
-    """Check with ``nats-server -t``, restore the include if that fails, else signal reload."""
+    """Check a new include with ``nats-server -t`` before the commit; signal reload after it."""
 
     Config: ClassVar[type[NotifierConfig]] = NatsNotifierConfig
 
@@ -80,33 +85,38 @@ class NatsNotifier(Notifier):
     def __init__(self, config: NatsNotifierConfig) -> None:
         super().__init__(config)
         self.config: NatsNotifierConfig = config
-        #: The include as the server last accepted it (as found at start, then each pass).
-        self._good: bytes | None = read_current(config.include, _INCLUDE_LIMIT)
-        #: Why the last check failed, once it restored ``_good``: a retry must not report
-        #: success for bytes the server never got.
-        self._restored: str | None = None
 
-    def notify(self, event: NotifyEvent) -> None:
+    def check(self, rendered: Mapping[Path, bytes]) -> None:
+        """Run ``nats-server -t`` on the new include in a private copy of the config."""
         include = self.config.include
-        current = read_current(include, _INCLUDE_LIMIT)
-        if current is not None and header_kind(current) == "trusted_keys":
-            raise self._fail(f"{include} holds trusted_keys, which nats-server cannot reload")
-        if self._restored is not None and current == self._good:
-            raise self._fail(
-                f"{include} was restored to its previous bytes after a failed config check "
-                f"({self._restored}); no reload until the next change"
-            )
+        wanted = include.absolute()
+        candidate = next((b for p, b in rendered.items() if p.absolute() == wanted), None)
+        if candidate is None or read_current(include, _INCLUDE_LIMIT) == candidate:
+            return  # not a file of this cycle, or unchanged: nothing new reaches the server
+        if header_kind(candidate) == "trusted_keys":
+            raise self._fail(f"{include} would hold trusted_keys, which nats-server cannot reload")
+        config = self.config.config
         try:
-            self._run("-t", "-c", str(self.config.config))
+            with staged(config, include, candidate) as main:
+                self._run("-t", "-c", str(main))
         except proc.ProcExit as exc:
-            restored = self._restore(current, exc.reason)
             raise self._fail(
-                f"config check `nats-server -t -c {self.config.config}` failed "
-                f"({exc.reason}); {restored}; no reload sent"
+                f"config check `nats-server -t -c {config}` with the new {include} failed "
+                f"({exc.reason}); nothing was written"
             ) from exc
         except proc.ProcFailure as exc:
-            raise self._fail(f"config check could not run: {exc.reason}; no reload sent") from exc
-        self._good, self._restored = current, None
+            raise self._fail(
+                f"config check could not run: {exc.reason}; nothing was written"
+            ) from exc
+        except OSError as exc:
+            where = exc.filename or config
+            raise self._fail(
+                f"config check: {where}: {exc.strerror or exc}; nothing was written"
+            ) from exc
+        except ValueError as exc:
+            raise self._fail(f"config check: {exc}; nothing was written") from exc
+
+    def notify(self, event: NotifyEvent) -> None:
         pid = self._read_pid()
         try:
             self._run("--signal", f"reload={pid}")
@@ -123,24 +133,6 @@ class NatsNotifier(Notifier):
             timeout=self.config.timeout,
             max_stdout=None,
         )
-
-    def _restore(self, current: bytes | None, reason: str) -> str:
-        """Put the last accepted bytes back; says what happened, for the error."""
-        include, good = self.config.include, self._good
-        if good is None:
-            return f"{include} left as it is (no accepted version is known)"
-        if current == good:
-            return f"{include} unchanged since the last accepted version"
-        try:
-            mode = include.stat().st_mode & 0o7777
-        except OSError:
-            mode = 0o644
-        try:
-            write_atomic(include, good, mode)
-        except OSError as exc:
-            return f"restoring {include} failed: {exc.strerror or exc}"
-        self._restored = reason
-        return f"{include} restored to its previous bytes"
 
     def _read_pid(self) -> int:
         try:

@@ -5,6 +5,10 @@
 and accounts; ``kind = "trusted_keys"`` renders ``trusted_keys: ["O..."]``,
 which nats-server reads only at start. Keys other than Ed25519 are skipped.
 
+A ``nats`` notifier whose ``include`` is this output checks each new render
+with ``nats-server -t`` before anything of the cycle is written
+(``keysetd.notifiers.nats``); rendering stays pure.
+
 An empty ``users`` list would make nats-server accept unauthenticated
 clients, so a keyset with no key left (every kid revoked or retired) renders
 one placeholder nkey that admits nobody.
