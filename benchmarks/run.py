@@ -19,11 +19,22 @@ if __package__ in (None, ""):
     # Run as a script: make the repository root importable so ``benchmarks`` resolves.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-NAMES = ("propagation", "footprint", "peer", "scale", "idle", "sources", "verify", "nats")
+NAMES = (
+    "propagation",
+    "breakdown",
+    "footprint",
+    "peer",
+    "scale",
+    "idle",
+    "sources",
+    "verify",
+    "nats",
+)
 
 
 def _benchmarks() -> dict[str, Callable[[], Sequence[object]]]:
     from benchmarks import (
+        breakdown,
         footprint,
         idle,
         nats_rotation,
@@ -36,6 +47,7 @@ def _benchmarks() -> dict[str, Callable[[], Sequence[object]]]:
 
     return {
         "propagation": propagation.run,
+        "breakdown": breakdown.run,
         "footprint": footprint.run,
         "peer": peer.run,
         "scale": scale.run,
