@@ -192,8 +192,7 @@ class Daemon:
             clean_temp_files(path if path.is_dir() else path.parent)
 
     def _sleep(self, deadline: float) -> bool:
-        """Wait for the cycle's deadline, a wake-up or a signal (True: cycle next), or for
-        the owed notifications' retry time (False: retry them next)."""
+        """Wait until a cycle is due (True: deadline, wake-up, signal) or a notify retry (False)."""
         while not self.stopping and not self.reload_requested:
             if self.watchdog is not None:
                 sd_notify("WATCHDOG=1")
