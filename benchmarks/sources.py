@@ -40,13 +40,13 @@ from benchmarks._common import (
     proc_status,
     wait_for,
 )
-from keysetd.daemon import FAILURE_BACKOFF_INITIAL, FAILURE_BACKOFF_MAX
+from keysetd import backoff
 from keysetd.plugin import SourceConfig
 
 WINDOW = float(os.environ.get("BENCH_SOURCE_SECONDS", "180"))
 REFRESH = SourceConfig.parse({"type": "file"}).refresh_interval
-#: The jitter range Daemon._next_wait applies to the failure backoff.
-JITTER = (0.8, 1.2)
+#: The range of the jitter factor keysetd.backoff.next_wait applies to every wait.
+JITTER = (1.0 - backoff.JITTER, 1.0 + backoff.JITTER)
 #: "A few times a minute at most during an outage": once the backoff has ramped up.
 OUTAGE_TARGET_PER_MIN = 6.0
 HOUR = 3600.0
@@ -63,13 +63,13 @@ AWS_ENV = {
 
 
 def failure_schedule(refresh: float, seconds: float, jitter: float = 1.0) -> list[float]:
-    """Request times in [0, seconds) of an outage starting at 0, as Daemon._next_wait plans them."""
+    """Request times in [0, seconds) of an outage starting at 0, as backoff.next_wait plans them."""
+    draw = (jitter - 1.0 + backoff.JITTER) / (2 * backoff.JITTER)  # the random draw for ``jitter``
     times, now, failures = [], 0.0, 0
     while now < seconds:
         times.append(now)
         failures += 1
-        backoff = min(FAILURE_BACKOFF_MAX, FAILURE_BACKOFF_INITIAL * 2.0 ** (failures - 1))
-        now += min(refresh, backoff * jitter)
+        now += backoff.next_wait(failures, refresh, None, now, lambda: draw)
     return times
 
 

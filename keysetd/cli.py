@@ -59,11 +59,11 @@ def cmd_once(args: argparse.Namespace) -> int:
         if result.from_lkg:
             print("keysetd: outputs were published from the last-known-good", file=sys.stderr)
         return EXIT_FAILED
-    for message in result.notify_errors:
-        print(f"keysetd: warning: {message}", file=sys.stderr)
     changed = ", ".join(result.changed) or "none"
     print(f"outputs current (fingerprint {result.fingerprint}); changed: {changed}")
-    return EXIT_OK
+    for message in result.notify_errors:  # the outputs stand; a consumer was not told
+        print(f"keysetd: {message}", file=sys.stderr)
+    return EXIT_FAILED if result.notify_errors else EXIT_OK
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -1,21 +1,23 @@
 """The long-running loop: triggers (file watch, interval, signals), backoff, reload, stop.
 
 The pipeline does one cycle and returns; this module decides when the next one
-runs. A watcher thread turns file events into a wake-up; signal handlers only
-set flags and write to the wake-up pipe (no locks: see ``keysetd.wake``), so
+runs (``keysetd.backoff.next_wait``), and when a failed notification is
+delivered again (``Pipeline.retry_notifications``), source change or not.
+A watcher thread turns file events into a wake-up; signal handlers only set
+flags and write to the wake-up pipe (no locks: see ``keysetd.wake``), so
 SIGTERM lets the current commit finish before the loop exits.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import signal
 import time
 from types import FrameType
 from typing import TYPE_CHECKING
 
 from keysetd.atomic import clean_temp_files
+from keysetd.backoff import next_wait
 from keysetd.config import Config, load_config
 from keysetd.errors import ConfigError
 from keysetd.log import event
@@ -34,12 +36,14 @@ if TYPE_CHECKING:
 
 __all__ = ["Daemon"]
 
-FAILURE_BACKOFF_INITIAL = 1.0
-FAILURE_BACKOFF_MAX = 60.0
 #: /healthz fails when one cycle runs longer than this (or 3x the source timeout).
 STUCK_CYCLE_MIN = 120.0
-#: Wake this long after a planned change (activation, end of retention) so it is due.
-PLAN_SLACK = 0.01
+
+
+def one_line(exc: ConfigError) -> str:
+    """The error and every problem it lists (each names its key) on one log line."""
+    head, *problems = str(exc).splitlines()
+    return head + (": " + "; ".join(p.strip() for p in problems) if problems else "")
 
 
 class Daemon:
@@ -135,35 +139,45 @@ class Daemon:
 
     def _next_wait(self, result: CycleResult) -> float:
         """Seconds until the next cycle: refresh interval, failure backoff, or a planned change."""
-        wait = float(self.config.source.refresh_interval)
-        if result.ok:
-            self.failures = 0
-        else:
-            self.failures += 1
-            backoff = min(FAILURE_BACKOFF_MAX, FAILURE_BACKOFF_INITIAL * 2.0 ** (self.failures - 1))
-            wait = min(wait, backoff * random.uniform(0.8, 1.2))  # noqa: S311 (jitter)
-        if result.next_change_at is not None:
-            wait = min(wait, max(0.0, result.next_change_at - time.time()) + PLAN_SLACK)
-        return wait
+        self.failures = 0 if result.ok else self.failures + 1
+        refresh = float(self.config.source.refresh_interval)
+        return next_wait(self.failures, refresh, result.next_change_at, time.time())
+
+    def _retry_in(self) -> float | None:
+        """Seconds until the owed notifications are due again; None when none are owed."""
+        at = self.pipeline.backlog.retry_at if self.pipeline.backlog else None
+        return None if at is None else at - time.time()
+
+    def _retry_notifications(self) -> None:
+        """Deliver the owed notifications; a retry that hangs shows on /healthz like a cycle."""
+        self.cycle_started = time.monotonic()
+        failures = self.pipeline.retry_notifications()
+        self.cycle_started = None
+        if self.metrics is not None:
+            for failure in failures:
+                self.metrics.notify_errors.labels(failure.notifier).inc()
+
+    def _refuse_reload(self, error: str, problems: tuple[str, ...] = ()) -> None:
+        event("reload_refused", logging.ERROR, error=error, problems=list(problems) or None)
+        self.pipeline.record_reload_refused(error)
 
     def _reload(self) -> None:
-        """Re-read the config; a bad one is refused and the running one stays."""
+        """Re-read the config; a bad one is refused (named in the log and status), the old stays."""
         self.reload_requested = False
         try:
             new = load_config(self.config.path)
         except ConfigError as exc:
-            event("reload_refused", logging.ERROR, error=str(exc))
+            self._refuse_reload(one_line(exc), exc.problems)
             return
         if new.state_dir != self.config.state_dir:
-            event(
-                "reload_refused",
-                logging.ERROR,
-                error="state_dir cannot change on reload; restart keysetd",
-            )
+            self._refuse_reload("state_dir cannot change on reload; restart keysetd")
             return
         old_pipeline, old_watcher = self.pipeline, self.watcher
         self.config = new
         self.pipeline = Pipeline(new)
+        # Owed notifications carry over to the notifiers of the same name.
+        self.pipeline.backlog = old_pipeline.backlog
+        self.pipeline.backlog.keep_only(n.name for n in self.pipeline.notifiers)
         self.watcher = self._watcher()
         old_watcher.stop()
         old_pipeline.close()
@@ -176,6 +190,24 @@ class Daemon:
         for output in self.pipeline.outputs:
             path = output.config.path
             clean_temp_files(path if path.is_dir() else path.parent)
+
+    def _sleep(self, deadline: float) -> bool:
+        """Wait until a cycle is due (True: deadline, wake-up, signal) or a notify retry (False)."""
+        while not self.stopping and not self.reload_requested:
+            if self.watchdog is not None:
+                sd_notify("WATCHDOG=1")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return True
+            retry_in = self._retry_in()
+            if retry_in is not None and retry_in <= 0:
+                return False
+            step = min(remaining, self.watchdog or remaining)
+            if retry_in is not None:
+                step = min(step, retry_in)
+            if self.wake.wait(step):
+                return True
+        return True
 
     def run(self) -> int:
         """Cycle until SIGTERM/SIGINT; returns the exit code."""
@@ -191,27 +223,25 @@ class Daemon:
             source=self.pipeline.source.describe(),
             outputs=",".join(o.name for o in self.pipeline.outputs),
         )
-        force = False
+        force, cycle_due, deadline = False, True, 0.0
         try:
             while not self.stopping:
-                self.wake.clear()
-                started = self.cycle_started = time.monotonic()
-                result = self.pipeline.cycle(force=force)
-                self.cycle_started = None
-                self._report(result, time.monotonic() - started)
-                force = False
+                if cycle_due:
+                    self.wake.clear()
+                    started = self.cycle_started = time.monotonic()
+                    result = self.pipeline.cycle(force=force)
+                    self.cycle_started = None
+                    self._report(result, time.monotonic() - started)
+                    force = False
+                    deadline = started + self._next_wait(result)
+                else:
+                    self._retry_notifications()
                 if self.stopping:
                     break
-                deadline = started + self._next_wait(result)
-                while not self.stopping and not self.reload_requested:
-                    if self.watchdog is not None:
-                        sd_notify("WATCHDOG=1")
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0 or self.wake.wait(min(remaining, self.watchdog or remaining)):
-                        break
+                cycle_due = self._sleep(deadline)
                 if self.reload_requested and not self.stopping:
                     self._reload()
-                    force = True
+                    force, cycle_due = True, True
         finally:
             sd_notify("STOPPING=1")
             if self.server is not None:

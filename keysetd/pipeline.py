@@ -12,6 +12,7 @@ outputs are; so a restart never shortens an activation delay or a retention.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -21,9 +22,10 @@ from typing import Any
 from keysetd import failpoints
 from keysetd.atomic import replace_if_unchanged
 from keysetd.audit import AuditLog
+from keysetd.backoff import Random
 from keysetd.commit import Rendered, Written, commit_output, render_outputs
 from keysetd.config import Config
-from keysetd.dispatch import interested, run_notifiers
+from keysetd.dispatch import Backlog, interested, run_notifiers
 from keysetd.errors import (
     InvalidKeyset,
     KeysetdError,
@@ -46,6 +48,7 @@ from keysetd.log import event
 from keysetd.model import Keyset
 from keysetd.plan import Plan, Policy, plan
 from keysetd.plugin import Notifier, NotifyEvent, Output, Role, Source
+from keysetd.repeats import RepeatedFailures
 from keysetd.rotation import next_source
 from keysetd.state import LastKnownGood, StateStore
 from keysetd.strict import weak_secrets
@@ -77,9 +80,12 @@ class CycleResult:
 class Pipeline:
     """Holds the built plugins and the in-memory view of what was last published."""
 
-    def __init__(self, config: Config, *, clock: Clock = time.time) -> None:
+    def __init__(
+        self, config: Config, *, clock: Clock = time.time, rand: Random = random.random
+    ) -> None:
         self.config = config
         self.clock = clock
+        self.rand = rand
         self.policy = Policy(config.policy.activation_delay, config.policy.retention)
         self.state = StateStore(config.state_dir)
         self.state.ensure()
@@ -98,6 +104,11 @@ class Pipeline:
         self._written = Written()
         self._revoked: frozenset[str] = frozenset()
         self._status: dict[str, Any] = self.state.load_status() or {}
+        #: Notifications that failed and are owed again (the daemon retries them).
+        self.backlog = Backlog()
+        self._repeats = RepeatedFailures()
+        #: Why the last SIGHUP reload was refused; shown as last_error until one succeeds.
+        self.reload_error: str | None = None
 
     @property
     def needs_active(self) -> bool:
@@ -113,7 +124,12 @@ class Pipeline:
         return self._status
 
     def close(self) -> None:
+        """Close the source; write the count of repeated failures still owed to the audit log."""
         self.source.close()
+        try:
+            self._write_audit(self._repeats.recovered())
+        except OSError as exc:
+            event("state_write_failed", logging.ERROR, path=str(exc.filename), error=str(exc))
 
     def _load_signer(self) -> Keyset | None:
         raw = self.state.load_signer()
@@ -142,6 +158,10 @@ class Pipeline:
 
     def _audit_all(self, events: Sequence[dict[str, Any]]) -> None:
         """Append audit lines now: before the history they describe, so none is ever lost."""
+        if events:
+            self._write_audit([*self._repeats.flush(), *events])
+
+    def _write_audit(self, events: Sequence[dict[str, Any]]) -> None:
         if events:
             self.audit.append_all(events)
             failpoints.hit("state.after-audit-append")  # failpoint (tests only)
@@ -295,6 +315,7 @@ class Pipeline:
         history, closed = mark_active(self.history, planned, now)
         self._remember(history, activated + closed)
         failures += self._notify([n for n in pending if interested(n, changed)], planned, changed)
+        self.backlog.schedule(self.clock(), failed=bool(failures), fresh=True, rand=self.rand)
         self._keep_signer(planned.signer)  # the signer files already hold it; no hurry
         return CycleResult(
             ok=True,
@@ -311,9 +332,34 @@ class Pipeline:
     def _notify(self, due: list[Notifier], planned: Plan, changed: list[str]) -> list[NotifyError]:
         if not due:
             return []
-        return run_notifiers(
-            due, NotifyEvent(planned.fingerprint, planned.active_kid, tuple(changed))
-        )
+        what = NotifyEvent(planned.fingerprint, planned.active_kid, tuple(changed))
+        failures = run_notifiers(due, what)
+        self.backlog.settle(due, what, failures)  # a newer change supersedes an owed one
+        return failures
+
+    def retry_notifications(self) -> list[NotifyError]:
+        """Deliver again what the backlog owes, each notifier the event it failed on.
+
+        The daemon calls this at ``backlog.retry_at``, whether or not the source
+        changed; failures stay owed with a longer backoff.
+        """
+        failures: list[NotifyError] = []
+        for what, notifiers in self.backlog.due(self.notifiers):
+            event(
+                "notify_retry",
+                notifiers=",".join(n.name for n in notifiers),
+                fingerprint=what.fingerprint,
+                attempt=self.backlog.attempts + 1,
+            )
+            found = run_notifiers(notifiers, what)
+            self.backlog.settle(notifiers, what, found)
+            failures += found
+        self.backlog.keep_only(n.name for n in self.notifiers)
+        self.backlog.schedule(self.clock(), failed=bool(failures), fresh=False, rand=self.rand)
+        status = dict(self._status)
+        status.update(notify_errors=self.backlog.errors, notify_retry_at=self.backlog.retry_at)
+        self._save_status(status)
+        return failures
 
     def _keep_signer(self, signer: Keyset) -> None:
         """Remember the signer keyset (with private keys) so a held-back key survives restarts."""
@@ -400,7 +446,8 @@ class Pipeline:
             entry = {"event": "commit_failed", "error": str(exc)}
         from_lkg = False
         try:
-            self._audit_all([entry])
+            # Only a failure unlike the one before gets its own line; repeats are counted.
+            self._write_audit(self._repeats.admit(stage, str(exc), entry, now))
             if self._keyset is None and not isinstance(exc, OutputError):
                 from_lkg = self._republish_lkg(now)
         except OSError as error:  # state_dir itself is failing: report, stay up
@@ -476,11 +523,20 @@ class Pipeline:
         return status
 
     def _record_success(self, now: float, result: CycleResult) -> None:
+        self._write_audit(self._repeats.recovered())
         status = self._base_status()
-        status.update(last_error=None, last_success_at=now, lkg_fetched_at=now)
-        status["notify_errors"] = list(result.notify_errors)
+        status.update(last_error=self.reload_error, last_success_at=now, lkg_fetched_at=now)
+        status["reload_error"] = self.reload_error
+        status.update(notify_errors=self.backlog.errors, notify_retry_at=self.backlog.retry_at)
         if result.changed:
             status["last_change_at"] = now
+        self._save_status(status)
+
+    def record_reload_refused(self, message: str) -> None:
+        """A SIGHUP reload was refused: status names why until a reload succeeds."""
+        self.reload_error = message
+        status = dict(self._status)
+        status.update(last_error=message, last_error_at=self.clock(), reload_error=message)
         self._save_status(status)
 
     def _record_failure(self, now: float, message: str) -> None:

@@ -302,3 +302,99 @@ def test_a_signal_storm_never_deadlocks_the_daemon(running: Env) -> None:
         proc.kill()
         pytest.fail("keysetd did not exit within 10 s of SIGTERM after a SIGHUP burst")
     assert events(running, "config_reloaded")
+
+
+# -- failure handling (issue 12) -------------------------------------------------------------
+
+
+def audit_events(env: Env) -> list[str]:
+    path = env.state / "audit.jsonl"
+    return [json.loads(line)["event"] for line in path.read_text().splitlines()]
+
+
+def test_a_failing_due_change_backs_off_and_is_audited_once(env: Env, keys: dict[str, Any]) -> None:
+    """After retention ends the nats output cannot render the plan (no Ed25519 key left).
+
+    The change stays due; the daemon used to retry it every 10 ms, writing an
+    fsynced audit line each time (372 cycles and audit lines in 4 s).
+    """
+    nats = env.out / "nats.conf"
+    env.write_source(jwks_doc(keys["ed-a"], keys["es-b"]))
+    env.config(
+        policy={"retention": "1s"},
+        outputs=[{"type": "jwks", "path": str(env.jwks)}, {"type": "nats", "path": str(nats)}],
+    )
+    env.start()
+    wait_for(nats.exists, what="first publish")
+    env.write_source(jwks_doc(keys["es-b"]))
+    wait_for(lambda: "ed-a" in kids(env.jwks) and events(env, "cycle_failed"), what="failure")
+    before = env.snapshot_outputs()
+    window_end = time.monotonic() + 4.5
+
+    def window_over() -> bool:
+        # Backoff 1 s, 2 s, 4 s (jitter +-10%): failures at ~0, ~1 and ~3 s.
+        assert len(events(env, "cycle_failed")) <= 4, len(events(env, "cycle_failed"))
+        return time.monotonic() >= window_end
+
+    wait_for(window_over, timeout=6, what="a 4.5 s window of failures")
+    failed = len(events(env, "cycle_failed"))
+    assert 2 <= failed <= 4, failed
+    assert "needs Ed25519" in events(env, "cycle_failed")[-1]["error"]
+    assert env.snapshot_outputs() == before  # every output as it was
+    assert audit_events(env).count("commit_failed") == 1  # the repeats are only counted
+    assert env.procs[0].poll() is None
+
+    # Recovery: a new Ed25519 key; the count of repeats is written before the publish.
+    env.write_source(jwks_doc(jwk("EdDSA", "ed-b"), keys["es-b"]))
+    wait_for(lambda: "ed-b" in nats.read_text(), timeout=10, what="recovery")
+    lines = [json.loads(x) for x in (env.state / "audit.jsonl").read_text().splitlines()]
+    names = [line["event"] for line in lines]
+    summary = lines[names.index("failure_repeated")]
+    assert names.index("commit_failed") < names.index("failure_repeated") < len(names) - 1
+    assert summary["failed"] == "commit_failed" and summary["stage"] == "commit"
+    assert summary["repeats"] == len(events(env, "cycle_failed")) - 1
+    assert "published" in names[names.index("failure_repeated") :]
+    verdict = env.keysetd("audit", "verify", "-c", str(env.config_path))
+    assert verdict.returncode == 0 and "intact" in verdict.stdout, verdict.stdout
+
+
+def status_json(env: Env, config: Path) -> dict[str, Any]:
+    done = env.keysetd("status", "--json", "-c", str(config))
+    assert done.returncode in (0, 1), done.stderr  # 1: there is a last error
+    return dict(json.loads(done.stdout))
+
+
+def test_sighup_with_an_unknown_key_names_it_in_the_log_and_status(
+    running: Env, keys: dict[str, Any]
+) -> None:
+    good = running.config_path.read_text()
+    reader = running.root / "reader.toml"  # `status` needs a config it can load
+    reader.write_text(good)
+    running.config_path.write_text('refresh_intervall = "5s"\n' + good)
+    running.procs[0].send_signal(signal.SIGHUP)
+    refused = wait_for(lambda: events(running, "reload_refused"), timeout=5, what="refusal")[0]
+    assert "refresh_intervall: unknown key" in refused["error"], refused
+    assert "\n" not in refused["error"]  # one log line, also in the text format
+    assert refused["problems"] == ["refresh_intervall: unknown key"]
+    last = wait_for(
+        lambda: (
+            (e := status_json(running, reader)["last_error"]) and "refresh_intervall" in e and e
+        ),
+        timeout=5,
+        what="status naming the key",
+    )
+    assert "unknown key" in last
+
+    # The daemon keeps serving under the old config, and status keeps naming the key.
+    running.write_source(jwks_doc(keys["es-a"], keys["es-b"], active="es-b"))
+    wait_for(lambda: active(running.signer) == "es-b", timeout=5, what="still serving")
+    doc = status_json(running, reader)
+    assert doc["active_kid"] == "es-b" and "refresh_intervall" in (doc["last_error"] or "")
+
+    # Fixed and reloaded: the error is gone from status.
+    running.config_path.write_text(good)
+    running.procs[0].send_signal(signal.SIGHUP)
+    wait_for(lambda: events(running, "config_reloaded"), timeout=5, what="reload")
+    wait_for(
+        lambda: status_json(running, reader)["last_error"] is None, timeout=5, what="error cleared"
+    )

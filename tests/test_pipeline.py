@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from keysetd.audit import verify
 from keysetd.config import load_config
 from keysetd.pipeline import Pipeline
 from tests.conftest import Env
@@ -172,3 +173,54 @@ def test_a_failing_state_write_fails_the_cycle_not_the_daemon(
     history.rmdir()
     assert cycle.cycle(force=True).ok
     assert "es-b" in env.jwks.read_text()
+
+
+def audit_lines(env: Env) -> list[dict[str, Any]]:
+    text = (env.state / "audit.jsonl").read_text()
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_identical_failures_are_audited_once_then_counted(env: Env, keys: dict[str, Any]) -> None:
+    """A long outage used to write one fsynced audit line per failed cycle."""
+    env.write_source(jwks_doc(keys["es-a"], active="es-a"))
+    cycle = pipeline(env)
+    assert cycle.cycle().ok
+    published = len(audit_lines(env))
+    env.source.unlink()
+    for _ in range(5):
+        assert cycle.cycle().stage == "fetch"
+    assert [e["event"] for e in audit_lines(env)[published:]] == ["source_failed"]
+    env.write_source(b"garbage")  # a different failure: the count, then its own line
+    for _ in range(3):
+        assert cycle.cycle().stage == "validate"
+    lines = audit_lines(env)[published:]
+    assert [e["event"] for e in lines] == ["source_failed", "failure_repeated", "refused"]
+    assert lines[1]["repeats"] == 4 and lines[1]["failed"] == "source_failed"
+    assert lines[1]["stage"] == "fetch" and lines[1]["first_at"] <= lines[1]["last_at"]
+    env.write_source(jwks_doc(keys["es-a"], keys["es-b"], active="es-b"))
+    assert cycle.cycle().ok  # recovery: the count owed goes first, then what was published
+    events = [e["event"] for e in audit_lines(env)[published:]]
+    assert events[:4] == ["source_failed", "failure_repeated", "refused", "failure_repeated"]
+    assert "published" in events[4:]
+    env.write_source(b"garbage")  # after a recovery the same failure is news again
+    cycle.cycle()
+    assert audit_lines(env)[-1]["event"] == "refused"
+    cycle.close()
+    assert verify(env.state / "audit.jsonl").ok
+
+
+def test_a_failure_that_lasts_is_counted_in_the_audit_log_every_hour(
+    env: Env, keys: dict[str, Any]
+) -> None:
+    now = [1_800_000_000.0]
+    env.write_source(b"garbage")
+    cycle = Pipeline(load_config(env.config()), clock=lambda: now[0])
+    for _ in range(1 + 3 * 60):  # three hours of failures, one a minute
+        cycle.cycle()
+        now[0] += 60
+    lines = audit_lines(env)
+    assert [e["event"] for e in lines] == ["refused"] + ["failure_repeated"] * 3
+    assert [e["repeats"] for e in lines[1:]] == [60, 60, 60]
+    cycle.close()  # nothing more owed
+    assert len(audit_lines(env)) == 4
+    assert verify(env.state / "audit.jsonl").ok
