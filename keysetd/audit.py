@@ -222,13 +222,17 @@ def _seqs(first: int, last: int) -> str:
     return f"seq {first}" if first == last else f"seq {first}-{last}"
 
 
-def _cut_short(count: int, head: Head, where: Path) -> Verdict:
+def _cut_short(count: int, head: Head, where: Path, *, exists: bool = True) -> Verdict:
     """The log ends (after ``count`` good lines) before the head recorded in ``where``."""
+    if not exists:
+        ends = "there is no audit log"
+    else:
+        ends = f"the log ends at seq {count}" if count else "the log is empty"
     return Verdict(
         count,
         count + 1,
-        f"the log ends at seq {count}, before the head {where.name} records (seq {head.seq}):"
-        f" {_seqs(count + 1, head.seq)} missing (cut off the end)",
+        f"{ends} but {where.name} records seq {head.seq}:"
+        f" {_seqs(count + 1, head.seq)} missing (lines cut off the end)",
     )
 
 
@@ -273,7 +277,7 @@ def verify(path: Path, head_file: Path | None = None) -> Verdict:
                 )
     except FileNotFoundError:
         if head is not None:
-            return _cut_short(0, head, where)
+            return _cut_short(0, head, where, exists=False)
         return Verdict(0, None, "no audit log yet")
     if head is not None and count < head.seq:
         return _cut_short(count, head, where)
