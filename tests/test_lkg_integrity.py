@@ -228,3 +228,23 @@ def test_a_good_last_known_good_is_published_after_a_restart(published: Env) -> 
     assert "lkg_error" not in status(env)
     assert log_events(env, "published_last_known_good")
     assert not log_events(env, "lkg_unusable")
+
+
+def test_a_crash_before_the_new_file_is_written_never_rolls_outputs_back(published: Env) -> None:
+    """History names the new file's digest first: killed before the file is written, the
+    older last-known-good is refused after a restart instead of taking outputs back to it."""
+    env = published
+    env.write_source(jwks_doc(jwk("ES256", "es-b"), active="es-b"))
+    armed = env.start(env={"_KEYSETD_FAILPOINT": "write.before-temp@last-known-good.json"})
+    assert armed.wait(timeout=20) == -signal.SIGKILL
+    after_crash = env.snapshot_outputs()
+    assert b"es-b" in after_crash["keyset.json"]
+    store = StateStore(env.state)
+    older = store.load_lkg()
+    assert older is not None and b"es-a" in older.data
+
+    proc = restart_with_source_down(env)
+    wait_for(lambda: "lkg_error" in status(env), what="the refusal in status.json")
+    assert "does not match the digest recorded" in status(env)["lkg_error"]
+    assert env.snapshot_outputs() == after_crash
+    assert proc.poll() is None
