@@ -26,6 +26,7 @@ import fcntl
 import hashlib
 import json
 import os
+import stat
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -89,12 +90,18 @@ class Head:
 def read_head(path: Path) -> Head | None:
     """The recorded head, or None when there is none; ValueError when it is not a head."""
     try:
-        with path.open("rb") as handle:
-            raw = handle.read(_MAX_HEAD + 1)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise ValueError(exc.strerror or str(exc)) from exc
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")  # a FIFO would hang the reader
+        try:
+            raw = handle.read(_MAX_HEAD + 1)
+        except OSError as exc:
+            raise ValueError(exc.strerror or str(exc)) from exc
     try:
         doc = json.loads(raw)
     except ValueError:

@@ -19,10 +19,12 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import os
+import stat
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -203,7 +205,11 @@ class StateStore:
 
     @staticmethod
     def _read_bytes(path: Path) -> bytes:
-        with path.open("rb") as handle:
+        """The file's bytes; OSError for anything but a regular file (a FIFO would hang)."""
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, "not a regular file", str(path))
             return handle.read(_MAX_STATE_FILE)
 
     def load_lkg(self) -> LastKnownGood | None:

@@ -199,6 +199,17 @@ def test_append_after_an_edited_last_line_keeps_the_edit_visible(log_path: Path)
     assert_broken(log_path, COUNT + 1, f"line {COUNT} edited")
 
 
+@pytest.mark.timeout(20)
+def test_a_fifo_head_neither_hangs_verify_nor_append(log_path: Path) -> None:
+    make_log(log_path)
+    head_path(log_path).unlink()
+    os.mkfifo(head_path(log_path))
+    verdict = verify(log_path)
+    assert verdict.ok and "not a regular file" in verdict.reason, verdict
+    AuditLog(log_path).append("cycle_ok")
+    assert read_head(head_path(log_path)) == Head(COUNT + 1, sha(lines_of(log_path)[-1]))
+
+
 @pytest.mark.parametrize(
     "garbage",
     [b"", b"{", b'{"seq": 0, "sha256": "' + b"a" * 64 + b'"}', b'{"seq": 3, "sha256": "xyz"}'],

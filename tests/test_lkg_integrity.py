@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import signal
 import subprocess
 from pathlib import Path
@@ -248,3 +249,14 @@ def test_a_crash_before_the_new_file_is_written_never_rolls_outputs_back(publish
     assert "does not match the digest recorded" in status(env)["lkg_error"]
     assert env.snapshot_outputs() == after_crash
     assert proc.poll() is None
+
+
+@pytest.mark.timeout(20)
+def test_a_fifo_in_place_of_the_file_is_refused_without_hanging(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    store.save_lkg(lkg(b"x"), RECORDS)
+    store.lkg_path.unlink()
+    os.mkfifo(store.lkg_path)
+    with pytest.raises(UntrustedLastKnownGood, match="cannot be read: not a regular file"):
+        StateStore(tmp_path).verified_lkg()
+    assert store.load_lkg() is None
