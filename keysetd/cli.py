@@ -253,7 +253,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     config = _config(args)
     verdict = verify(StateStore(config.state_dir).audit_path)
     if verdict.ok:
-        print(f"audit log intact: {verdict.lines} line(s)")
+        note = f" ({verdict.reason})" if verdict.reason else ""
+        print(f"audit log intact: {verdict.lines} line(s){note}")
         return EXIT_OK
     print(f"audit log broken at line {verdict.broken_line}: {verdict.reason}")
     return EXIT_FAILED

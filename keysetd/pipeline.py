@@ -50,7 +50,7 @@ from keysetd.plan import Plan, Policy, plan
 from keysetd.plugin import Notifier, NotifyEvent, Output, Role, Source
 from keysetd.repeats import RepeatedFailures
 from keysetd.rotation import next_source
-from keysetd.state import LastKnownGood, StateStore
+from keysetd.state import LastKnownGood, StateStore, UntrustedLastKnownGood
 from keysetd.strict import weak_secrets
 from keysetd.validate import check
 
@@ -185,9 +185,10 @@ class Pipeline:
         except KeysetdError as exc:
             return self._failed(exc, "commit", now)
         fmt = snapshot.format or self.config.source.format
-        self.state.save_lkg(
-            LastKnownGood(snapshot.data, fmt, snapshot.origin, now, result.fingerprint or "")
-        )
+        lkg = LastKnownGood(snapshot.data, fmt, snapshot.origin, now, result.fingerprint or "")
+        # After the notifiers: its history write (the file's digest) costs consumers nothing.
+        self.state.save_lkg(lkg, self._saved_history)
+        self._status.pop("lkg_error", None)  # a good last-known-good replaces a refused one
         failpoints.hit("state.after-lkg-save")  # failpoint (tests only)
         self._last_data = snapshot.data
         self._record_success(now, result)
@@ -481,18 +482,26 @@ class Pipeline:
         )
 
     def _republish_lkg(self, now: float) -> bool:
-        """After a restart with a failing source, publish the last-known-good again."""
-        lkg = self.state.load_lkg()
+        """After a restart with a failing source, publish the last-known-good again.
+
+        Only the file history recorded the digest of: a corrupt or swapped one is
+        refused by name (log, audit, ``status.lkg_error``) and outputs stay as they are.
+        """
+        try:
+            lkg = self.state.verified_lkg()
+        except UntrustedLastKnownGood as exc:
+            self._refuse_lkg(str(exc))
+            return False
         if lkg is None:
             return False
+        where = f"last-known-good ({self.state.lkg_path})"
         try:
-            keyset = self.validate_snapshot(
-                lkg.data, lkg.format, "last-known-good", refuse_revoked=False
-            )
+            keyset = self.validate_snapshot(lkg.data, lkg.format, where, refuse_revoked=False)
             result = self._publish(keyset, now)
         except KeysetdError as exc:
-            event("lkg_unusable", logging.ERROR, error=str(exc))
+            self._refuse_lkg(str(exc))
             return False
+        self._status.pop("lkg_error", None)
         self._status["lkg_fetched_at"] = lkg.fetched_at
         event(
             "published_last_known_good",
@@ -501,6 +510,13 @@ class Pipeline:
         )
         self._audit("published_last_known_good", fingerprint=result.fingerprint)
         return True
+
+    def _refuse_lkg(self, message: str) -> None:
+        """Log every refusal; audit and put in status each new reason once (no flood)."""
+        event("lkg_unusable", logging.ERROR, path=str(self.state.lkg_path), error=message)
+        if self._status.get("lkg_error") != message:
+            self._status["lkg_error"] = message
+            self._audit("lkg_refused", path=str(self.state.lkg_path), reason=message)
 
     # -- status ----------------------------------------------------------------
 

@@ -2,7 +2,16 @@
 
 Every file is written through ``atomic.write_atomic`` with mode 0600, so a crash
 leaves each one old or new. The status file is what ``keysetd status`` reads, so
-it works with or without the HTTP server and while the daemon runs.
+it works with or without the HTTP server and while the daemon runs. (The audit
+log and its head, ``audit.jsonl`` and ``audit.head``, are keysetd.audit's.)
+
+History also records the SHA-256 of the last-known-good file (``lkg_sha256``),
+written before the file itself: a last-known-good that does not match it (bytes
+flipped, or the file swapped for another valid keyset) is refused by name
+(``verified_lkg``), never published. A crash between the two writes leaves an
+older file than history names, which is refused too: republishing it would take
+outputs back to a keyset older than the one they hold. A history from before
+``lkg_sha256`` existed checks nothing until the next save.
 """
 
 from __future__ import annotations
@@ -10,9 +19,12 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import errno
 import fcntl
+import hashlib
 import json
 import os
+import stat
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -21,10 +33,16 @@ from keysetd.atomic import clean_temp_files, write_atomic
 from keysetd.errors import ConfigError
 from keysetd.model import canonical_json
 
-__all__ = ["KeyRecord", "LastKnownGood", "StateStore"]
+__all__ = ["KeyRecord", "LastKnownGood", "StateStore", "UntrustedLastKnownGood"]
 
 STATE_MODE = 0o600
 _MAX_STATE_FILE = 64 << 20
+_LKG_FIELDS = ("data", "format", "origin", "fetched_at", "fingerprint")
+
+
+class UntrustedLastKnownGood(ValueError):
+    """The last-known-good file is missing, unreadable, corrupt or not the one history
+    recorded; the message names the file and why (never its content)."""
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -60,6 +78,48 @@ class KeyRecord:
 _RECORD_FIELDS = tuple(f.name for f in fields(KeyRecord))
 
 
+def _lkg_sha256_of(history: Any) -> str | None:
+    digest = history.get("lkg_sha256") if isinstance(history, dict) else None
+    return digest if isinstance(digest, str) else None
+
+
+def _lkg_dict(lkg: LastKnownGood) -> dict[str, Any]:
+    return {
+        "data": base64.b64encode(lkg.data).decode(),
+        "format": lkg.format,
+        "origin": lkg.origin,
+        "fetched_at": lkg.fetched_at,
+        "fingerprint": lkg.fingerprint,
+    }
+
+
+def _parse_lkg(raw: bytes) -> LastKnownGood:
+    """The last-known-good in ``raw``; ValueError saying what is wrong (never the content)."""
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        raise ValueError("not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise ValueError("not a JSON object")
+    if missing := [name for name in _LKG_FIELDS if name not in doc]:
+        raise ValueError(f"no {', '.join(missing)}")
+    try:
+        data = base64.b64decode(doc["data"], validate=True)
+    except (TypeError, ValueError, binascii.Error):
+        raise ValueError("data is not base64") from None
+    try:
+        fetched_at = float(doc["fetched_at"])
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError("fetched_at is not a number") from None
+    return LastKnownGood(
+        data=data,
+        format=str(doc["format"]),
+        origin=str(doc["origin"]),
+        fetched_at=fetched_at,
+        fingerprint=str(doc["fingerprint"]),
+    )
+
+
 def _record_dict(record: KeyRecord) -> dict[str, Any]:
     """A record as JSON-ready dict (dataclasses.asdict deep-copies: 3 s for 10,000 kids)."""
     return {name: getattr(record, name) for name in _RECORD_FIELDS}
@@ -71,6 +131,9 @@ class StateStore:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._lock_fd: int | None = None
+        #: The last-known-good digest history.json holds (read with history, or on demand).
+        self._lkg_sha256: str | None = None
+        self._lkg_sha256_read = False
 
     @property
     def lkg_path(self) -> Path:
@@ -136,41 +199,72 @@ class StateStore:
     def _read_json(self, path: Path) -> Any:
         """The parsed file, or None when absent; a corrupt file reads as absent."""
         try:
-            with path.open("rb") as handle:
-                raw = handle.read(_MAX_STATE_FILE)
-            return json.loads(raw)
+            return json.loads(self._read_bytes(path))
         except (OSError, ValueError):
             return None
 
+    @staticmethod
+    def _read_bytes(path: Path) -> bytes:
+        """The file's bytes; OSError for anything but a regular file (a FIFO would hang)."""
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, "not a regular file", str(path))
+            return handle.read(_MAX_STATE_FILE)
+
     def load_lkg(self) -> LastKnownGood | None:
-        doc = self._read_json(self.lkg_path)
-        if not isinstance(doc, dict):
-            return None
+        """The last-known-good as the file holds it, unchecked; None when absent or corrupt."""
         try:
-            return LastKnownGood(
-                data=base64.b64decode(doc["data"], validate=True),
-                format=str(doc["format"]),
-                origin=str(doc["origin"]),
-                fetched_at=float(doc["fetched_at"]),
-                fingerprint=str(doc["fingerprint"]),
-            )
-        except (KeyError, TypeError, ValueError, binascii.Error):
+            return _parse_lkg(self._read_bytes(self.lkg_path))
+        except (OSError, ValueError):
             return None
 
-    def save_lkg(self, lkg: LastKnownGood) -> None:
-        self._write_json(
-            self.lkg_path,
-            {
-                "data": base64.b64encode(lkg.data).decode(),
-                "format": lkg.format,
-                "origin": lkg.origin,
-                "fetched_at": lkg.fetched_at,
-                "fingerprint": lkg.fingerprint,
-            },
-        )
+    def verified_lkg(self) -> LastKnownGood | None:
+        """The last-known-good if it is the file history recorded; None when there is none.
+
+        Raises UntrustedLastKnownGood, naming the file, when it is missing though
+        recorded, unreadable, corrupt, or another file than the one recorded.
+        """
+        path, recorded = self.lkg_path, self._recorded_lkg_sha256()
+        where = f"last-known-good ({path})"
+        try:
+            raw = self._read_bytes(path)
+        except FileNotFoundError:
+            if recorded is None:
+                return None
+            raise UntrustedLastKnownGood(
+                f"{where} is missing, though {self.history_path.name} records one"
+            ) from None
+        except OSError as exc:
+            raise UntrustedLastKnownGood(f"{where} cannot be read: {exc.strerror or exc}") from None
+        try:
+            lkg = _parse_lkg(raw)
+        except ValueError as exc:
+            raise UntrustedLastKnownGood(f"{where} is corrupt: {exc}") from None
+        actual = hashlib.sha256(raw).hexdigest()
+        if recorded is not None and actual != recorded:
+            raise UntrustedLastKnownGood(
+                f"{where} does not match the digest recorded in {self.history_path}"
+                f" (SHA-256 {actual[:12]}, recorded {recorded[:12]}): replaced or edited"
+            )
+        return lkg
+
+    def save_lkg(self, lkg: LastKnownGood, history: dict[str, KeyRecord]) -> None:
+        """Record the new file's SHA-256 in history (``history``: the records history.json
+        holds now), then write the file: a crash between leaves it refused, not trusted."""
+        raw = canonical_json(_lkg_dict(lkg)) + b"\n"
+        previous = self._recorded_lkg_sha256()
+        self._lkg_sha256 = hashlib.sha256(raw).hexdigest()
+        try:
+            self.save_history(history)
+        except BaseException:
+            self._lkg_sha256 = previous
+            raise
+        write_atomic(self.lkg_path, raw, STATE_MODE)
 
     def load_history(self) -> dict[str, KeyRecord]:
         doc = self._read_json(self.history_path)
+        self._lkg_sha256, self._lkg_sha256_read = _lkg_sha256_of(doc), True
         records: dict[str, KeyRecord] = {}
         if isinstance(doc, dict) and isinstance(doc.get("keys"), dict):
             for kid, raw in doc["keys"].items():
@@ -179,10 +273,20 @@ class StateStore:
         return records
 
     def save_history(self, records: dict[str, KeyRecord]) -> None:
-        self._write_json(
-            self.history_path,
-            {"version": 1, "keys": {kid: _record_dict(rec) for kid, rec in records.items()}},
-        )
+        """Write the records, keeping the last-known-good digest history records."""
+        doc: dict[str, Any] = {
+            "version": 1,
+            "keys": {kid: _record_dict(rec) for kid, rec in records.items()},
+        }
+        if (digest := self._recorded_lkg_sha256()) is not None:
+            doc["lkg_sha256"] = digest
+        self._write_json(self.history_path, doc)
+
+    def _recorded_lkg_sha256(self) -> str | None:
+        if not self._lkg_sha256_read:
+            self._lkg_sha256 = _lkg_sha256_of(self._read_json(self.history_path))
+            self._lkg_sha256_read = True
+        return self._lkg_sha256
 
     def load_signer(self) -> bytes | None:
         try:

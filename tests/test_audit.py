@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -13,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from keysetd.audit import GENESIS, AuditLog, Verdict, verify
+from keysetd.audit import GENESIS, AuditLog, Head, Verdict, head_path, read_head, verify
 from keysetd.formats import decode
 from keysetd.plan import plan
-from tests.conftest import wait_for
+from tests.conftest import Env, wait_for
 from tests.keys import assert_clean, jwk, jwks_doc, secrets_of
 
 COUNT = 20
@@ -105,12 +106,127 @@ def test_edit_with_the_next_link_forged_is_caught_one_further(log_path: Path) ->
     assert_broken(log_path, 9, "SHA-256 of line 8")
 
 
-def test_edited_last_line_needs_an_anchor(log_path: Path) -> None:
-    """A limit of any chain without an external head: the last line has no successor."""
+def test_edited_last_line_caught_by_the_head(log_path: Path) -> None:
     lines = make_log(log_path)
     lines[-1] = lines[-1].replace(b"kid-20", b"kid-99")
     write_lines(log_path, lines)
+    assert_broken(log_path, COUNT, f"SHA-256 of seq {COUNT} is not the one audit.head records")
+
+
+def test_without_a_head_the_chain_alone_is_checked(log_path: Path) -> None:
+    """A log from before audit.head existed still verifies, and says what it cannot check."""
+    lines = make_log(log_path)
+    head_path(log_path).unlink()
+    assert verify(log_path) == Verdict(
+        COUNT, None, "no audit.head: the end of the log is unchecked"
+    )
+    write_lines(log_path, lines[:-1])  # the limit of a chain without its head
     assert verify(log_path).ok
+
+
+def test_head_records_the_last_line(log_path: Path) -> None:
+    lines = make_log(log_path)
+    assert read_head(head_path(log_path)) == Head(COUNT, sha(lines[-1]))
+    assert head_path(log_path).name == "audit.head"
+    AuditLog(log_path).append_all([{"event": "a"}, {"event": "b"}])
+    assert read_head(head_path(log_path)) == Head(COUNT + 2, sha(lines_of(log_path)[-1]))
+
+
+@pytest.mark.parametrize(
+    ("kept", "missing"),
+    [(COUNT - 1, f"seq {COUNT} missing"), (12, f"seq 13-{COUNT} missing"), (0, f"seq 1-{COUNT}")],
+    ids=["last-line", "several", "emptied"],
+)
+def test_lines_cut_off_the_end(log_path: Path, kept: int, missing: str) -> None:
+    lines = make_log(log_path)
+    write_lines(log_path, lines[:kept])
+    verdict = assert_broken(log_path, kept + 1, missing)
+    ends = f"the log ends at seq {kept}" if kept else "the log is empty"
+    assert verdict.reason.startswith(f"{ends} but audit.head records seq {COUNT}:"), verdict
+    assert verdict.lines == kept
+
+
+def test_log_deleted_with_its_head_left(log_path: Path) -> None:
+    make_log(log_path)
+    log_path.unlink()
+    assert_broken(log_path, 1, f"there is no audit log but audit.head records seq {COUNT}")
+
+
+def test_log_ahead_of_its_head_is_a_crash_not_a_cut(log_path: Path) -> None:
+    """The head is written after the lines: a crash between leaves the log ahead."""
+    make_log(log_path)
+    head = head_path(log_path).read_bytes()
+    AuditLog(log_path).append_all([{"event": "a"}, {"event": "b"}, {"event": "c"}])
+    head_path(log_path).write_bytes(head)
+    assert verify(log_path) == Verdict(COUNT + 3)
+
+
+def test_edited_line_at_a_lagging_head_is_caught(log_path: Path) -> None:
+    lines = make_log(log_path)
+    head = head_path(log_path).read_bytes()
+    AuditLog(log_path).append("later")
+    head_path(log_path).write_bytes(head)
+    after = lines_of(log_path)
+    after[COUNT - 1] = after[COUNT - 1].replace(b"kid-20", b"kid-99")
+    entry = json.loads(after[COUNT])
+    entry["prev"] = sha(after[COUNT - 1])  # the next link forged as well
+    after[COUNT] = line(**entry)
+    write_lines(log_path, after)
+    assert lines[:-1] == after[: COUNT - 1]
+    assert_broken(log_path, COUNT, "audit.head records")
+
+
+@pytest.mark.parametrize("kept", [COUNT - 1, 0], ids=["last-line", "emptied"])
+def test_append_after_a_cut_keeps_the_gap_visible(log_path: Path, kept: int) -> None:
+    """The daemon's next line must not paper over lines cut off the end."""
+    lines = make_log(log_path)
+    write_lines(log_path, lines[:kept])
+    AuditLog(log_path).append("cycle_ok")
+    appended = json.loads(lines_of(log_path)[-1])
+    assert appended["seq"] == COUNT + 1
+    assert appended["prev"] == sha(lines[-1])
+    reason = "does not start here" if kept == 0 else f"SHA-256 of line {kept}"
+    assert_broken(log_path, kept + 1, reason)
+
+
+def test_append_after_an_edited_last_line_keeps_the_edit_visible(log_path: Path) -> None:
+    lines = make_log(log_path)
+    lines[-1] = lines[-1].replace(b"kid-20", b"kid-99")
+    write_lines(log_path, lines)
+    AuditLog(log_path).append("cycle_ok")
+    assert json.loads(lines_of(log_path)[-1])["seq"] == COUNT + 1
+    # Chained to the recorded head, not to the edited line: the next link shows the edit.
+    assert_broken(log_path, COUNT + 1, f"line {COUNT} edited")
+
+
+@pytest.mark.timeout(20)
+def test_a_fifo_head_neither_hangs_verify_nor_append(log_path: Path) -> None:
+    make_log(log_path)
+    head_path(log_path).unlink()
+    os.mkfifo(head_path(log_path))
+    verdict = verify(log_path)
+    assert verdict.ok and "not a regular file" in verdict.reason, verdict
+    AuditLog(log_path).append("cycle_ok")
+    assert read_head(head_path(log_path)) == Head(COUNT + 1, sha(lines_of(log_path)[-1]))
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [b"", b"{", b'{"seq": 0, "sha256": "' + b"a" * 64 + b'"}', b'{"seq": 3, "sha256": "xyz"}'],
+    ids=["empty", "torn", "seq-0", "short-hash"],
+)
+def test_unreadable_head(log_path: Path, garbage: bytes) -> None:
+    """An empty head (a power cut before the filesystem wrote it) is no head, with a note."""
+    lines = make_log(log_path)
+    head_path(log_path).write_bytes(garbage)
+    verdict = verify(log_path)
+    assert verdict.ok, verdict
+    assert "audit.head is unreadable" in verdict.reason
+    with pytest.raises(ValueError):
+        read_head(head_path(log_path))
+    AuditLog(log_path).append("cycle_ok")  # appending records a good head again
+    assert read_head(head_path(log_path)) == Head(COUNT + 1, sha(lines_of(log_path)[-1]))
+    assert lines_of(log_path)[:COUNT] == lines
 
 
 @pytest.mark.parametrize(
@@ -266,6 +382,7 @@ def test_file_mode_is_0600(log_path: Path) -> None:
     finally:
         os.umask(old)
     assert stat.S_IMODE(log_path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(head_path(log_path).stat().st_mode) == 0o600
 
 
 WRITER = """
@@ -343,3 +460,48 @@ def test_no_key_material_in_the_log(log_path: Path) -> None:
     secrets = secrets_of(*keys)
     assert len(secrets) == 9
     assert_clean(text, secrets, "the audit log")
+
+
+def signer_holds(env: Env, kid: bytes) -> bool:
+    try:
+        return kid in env.signer.read_bytes()
+    except FileNotFoundError:
+        return False
+
+
+def test_cli_verify_fails_when_a_daemon_log_is_cut(env: Env) -> None:
+    """Through ``keysetd run`` and ``keysetd audit verify``: a cut log is exit 1, naming the seq."""
+    env.write_source(jwks_doc(jwk("ES256", "es-a"), active="es-a"))
+    env.config()
+    proc = env.start()
+    wait_for(lambda: signer_holds(env, b"es-a"), what="the first publish")
+    env.write_source(jwks_doc(jwk("ES256", "es-a2"), active="es-a2"))
+    wait_for(lambda: signer_holds(env, b"es-a2"), what="the second publish")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0
+    path = env.state / "audit.jsonl"
+    lines = lines_of(path)
+    count = len(lines)
+    assert read_head(head_path(path)) == Head(count, sha(lines[-1]))
+
+    def audit_verify() -> subprocess.CompletedProcess[str]:
+        return env.keysetd("audit", "verify", "--config", str(env.config_path))
+
+    intact = audit_verify()
+    assert (intact.returncode, intact.stdout.strip()) == (0, f"audit log intact: {count} line(s)")
+    write_lines(path, lines[:-1])
+    cut = audit_verify()
+    assert cut.returncode == 1
+    assert f"broken at line {count}:" in cut.stdout and f"seq {count} missing" in cut.stdout
+    path.write_bytes(b"")
+    emptied = audit_verify()
+    assert emptied.returncode == 1 and f"seq 1-{count} missing" in emptied.stdout
+
+    # The daemon's next lines chain on from the recorded head: the cut stays visible.
+    write_lines(path, lines[:-1])
+    env.source.unlink()  # a failing cycle writes an audit line
+    env.start()
+    wait_for(lambda: len(lines_of(path)) > count - 1, what="the restarted daemon's audit line")
+    after = audit_verify()
+    assert after.returncode == 1, after.stdout
+    assert f"SHA-256 of line {count - 1}" in after.stdout
