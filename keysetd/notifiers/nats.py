@@ -23,9 +23,8 @@ from keysetd import proc
 from keysetd.atomic import read_current, write_atomic
 from keysetd.errors import NotifyError
 from keysetd.outputs.nats import NatsOutputConfig, header_kind
-from keysetd.pidfile import check_process_name, target_pid
+from keysetd.pidfile import Pid, check_process_name, target_pid
 from keysetd.plugin import Notifier, NotifierConfig, NotifyEvent, Output
-from keysetd.schema import positive
 from keysetd.units import Duration
 
 __all__ = ["NatsNotifier", "NatsNotifierConfig"]
@@ -41,7 +40,7 @@ class NatsNotifierConfig(NotifierConfig):
     config: Path
     #: The nats output's file that ``config`` includes: what a failed check restores.
     include: Path
-    pid: Annotated[int, positive] | None = None
+    pid: Pid | None = None
     pidfile: Path | None = None
     #: Must match ``/proc/<pid>/comm``; "" skips the check.
     process_name: str = "nats-server"
