@@ -350,7 +350,8 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
     file_data = _read_toml(path) if path is not None else {}
     raw_source = file_data.get("source")
     file_type = raw_source.get("type") if isinstance(raw_source, dict) else None
-    if "source" in compat and file_type not in (None, compat["source"]["type"]):
+    compat_type = compat.get("source", {}).get("type")
+    if compat_type is not None and file_type not in (None, compat_type):
         file_data = {**file_data, "source": {}}  # the convention names its own source type
     data = _merge(_merge(file_data, compat), overrides)
     origins = {**compat_origins, **origins}
