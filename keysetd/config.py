@@ -232,7 +232,7 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 def _origin(loc: str, origins: Mapping[str, str]) -> str:
     for key, name in origins.items():
-        if loc == key or loc.startswith(key + "."):
+        if loc == key or loc.startswith(key + ".") or key.startswith(loc + "."):
             return f" (from ${name})"
     return ""
 
