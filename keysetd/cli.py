@@ -19,6 +19,8 @@ __all__ = ["main"]
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+#: A previous evidence summary.json is a few hundred bytes; this bounds a wrong path.
+_SUMMARY_LIMIT = 1 << 20
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -68,16 +70,19 @@ def cmd_once(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from keysetd.formats import MAX_DOCUMENT
+    from keysetd.readfile import read_limited
     from keysetd.validate import check
 
     if args.file in (None, "-"):
         data, where = sys.stdin.buffer.read(MAX_DOCUMENT + 1), "stdin"
     else:
         try:
-            with open(args.file, "rb") as handle:
-                data = handle.read(MAX_DOCUMENT + 1)
+            data = read_limited(args.file, MAX_DOCUMENT + 1)
         except OSError as exc:
-            print(f"keysetd: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+            print(f"keysetd: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_FAILED
+        except ValueError as exc:  # a FIFO or device would block the read forever
+            print(f"keysetd: cannot read {args.file}: {exc}", file=sys.stderr)
             return EXIT_FAILED
         where = args.file
     try:
@@ -125,15 +130,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(doc, indent=2, sort_keys=True))
     else:
+        # status.json is whatever the daemon (of any version) or a person left there.
+        published = doc.get("published_kids")
+        kids = ", ".join(map(str, published)) if isinstance(published, list) else ""
+        age = doc["lkg_age_seconds"]
         print(f"fingerprint:    {doc['fingerprint'] or '-'}")
         print(f"active kid:     {doc['active_kid'] or '-'}")
-        print(f"published kids: {', '.join(doc['published_kids']) or '-'}")
+        print(f"published kids: {kids or '-'}")
         print(f"last error:     {doc['last_error'] or 'none'}")
-        age = doc["lkg_age_seconds"]
-        print(f"lkg age:        {'-' if age is None else f'{age:.1f}s'}")
-        for key in doc.get("keys") or []:
+        print(f"lkg age:        {f'{age:.1f}s' if isinstance(age, int | float) else '-'}")
+        keys = doc.get("keys")
+        for key in keys if isinstance(keys, list) else []:
+            if not isinstance(key, dict):
+                continue
             until = f" until {_when(key['until'])}" if key.get("until") else ""
-            print(f"  {key['kid']:24} {key['state']:10} {key['reason']}{until}")
+            kid, state = str(key.get("kid", "?")), str(key.get("state", "?"))
+            print(f"  {kid:24} {state:10} {key.get('reason', '')}{until}")
     if doc["fingerprint"] is None:
         return EXIT_FAILED
     return EXIT_OK if doc["last_error"] is None else EXIT_FAILED
@@ -156,10 +168,14 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _when(at: float | None) -> str:
-    if at is None:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at))
+def _when(at: object) -> str:
+    """A UTC date; any other value (a number past year 9999, NaN, text) without a traceback."""
+    if at is None or isinstance(at, bool) or not isinstance(at, int | float):
+        return "-" if at is None else f"{at!r} (not a time)"
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at))
+    except (OverflowError, OSError, ValueError):
+        return "a time out of range"
 
 
 def _current_keyset(pipeline: Any) -> tuple[Any, str]:
@@ -265,6 +281,7 @@ def cmd_rotate(args: argparse.Namespace) -> int:
     from keysetd.crypto import generate
     from keysetd.formats.jwks import render_keyset
     from keysetd.model import Keyset
+    from keysetd.readfile import read_limited
     from keysetd.rotation import new_kid
     from keysetd.validate import check
 
@@ -273,9 +290,12 @@ def cmd_rotate(args: argparse.Namespace) -> int:
     if config.source.type != "file" or not isinstance(path, Path):
         raise ConfigError("keysetd rotate works on a file source")
     try:
-        current = path.read_bytes()
+        current = read_limited(path)
     except OSError as exc:
-        print(f"keysetd: cannot read {path}: {exc.strerror}", file=sys.stderr)
+        print(f"keysetd: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except ValueError as exc:
+        print(f"keysetd: cannot read {path}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     keyset = check(current, config.source.format, hmac_alg=config.policy.hmac_alg, where=str(path))
     rotation = config.settings.rotation
@@ -298,6 +318,7 @@ def cmd_rotate(args: argparse.Namespace) -> int:
 def cmd_evidence(args: argparse.Namespace) -> int:
     from keysetd.evidence import build_evidence, write_evidence
     from keysetd.pipeline import Pipeline
+    from keysetd.readfile import read_limited
 
     pipeline = Pipeline(_config(args))
     lkg = pipeline.state.load_lkg()
@@ -310,7 +331,7 @@ def cmd_evidence(args: argparse.Namespace) -> int:
     previous = None
     if args.previous_summary:
         try:
-            previous = json.loads(Path(args.previous_summary).read_text())
+            previous = json.loads(read_limited(args.previous_summary, _SUMMARY_LIMIT))
         except (OSError, ValueError) as exc:
             print(f"keysetd: cannot read {args.previous_summary}: {exc}", file=sys.stderr)
             return EXIT_FAILED

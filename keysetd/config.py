@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import tomllib
 from collections.abc import Mapping
@@ -32,8 +33,9 @@ from keysetd.plugin import (
     SourceConfig,
     load,
 )
+from keysetd.readfile import read_limited
 from keysetd.schema import Table, TableError
-from keysetd.units import Duration
+from keysetd.units import MAX_TIMEOUT, Duration, PositiveDuration, RotationPeriod, between
 
 __all__ = [
     "DEFAULT_MAX_STALENESS",
@@ -48,6 +50,7 @@ __all__ = [
 
 DEFAULT_MAX_STALENESS = 86400.0
 MAX_CONFIG_BYTES = 1 << 20
+_TIMEOUT_RULE = between(0.0, MAX_TIMEOUT, low_open=True)
 
 
 def _default_state_dir() -> Path:
@@ -63,7 +66,7 @@ class ServerSettings(Table):
 class PolicySettings(Table):
     activation_delay: Duration = 0.0
     retention: Duration = 0.0
-    max_staleness: Duration | None = None
+    max_staleness: PositiveDuration | None = None
     hmac_alg: Literal["HS256", "HS384", "HS512"] = "HS256"
 
     @property
@@ -74,7 +77,7 @@ class PolicySettings(Table):
 class RotationSettings(Table):
     """Managed keys: keysetd owns the file source and rotates its key every ``every``."""
 
-    every: Duration
+    every: RotationPeriod
     alg: Literal["ES256", "ES384", "EdDSA", "RS256", "PS256"] = "ES256"
     kid_prefix: str = ""
 
@@ -132,10 +135,11 @@ def config_path(explicit: str | None, environ: Mapping[str, str] | None = None) 
 
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        with path.open("rb") as handle:
-            raw = handle.read(MAX_CONFIG_BYTES + 1)
+        raw = read_limited(path, MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from exc
+    except ValueError as exc:  # a FIFO or device: refused rather than read forever
+        raise ConfigError(f"cannot read config {path}: {exc}") from exc
     if len(raw) > MAX_CONFIG_BYTES:
         raise ConfigError(f"config {path} is larger than {MAX_CONFIG_BYTES} bytes")
     try:
@@ -147,6 +151,12 @@ def _read_toml(path: Path) -> dict[str, Any]:
 ENV_PREFIX = "KEYSETD_"
 #: Variables with the prefix that are not config keys.
 _NOT_KEYS = frozenset({"KEYSETD_CONFIG"})
+#: What Kubernetes injects into every pod of a namespace with a Service named
+#: ``keysetd`` (unless the pod sets ``enableServiceLinks: false``): not config keys.
+_SERVICE_LINK = re.compile(
+    r"KEYSETD_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?"
+    r"|PORT(_[0-9]+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)?)"
+)
 
 
 def environment_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -154,11 +164,13 @@ def environment_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], d
 
     A value that starts with ``[`` or ``{`` is read as JSON, so arrays of tables
     (``KEYSETD_OUTPUTS='[{"type": "jwks", ...}]'``) can come from the environment.
+    Kubernetes service-link variables (``KEYSETD_SERVICE_HOST``, ``KEYSETD_PORT_9464_TCP``
+    ...) are skipped: no config key has their shape.
     """
     tree: dict[str, Any] = {}
     origins: dict[str, str] = {}
     for name, value in sorted(environ.items()):
-        if not name.startswith(ENV_PREFIX) or name in _NOT_KEYS:
+        if not name.startswith(ENV_PREFIX) or name in _NOT_KEYS or _SERVICE_LINK.fullmatch(name):
             continue
         path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
         if not all(path):
@@ -220,7 +232,7 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 def _origin(loc: str, origins: Mapping[str, str]) -> str:
     for key, name in origins.items():
-        if loc == key or loc.startswith(key + "."):
+        if loc == key or loc.startswith(key + ".") or key.startswith(loc + "."):
             return f" (from ${name})"
     return ""
 
@@ -258,10 +270,26 @@ def _plugin_table(
         problems.append(f"{where}.type: {exc}")
         return None
     try:
-        return cls, cls.Config.parse(table)
+        parsed = cls.Config.parse(table)
     except TableError as exc:
         problems.extend(_describe(exc, where, origins))
         return None
+    if problem := _timeout_problem(parsed):
+        problems.append(f"{where}.timeout: {problem}{_origin(where + '.timeout', origins)}")
+        return None
+    return cls, parsed
+
+
+def _timeout_problem(parsed: object) -> str | None:
+    """Every plugin's ``timeout``, whatever type its table gives it: over 0, at most an hour."""
+    timeout = getattr(parsed, "timeout", None)
+    if not isinstance(timeout, float | int) or isinstance(timeout, bool):
+        return None
+    try:
+        _TIMEOUT_RULE(timeout)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def _check_names(
@@ -322,7 +350,8 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
     file_data = _read_toml(path) if path is not None else {}
     raw_source = file_data.get("source")
     file_type = raw_source.get("type") if isinstance(raw_source, dict) else None
-    if "source" in compat and file_type not in (None, compat["source"]["type"]):
+    compat_type = compat.get("source", {}).get("type")
+    if compat_type is not None and file_type not in (None, compat_type):
         file_data = {**file_data, "source": {}}  # the convention names its own source type
     data = _merge(_merge(file_data, compat), overrides)
     origins = {**compat_origins, **origins}

@@ -186,6 +186,8 @@ def _rsa_public(key: Key) -> rsa.RSAPublicNumbers:
     n, e = _int(key, "n"), _int(key, "e")
     if n.bit_length() > _RSA_MAX_BITS:
         raise KeyMaterialError("invalid-key", f"RSA modulus over {_RSA_MAX_BITS} bits")
+    if n % 2 == 0:  # a product of two odd primes is odd; cryptography accepts an even n
+        raise KeyMaterialError("invalid-key", "RSA modulus n is even")
     return rsa.RSAPublicNumbers(e, n)
 
 

@@ -4,12 +4,36 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Annotated
 
-from keysetd.sources.file import read_limited
+from keysetd.readfile import read_limited
 
-__all__ = ["PIDFILE_LIMIT", "check_process_name", "target_pid"]
+__all__ = ["PIDFILE_LIMIT", "Pid", "check_pid", "check_process_name", "pid_max", "target_pid"]
 
 PIDFILE_LIMIT = 64
+#: The kernel's default ceiling on 64-bit Linux, used where /proc cannot tell.
+PID_MAX_FALLBACK = 1 << 22
+
+
+def pid_max() -> int:
+    """The largest pid the kernel hands out (``/proc/sys/kernel/pid_max``)."""
+    try:
+        value = int(read_limited(Path("/proc/sys/kernel/pid_max"), 32).strip())
+    except (OSError, ValueError):
+        return PID_MAX_FALLBACK
+    return value if 1 < value <= PID_MAX_FALLBACK else PID_MAX_FALLBACK
+
+
+def check_pid(value: int) -> int:
+    """A config rule: a pid the kernel could have given (a larger one overflows ``kill``)."""
+    ceiling = pid_max()
+    if not 1 <= value <= ceiling:
+        raise ValueError(f"must be a pid from 1 to {ceiling} (the kernel's pid_max)")
+    return value
+
+
+#: A ``pid =`` config value.
+Pid = Annotated[int, check_pid]
 
 
 def target_pid(pid: int | None, pidfile: Path | None) -> int:
@@ -27,7 +51,12 @@ def target_pid(pid: int | None, pidfile: Path | None) -> int:
         if len(raw) > PIDFILE_LIMIT or not text.isdigit():
             raise ValueError(f"pidfile {pidfile} does not hold a pid")
         pid = int(text)
-    if pid is None or pid <= 0:
+        if pid > pid_max():
+            raise ValueError(
+                f"pidfile {pidfile} does not hold a pid (its number is above the kernel's "
+                f"pid_max {pid_max()})"
+            )
+    if pid is None or not 0 < pid <= pid_max():
         raise ValueError(f"refusing to signal pid {pid}")
     if pid == os.getpid():
         raise ValueError(f"refusing to signal pid {pid}: that is keysetd itself")

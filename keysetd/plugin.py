@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal
 from keysetd.errors import PluginError
 from keysetd.model import Keyset, Snapshot
 from keysetd.schema import Table, declared_fields
-from keysetd.units import Duration, FileMode
+from keysetd.units import FileMode, RefreshInterval, Timeout
 
 __all__ = [
     "GROUPS",
@@ -51,8 +51,8 @@ SourceFormat = Literal["auto", "jwks", "rgs", "pem"]
 
 class SourceConfig(PluginConfig):
     format: SourceFormat = "auto"
-    refresh_interval: Duration = 60.0
-    timeout: Duration = 10.0
+    refresh_interval: RefreshInterval = 60.0
+    timeout: Timeout = 10.0
 
 
 class Source:

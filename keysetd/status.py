@@ -6,6 +6,7 @@ the daemon runs, and need no connection to it.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -25,10 +26,21 @@ def status_document(state_dir: Path, now: float | None = None) -> dict[str, Any]
         "active_kid": recorded.get("active_kid"),
         "published_kids": recorded.get("published_kids", []),
         "last_error": recorded.get("last_error"),
-        "lkg_age_seconds": round(now - fetched, 3) if isinstance(fetched, int | float) else None,
+        "lkg_age_seconds": _age(now, fetched),
     }
     doc.update({k: v for k, v in recorded.items() if k not in doc and k != "lkg_fetched_at"})
     return doc
+
+
+def _age(now: float, fetched: object) -> float | None:
+    """Seconds since ``fetched``; None for anything that is not a usable time."""
+    if isinstance(fetched, bool) or not isinstance(fetched, int | float):
+        return None
+    try:
+        age = round(now - fetched, 3)
+    except OverflowError:  # an integer beyond any float
+        return None
+    return age if math.isfinite(age) else None
 
 
 def readiness(doc: dict[str, Any], max_staleness: float) -> tuple[bool, str]:

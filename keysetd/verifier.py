@@ -48,6 +48,7 @@ from keysetd.crypto import (
 )
 from keysetd.errors import ConfigError, InvalidKeyset
 from keysetd.model import Key, Keyset
+from keysetd.readfile import read_regular
 
 if TYPE_CHECKING:
     from jwt.types import Options
@@ -531,14 +532,18 @@ class Verifier:
         """Read, parse and build; None (with last_error set) when the file is unusable."""
         self._parses += 1
         try:
-            with open(self._path, "rb") as handle:
-                # The identity of what was read, not of what the path names a moment later.
-                self._seen = _identity(os.fstat(handle.fileno()))
-                data = handle.read(formats.MAX_DOCUMENT + 1)
+            # Non-blocking and regular files only: a FIFO at the path never hangs a request.
+            data, st = read_regular(self._path, formats.MAX_DOCUMENT + 1)
         except OSError as exc:
             self._seen = None
             self._failed(f"cannot read the file: {exc.strerror or exc}")
             return None
+        except ValueError as exc:
+            self._seen = None
+            self._failed(f"cannot read the file: {exc}")
+            return None
+        # The identity of what was read, not of what the path names a moment later.
+        self._seen = _identity(st)
         try:
             keyset = formats.decode(data, "auto", hmac_alg=self._hmac_alg, where=self._path)
         except InvalidKeyset as exc:

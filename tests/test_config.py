@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from keysetd.config import load_config
+from keysetd.config import environment_overrides, load_config
 from keysetd.errors import ConfigError
-from keysetd.units import parse_duration, parse_mode
+from keysetd.units import format_duration, parse_duration, parse_mode
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -52,6 +52,73 @@ def test_durations(text: object, seconds: float) -> None:
 def test_bad_durations(bad: object) -> None:
     with pytest.raises(ValueError):
         parse_duration(bad)
+
+
+@pytest.mark.parametrize(
+    "absurd", ["9999999999999999999d", "3651d", 1e300, float("inf"), 10**400, "9" * 5000]
+)
+def test_durations_end_at_ten_years(absurd: object) -> None:
+    assert parse_duration("3650d") == 3650 * 86400
+    with pytest.raises(ValueError, match="at most 3650d"):
+        parse_duration(absurd)
+
+
+def test_nan_is_not_a_duration() -> None:
+    with pytest.raises(ValueError, match="NaN"):
+        parse_duration(float("nan"))
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(0, "0s"), (0.1, "100ms"), (1, "1s"), (3600, "1h"), (86400, "1d")]
+)
+def test_bounds_are_named_as_durations(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
+
+
+@pytest.mark.parametrize(
+    ("extra", "problem"),
+    [
+        ('\n[policy]\nretention = "3651d"\n', "policy.retention: a duration is finite and at most"),
+        ("\n[policy]\nactivation_delay = inf\n", "policy.activation_delay: a duration is"),
+        ("\n[policy]\nmax_staleness = 0\n", "policy.max_staleness: must be greater than 0"),
+        ('\n[rotation]\nevery = "999ms"\n', "rotation.every: must be at least 1s"),
+        ('\n[rotation]\nevery = "3651d"\n', "rotation.every: a duration is finite"),
+    ],
+)
+def test_policy_and_rotation_bounds(tmp_path: Path, extra: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(base(tmp_path, extra), environ={})
+    assert any(p.startswith(problem) for p in info.value.problems), info.value.problems
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("REFRESH_INTERVAL", "0", "source.refresh_interval: must be at least 100ms"),
+        ("REFRESH_INTERVAL", "99ms", "source.refresh_interval: must be at least 100ms"),
+        ("REFRESH_INTERVAL", "25h", "source.refresh_interval: must be at most 1d"),
+        ("TIMEOUT", "0", "source.timeout: must be greater than 0s"),
+        ("TIMEOUT", "61m", "source.timeout: must be at most 1h"),
+    ],
+)
+def test_source_bounds(tmp_path: Path, key: str, value: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(base(tmp_path), environ={f"KEYSETD_SOURCE__{key}": value})
+    assert info.value.problems == (f"{problem} (from $KEYSETD_SOURCE__{key})",)
+
+
+def test_source_bounds_are_inclusive(tmp_path: Path) -> None:
+    for interval, timeout in (("100ms", "1ms"), ("1d", "1h")):
+        environ = {"KEYSETD_SOURCE__REFRESH_INTERVAL": interval, "KEYSETD_SOURCE__TIMEOUT": timeout}
+        assert load_config(base(tmp_path), environ=environ).source.refresh_interval > 0
+
+
+def test_a_notifier_timeout_is_bounded_whatever_its_type(tmp_path: Path) -> None:
+    notify = '\n[[notify]]\ntype = "command"\nargv = ["/bin/true"]\ntimeout = "{}"\n'
+    with pytest.raises(ConfigError) as info:
+        load_config(base(tmp_path, notify.format("0s")), environ={})
+    assert info.value.problems == ("notify.0.timeout: must be greater than 0s",)
+    assert load_config(base(tmp_path, notify.format("1h")), environ={}).notifiers
 
 
 def test_modes() -> None:
@@ -253,3 +320,47 @@ def test_a_huge_number_is_a_config_error_not_a_crash(
         load_config(base(tmp_path))
     [problem] = caught.value.problems
     assert problem.startswith("notify.0.pid: expected an integer")
+
+
+def test_refresh_interval_convention_alone_keeps_the_file_source(tmp_path: Path) -> None:
+    """It once raised KeyError: the convention's table had no source type."""
+    config = load_config(base(tmp_path), environ={"RGS_JWT_KEYSET_REFRESH_INTERVAL": "15s"})
+    assert config.build_source().describe() == "file:/etc/keysetd/keyset.json"
+    assert config.source.refresh_interval == 15
+
+
+SERVICE_LINKS = [
+    "KEYSETD_SERVICE_HOST",
+    "KEYSETD_SERVICE_PORT",
+    "KEYSETD_SERVICE_PORT_HTTP",
+    "KEYSETD_SERVICE_PORT_KEYSETD_HTTP",
+    "KEYSETD_PORT",
+    "KEYSETD_PORT_9464_TCP",
+    "KEYSETD_PORT_9464_TCP_PROTO",
+    "KEYSETD_PORT_9464_TCP_PORT",
+    "KEYSETD_PORT_9464_TCP_ADDR",
+    "KEYSETD_PORT_53_UDP_ADDR",
+    "KEYSETD_PORT_38412_SCTP",
+]
+
+
+def test_kubernetes_service_links_are_not_keys(tmp_path: Path) -> None:
+    environ = dict.fromkeys(SERVICE_LINKS, "tcp://10.96.0.12:9464")
+    assert environment_overrides(environ) == ({}, {})
+    assert load_config(base(tmp_path), environ=environ).build_outputs()
+
+
+@pytest.mark.parametrize(
+    "near_miss",
+    [
+        "KEYSETD_SERVICE_HOSTS",
+        "KEYSETD_PORTS",
+        "KEYSETD_PORT_9464",
+        "KEYSETD_PORT_9464_TCP_HOST",
+        "KEYSETD_PORT_X_TCP",
+        "KEYSETD_SERVICE__HOST",
+    ],
+)
+def test_only_the_exact_service_link_shapes_are_skipped(tmp_path: Path, near_miss: str) -> None:
+    with pytest.raises(ConfigError, match=rf"unknown key \(from \${near_miss}\)"):
+        load_config(base(tmp_path), environ={near_miss: "x"})

@@ -170,3 +170,21 @@ def test_dockerfile_runs_keysetd_as_10001() -> None:
     assert "USER 10001:10001" in lines
     assert 'ENTRYPOINT ["keysetd"]' in lines
     assert 'CMD ["run", "--config", "/etc/keysetd/keysetd.toml"]' in lines
+
+
+def test_pods_get_no_service_links_and_keysetd_ignores_them(tmp_path: Path) -> None:
+    """A Service named keysetd injects KEYSETD_* variables into every pod of the namespace."""
+    assert pod_spec()["enableServiceLinks"] is False
+    path = tmp_path / "keysetd.toml"
+    path.write_text(resource("ConfigMap")["data"]["keysetd.toml"])
+    links = {
+        "KEYSETD_SERVICE_HOST": "10.96.0.12",
+        "KEYSETD_SERVICE_PORT": str(PORT),
+        "KEYSETD_SERVICE_PORT_KEYSETD_HTTP": str(PORT),
+        "KEYSETD_PORT": f"tcp://10.96.0.12:{PORT}",
+        f"KEYSETD_PORT_{PORT}_TCP": f"tcp://10.96.0.12:{PORT}",
+        f"KEYSETD_PORT_{PORT}_TCP_PROTO": "tcp",
+        f"KEYSETD_PORT_{PORT}_TCP_PORT": str(PORT),
+        f"KEYSETD_PORT_{PORT}_TCP_ADDR": "10.96.0.12",
+    }
+    assert load_config(path, environ=links).settings == load_config(path, environ={}).settings

@@ -157,9 +157,10 @@ def test_stale_pid_is_an_error(tmp_path: Path) -> None:
 
 
 def test_stale_pid_with_process_name() -> None:
-    pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    gone = subprocess.Popen([PY, "-c", "pass"])
+    gone.wait(timeout=5)
     with pytest.raises(NotifyError, match="stale pid"):
-        signal_notifier(pid=pid_max + 1, process_name="app").notify(EVENT)
+        signal_notifier(pid=gone.pid, process_name="app").notify(EVENT)
 
 
 @pytest.mark.parametrize(

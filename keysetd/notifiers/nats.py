@@ -28,9 +28,8 @@ from keysetd.atomic import read_current
 from keysetd.errors import NotifyError
 from keysetd.notifiers.natsconf import staged
 from keysetd.outputs.nats import NatsOutputConfig, header_kind
-from keysetd.pidfile import check_process_name, target_pid
+from keysetd.pidfile import Pid, check_process_name, target_pid
 from keysetd.plugin import Notifier, NotifierConfig, NotifyEvent, Output
-from keysetd.schema import positive
 from keysetd.units import Duration
 
 __all__ = ["NatsNotifier", "NatsNotifierConfig"]
@@ -46,7 +45,7 @@ class NatsNotifierConfig(NotifierConfig):
     config: Path
     #: The nats output's file that ``config`` includes: its new bytes are checked first.
     include: Path
-    pid: Annotated[int, positive] | None = None
+    pid: Pid | None = None
     pidfile: Path | None = None
     #: Must match ``/proc/<pid>/comm``; "" skips the check.
     process_name: str = "nats-server"

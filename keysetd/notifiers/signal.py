@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Annotated, ClassVar
 
 from keysetd.errors import NotifyError
-from keysetd.pidfile import check_process_name, target_pid
+from keysetd.pidfile import Pid, check_process_name, target_pid
 from keysetd.plugin import Notifier, NotifierConfig, NotifyEvent
-from keysetd.schema import non_empty, positive
+from keysetd.schema import non_empty
 
 __all__ = ["SignalNotifier", "SignalNotifierConfig", "parse_signal"]
 
@@ -39,7 +39,7 @@ def _signal_name(value: str) -> str:
 
 
 class SignalNotifierConfig(NotifierConfig):
-    pid: Annotated[int, positive] | None = None
+    pid: Pid | None = None
     pidfile: Path | None = None
     signal: Annotated[str, _signal_name] = "SIGHUP"
     process_name: Annotated[str, non_empty] | None = None

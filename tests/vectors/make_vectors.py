@@ -278,6 +278,8 @@ def make_invalid() -> None:
     )
 
     write(inv / "invalid-key--rsa-even-e.json", {"keys": [public(rs) | {"e": uint(65536)}]})
+    even_n = int.from_bytes(base64.urlsafe_b64decode(rs["n"] + "==")) & ~1
+    write(inv / "invalid-key--rsa-even-n.json", {"keys": [public(rs) | {"n": uint(even_n)}]})
     write(inv / "invalid-key--ec-d-zero.json", {"keys": [es | {"d": b64u(bytes(32))}]})
     write(
         inv / "invalid-key--unsupported-crv.json",
