@@ -17,6 +17,10 @@ import select
 __all__ = ["Wake"]
 
 
+#: The largest timeout poll() takes, in milliseconds (a C int).
+_POLL_MAX_MS = 2**31 - 1
+
+
 class Wake:
     """Set from any thread or signal handler, waited on by one thread; set until cleared.
 
@@ -40,7 +44,13 @@ class Wake:
         return self.wait(0)
 
     def wait(self, timeout: float | None = None) -> bool:
-        """True once set, False after ``timeout`` seconds (None: no limit)."""
+        """True once set, False after ``timeout`` seconds (None: no limit).
+
+        poll() takes a C int of milliseconds: a longer timeout is cut to ~24 days (the
+        caller loops on its own deadline), never an OverflowError.
+        """
         poller = select.poll()  # one per call: a poll object refuses two threads at once
         poller.register(self._read, select.POLLIN)
-        return bool(poller.poll(None if timeout is None else max(0, math.ceil(timeout * 1000))))
+        if timeout is None or not math.isfinite(timeout):
+            return bool(poller.poll(None if timeout is None or timeout > 0 else 0))
+        return bool(poller.poll(min(_POLL_MAX_MS, max(0, math.ceil(timeout * 1000)))))

@@ -53,3 +53,13 @@ def test_a_signal_handler_may_set_it_while_the_main_thread_waits_or_clears() -> 
     finally:
         signal.signal(signal.SIGUSR1, previous)
     assert fired > 100
+
+
+def test_a_timeout_longer_than_poll_takes_is_cut_not_overflowed() -> None:
+    wake = Wake()
+    wake.set()
+    assert wake.wait(1e12) is True  # past poll()'s C int of milliseconds
+    assert wake.wait(float("inf")) is True
+    wake.clear()
+    assert wake.wait(float("-inf")) is False
+    assert wake.wait(-5) is False
