@@ -27,7 +27,9 @@ def _config(args: argparse.Namespace) -> Config:
     path = config_path(args.config)
     if path is None:
         raise ConfigError("no config given: use --config PATH or set KEYSETD_CONFIG")
-    return load_config(path)
+    from keysetd.strict import checked
+
+    return checked(load_config(path))
 
 
 def _setup_logging(config: Config, args: argparse.Namespace) -> None:

@@ -405,10 +405,4 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
         outputs=tuple(outputs.values()),
         notifiers=tuple(notifiers),
     )
-    if settings.strict:
-        from keysetd.strict import config_violations
-
-        if violations := config_violations(config):
-            where = f" in {path}" if path else ""
-            raise ConfigError(f"strict mode refuses the configuration{where}", tuple(violations))
     return config

@@ -26,7 +26,7 @@ from keysetd.sdnotify import notify as sd_notify
 from keysetd.sdnotify import watchdog_period
 from keysetd.state import StateStore
 from keysetd.status import readiness, status_document
-from keysetd.strict import config_violations
+from keysetd.strict import checked, config_violations
 from keysetd.wake import Wake
 from keysetd.watch import Watcher
 
@@ -165,7 +165,7 @@ class Daemon:
         """Re-read the config; a bad one is refused (named in the log and status), the old stays."""
         self.reload_requested = False
         try:
-            new = load_config(self.config.path)
+            new = checked(load_config(self.config.path))
         except ConfigError as exc:
             self._refuse_reload(one_line(exc), exc.problems)
             return

@@ -51,8 +51,7 @@ from keysetd.plugin import Notifier, NotifyEvent, Output, Role, Source
 from keysetd.repeats import RepeatedFailures
 from keysetd.rotation import next_source
 from keysetd.state import LastKnownGood, StateStore, UntrustedLastKnownGood
-from keysetd.strict import weak_secrets
-from keysetd.validate import check
+from keysetd.validate import check, weak_secrets
 
 __all__ = ["CycleResult", "Pipeline"]
 

@@ -1,31 +1,28 @@
-"""Strict production mode (DESIGN section 7): what production refuses and development warns about.
+"""Strict production mode (DESIGN section 7): the config rules production refuses.
 
-Two kinds of rule: config rules (``config_violations``), checked at start-up, on
-reload and by ``keysetd check-config``; and keyset rules (``weak_secrets``),
-checked on every HMAC keyset. With ``strict = true`` each violation is a
-refusal; without it, a warning.
+``config_violations`` runs after the config is loaded (it also looks at the
+filesystem: modes and owners), at start-up, on reload and in ``keysetd
+check-config``; ``checked`` turns them into a ConfigError under ``strict = true``,
+a warning otherwise. Keyset rules (``weak_secrets``) live with the other keyset
+rules in ``keysetd.validate``. The config loader knows nothing of this module.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import stat
-from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from keysetd.config import Config
-from keysetd.crypto import b64u_decode
-from keysetd.errors import Problem
+from keysetd.errors import ConfigError
 from keysetd.fscheck import filesystem_violations
 from keysetd.httpcheck import is_loopback
-from keysetd.model import Keyset
 from keysetd.plugin import PluginConfig, Role
 
-__all__ = ["config_violations", "weak_secrets"]
+__all__ = ["checked", "config_violations"]
 
 #: Config keys that would hold a credential or key material inline.
 _INLINE_SECRET_KEYS = frozenset(
@@ -36,17 +33,6 @@ _SKIP_VERIFY_KEYS = frozenset({"insecure", "tls_skip_verify", "skip_verify"})
 _VERIFY_KEYS = frozenset({"verify", "tls_verify", "verify_tls"})
 _URL_KEYS = frozenset({"url", "address", "endpoint_url"})
 _PRIVATE_MODE_LIMIT = 0o640
-#: Secrets seen in tutorials, defaults and leaked configs; compared case-insensitively.
-_KNOWN_SECRETS = frozenset(
-    {
-        "secret", "changeme", "change-me", "password", "default", "test", "example",
-        "your-256-bit-secret", "your-secret-key", "supersecret", "super-secret",
-        "jwt-secret", "jwtsecret", "keyboard cat", "shhhhh", "mysecret", "my-secret",
-        "secretkey", "12345678", "a-string-secret-at-least-256-bits-long",
-    }
-)  # fmt: skip
-_MIN_SECRET_BYTES = 32
-_MIN_BITS_PER_CHAR = 3.0
 
 
 def _table_rules(where: str, table: PluginConfig) -> Iterable[str]:
@@ -97,26 +83,9 @@ def config_violations(config: Config) -> list[str]:
     return found + filesystem_violations(config)
 
 
-def _bits_per_char(text: bytes) -> float:
-    counts = Counter(text)
-    total = len(text)
-    return -sum(n / total * math.log2(n / total) for n in counts.values())
-
-
-def weak_secrets(keyset: Keyset) -> list[Problem]:
-    """HMAC secrets that are short, low in entropy or well-known defaults."""
-    found = []
-    for key in keyset:
-        if key.kty != "oct":
-            continue
-        try:
-            secret = b64u_decode(key.member("k") or "")
-        except ValueError:
-            continue
-        if secret.decode("utf-8", "replace").strip().lower() in _KNOWN_SECRETS:
-            found.append(Problem(key.kid, "weak-secret", "a well-known default secret"))
-        elif len(secret) < _MIN_SECRET_BYTES:
-            found.append(Problem(key.kid, "weak-secret", f"{len(secret)} bytes; use 32 or more"))
-        elif _bits_per_char(secret) < _MIN_BITS_PER_CHAR:
-            found.append(Problem(key.kid, "weak-secret", "low entropy (repetitive characters)"))
-    return found
+def checked(config: Config) -> Config:
+    """``config``, or a ConfigError listing every violation when ``strict = true``."""
+    if config.settings.strict and (violations := config_violations(config)):
+        where = f" in {config.path}" if config.path else ""
+        raise ConfigError(f"strict mode refuses the configuration{where}", tuple(violations))
+    return config

@@ -10,6 +10,7 @@ private-mismatch, active-kid-unknown, missing-active-kid, unsupported-use.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import Counter
 from collections.abc import Mapping
 from functools import lru_cache
@@ -29,7 +30,7 @@ from keysetd.formats import decode_partial
 from keysetd.formats.jwks import kid_label, short
 from keysetd.model import PRIVATE_MEMBERS, PUBLIC_MEMBERS, Key, Keyset
 
-__all__ = ["RULES", "check", "find_problems", "resolve_active", "validate"]
+__all__ = ["RULES", "check", "find_problems", "resolve_active", "validate", "weak_secrets"]
 
 RULES = (
     "malformed",
@@ -230,3 +231,41 @@ def check(
     if problems or found:
         raise InvalidKeyset((*problems, *found), where)
     return keyset
+
+
+#: Secrets seen in tutorials, defaults and leaked configs; compared case-insensitively.
+_KNOWN_SECRETS = frozenset(
+    {
+        "secret", "changeme", "change-me", "password", "default", "test", "example",
+        "your-256-bit-secret", "your-secret-key", "supersecret", "super-secret",
+        "jwt-secret", "jwtsecret", "keyboard cat", "shhhhh", "mysecret", "my-secret",
+        "secretkey", "12345678", "a-string-secret-at-least-256-bits-long",
+    }
+)  # fmt: skip
+_MIN_SECRET_BYTES = 32
+_MIN_BITS_PER_CHAR = 3.0
+
+
+def _bits_per_char(text: bytes) -> float:
+    counts = Counter(text)
+    total = len(text)
+    return -sum(n / total * math.log2(n / total) for n in counts.values())
+
+
+def weak_secrets(keyset: Keyset) -> list[Problem]:
+    """HMAC secrets that are short, low in entropy or well-known defaults."""
+    found = []
+    for key in keyset:
+        if key.kty != "oct":
+            continue
+        try:
+            secret = b64u_decode(key.member("k") or "")
+        except ValueError:
+            continue
+        if secret.decode("utf-8", "replace").strip().lower() in _KNOWN_SECRETS:
+            found.append(Problem(key.kid, "weak-secret", "a well-known default secret"))
+        elif len(secret) < _MIN_SECRET_BYTES:
+            found.append(Problem(key.kid, "weak-secret", f"{len(secret)} bytes; use 32 or more"))
+        elif _bits_per_char(secret) < _MIN_BITS_PER_CHAR:
+            found.append(Problem(key.kid, "weak-secret", "low entropy (repetitive characters)"))
+    return found

@@ -346,7 +346,12 @@ def test_a_failing_due_change_backs_off_and_is_audited_once(env: Env, keys: dict
 
     # Recovery: a new Ed25519 key; the count of repeats is written before the publish.
     env.write_source(jwks_doc(jwk("EdDSA", "ed-b"), keys["es-b"]))
-    wait_for(lambda: "ed-b" in nats.read_text(), timeout=10, what="recovery")
+
+    def recovered() -> bool:
+        names = audit_events(env)
+        return "ed-b" in nats.read_text() and "published" in names[names.index("commit_failed") :]
+
+    wait_for(recovered, timeout=10, what="recovery")  # the audit line follows the commit
     lines = [json.loads(x) for x in (env.state / "audit.jsonl").read_text().splitlines()]
     names = [line["event"] for line in lines]
     summary = lines[names.index("failure_repeated")]

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from keysetd.config import load_config
+from keysetd.strict import checked
 from keysetd.errors import ConfigError
 from keysetd.pipeline import Pipeline
 from tests.conftest import Env, render_toml, wait_for
@@ -39,15 +40,15 @@ def refused(env: Env, config: dict[str, Any], expected: str) -> None:
     env.source.write_text("{}")
     env.source.chmod(0o600)
     with pytest.raises(ConfigError, match=expected):
-        load_config(write(env, config))
+        checked(load_config(write(env, config)))
     relaxed = {**config, "strict": False}
-    assert load_config(write(env, relaxed))  # only a warning without strict
+    assert checked(load_config(write(env, relaxed)))  # only a warning without strict
 
 
 def test_a_clean_strict_config_loads(env: Env) -> None:
     env.source.write_text("{}")
     env.source.chmod(0o600)
-    assert load_config(write(env, base(env))).settings.strict
+    assert checked(load_config(write(env, base(env)))).settings.strict
 
 
 def test_env_source(env: Env) -> None:
@@ -71,7 +72,7 @@ def test_group_writable_source_file(env: Env) -> None:
     env.source.write_text("{}")
     env.source.chmod(0o664)
     with pytest.raises(ConfigError, match=r"source.path: .* group- or world-writable"):
-        load_config(write(env, config))
+        checked(load_config(write(env, config)))
 
 
 def test_private_output_mode_wider_than_0640(env: Env) -> None:
@@ -84,7 +85,7 @@ def test_plain_http_to_a_remote_host(env: Env) -> None:
     refused(env, remote, r"notify.0.url: http:// to reload.example.com")
     local = base(env, notify=[{"type": "http", "url": "http://127.0.0.1:8080/-/reload"}])
     env.source.chmod(0o600)
-    assert load_config(write(env, local))
+    assert checked(load_config(write(env, local)))
 
 
 def test_disabled_tls_verification() -> None:
