@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from keysetd.config import load_config
-from keysetd.strict import checked
 from keysetd.errors import ConfigError
 from keysetd.pipeline import Pipeline
+from keysetd.strict import checked
 from tests.conftest import Env, render_toml, wait_for
 from tests.keys import jwks_doc
 
