@@ -15,6 +15,7 @@ import time
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from keysetd import cancel
 from keysetd.atomic import clean_temp_files
 from keysetd.config import Config, load_config
 from keysetd.errors import ConfigError
@@ -120,6 +121,7 @@ class Daemon:
 
     def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
         self.stopping = True
+        cancel.cancel_all()  # a source fetch in flight ends now, not at its timeout (takes no lock)
         self.wake.set()
 
     def _on_hup(self, _signum: int, _frame: FrameType | None) -> None:
