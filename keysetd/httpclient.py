@@ -19,6 +19,7 @@ header value; at most a redacted excerpt of a body). Callers translate them into
 their keysetd error (``raise SourceError(...) from exc``)::
 
     HttpFailure
+    ├── HttpConnectError  no connection: the name did not resolve, the port refused
     ├── HttpTimeout     the deadline passed
     ├── HttpCancelled   keysetd is stopping
     ├── HttpTlsError    certificate or handshake refused, ca_file unreadable
@@ -50,6 +51,7 @@ from keysetd.proc import redact
 __all__ = [
     "MAX_BODY",
     "HttpCancelled",
+    "HttpConnectError",
     "HttpFailure",
     "HttpTimeout",
     "HttpTlsError",
@@ -76,6 +78,10 @@ class HttpFailure(Exception):
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(reason)
+
+
+class HttpConnectError(HttpFailure):
+    """No connection was made: the name did not resolve, or no address accepted it."""
 
 
 class HttpTimeout(HttpFailure):
@@ -187,6 +193,7 @@ def _exchange(
 ) -> Response:
     host, port = address
     sock: socket.socket = _connect(call, address)
+    call.connected = True
     conn: http.client.HTTPConnection
     if context is not None:
         tls = context.wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
@@ -308,6 +315,7 @@ class _Call:
         self.deadline = time.monotonic() + timeout
         self.expired = False
         self.cancelled = False
+        self.connected = False
         self._lock = threading.Lock()
         self._watches: list[socket.socket] = []
         self._owned: list[socket.socket] = []
@@ -378,7 +386,9 @@ class _Call:
         if isinstance(exc, ssl.SSLError):
             return HttpTlsError(f"TLS handshake failed: {exc.reason or exc}")
         if isinstance(exc, socket.gaierror):
-            return HttpFailure(f"cannot resolve the host: {exc.strerror}")
+            return HttpConnectError(f"cannot resolve the host: {exc.strerror}")
+        if not self.connected and isinstance(exc, OSError):
+            return HttpConnectError(exc.strerror or redact(str(exc))[:_EXCERPT])
         if isinstance(exc, OSError) and exc.strerror:
             return HttpFailure(exc.strerror)
         return HttpFailure(redact(f"{type(exc).__name__}: {exc}")[:_EXCERPT])

@@ -148,6 +148,10 @@ class HttpServer:
         scheme = "https" if self.tls is not None else "http"
         return f"{scheme}://127.0.0.1:{self.port}{path}"
 
+    @property
+    def running(self) -> bool:
+        return self._httpd is not None
+
     def start(self) -> HttpServer:
         httpd = _Httpd(("127.0.0.1", self.port), _Handler)
         httpd.owner = self

@@ -434,6 +434,23 @@ def test_a_dripping_body_is_bounded_by_the_timeout(served: Served, realm: Realm)
     assert time.monotonic() - started < 2
 
 
+@pytest.mark.parametrize("part", ["head", "body"])
+def test_an_answer_dripped_a_byte_per_half_second_fails_at_the_timeout(
+    served: Served, realm: Realm, part: str
+) -> None:
+    """Each byte comes well within any idle timeout; only a total deadline ends the fetch."""
+    served.reply.body = realm.certs()
+    if part == "head":
+        served.reply.drip_head = 0.5
+    else:
+        served.reply.drip_body = 0.5
+    started = time.monotonic()
+    with pytest.raises(SourceError, match=r"timed out after 1s"):
+        source(served.url, timeout="1s").fetch()
+    elapsed = time.monotonic() - started
+    assert 0.9 <= elapsed < 1 + 2, elapsed  # the drip alone takes over a minute
+
+
 def test_connection_refused() -> None:
     port = free_port()
     with pytest.raises(SourceError, match="Connection refused"):
