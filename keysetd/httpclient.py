@@ -212,20 +212,23 @@ def _exchange(
         headers={**request.headers, "Connection": "close"},
     )
     sock.settimeout(call.remaining())
-    response = conn.getresponse()
+    with contextlib.closing(conn.getresponse()) as response:  # it holds the socket open
+        return _answer(call, sock, response, request.max_body)
+
+
+def _answer(
+    call: _Call, sock: socket.socket, response: http.client.HTTPResponse, max_body: int
+) -> Response:
+    """The response read within the deadline: a 2xx body up to ``max_body``, else an excerpt."""
     status = response.status
-    limit = request.max_body if 200 <= status < 300 else _EXCERPT_BYTES
+    success = 200 <= status < 300
+    limit = max_body if success else _EXCERPT_BYTES
     declared = response.getheader("Content-Length")
-    if (
-        200 <= status < 300
-        and declared is not None
-        and declared.isdigit()
-        and int(declared) > limit
-    ):
+    if success and declared is not None and declared.isdigit() and int(declared) > limit:
         raise HttpTooLarge(f"response of {int(declared)} bytes is over max_bytes ({limit})")
     body = _read(call, sock, response, limit)
     call.check()  # an end of body the deadline forced is a timeout, not an answer
-    if 200 <= status < 300:
+    if success:
         if len(body) > limit:
             raise HttpTooLarge(f"response is over max_bytes ({limit})")
         if response.length:  # Content-Length promised more than came before the close
