@@ -16,6 +16,7 @@ import time
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from keysetd import cancel
 from keysetd.atomic import clean_temp_files
 from keysetd.backoff import next_wait
 from keysetd.config import Config, load_config
@@ -124,6 +125,7 @@ class Daemon:
 
     def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
         self.stopping = True
+        cancel.cancel_all()  # a source fetch in flight ends now, not at its timeout (takes no lock)
         self.wake.set()
 
     def _on_hup(self, _signum: int, _frame: FrameType | None) -> None:

@@ -6,6 +6,10 @@ environment, no stdin and its own session, so a timeout or an oversized
 output kills its whole process group, grandchildren included. Its stderr is
 kept bounded and passed through :func:`redact` before it reaches any error,
 because a failing KMS client may print the very key material it fetched.
+
+A ``cancellable`` run (the command source) registers its process group with
+:mod:`keysetd.cancel`: SIGTERM to keysetd kills the group at once instead of
+waiting out the timeout.
 """
 
 from __future__ import annotations
@@ -19,9 +23,12 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 
+from keysetd import cancel
+
 __all__ = [
     "BASE_ENV_PATH",
     "STDERR_TAIL",
+    "ProcCancelled",
     "ProcExit",
     "ProcFailure",
     "ProcOutputTooLarge",
@@ -40,6 +47,7 @@ BASE_ENV_PATH = "/usr/local/bin:/usr/bin:/bin"
 STDERR_TAIL = 2048
 _CHUNK = 65536
 _REAP_TIMEOUT = 5.0
+_CANCELLED = "cancelled: keysetd is stopping (process group killed)"
 
 _PEM = re.compile(r"-----BEGIN [^-\n]{0,64}-----.*?(?:-----END [^-\n]{0,64}-----|\Z)", re.DOTALL)
 # base64, base64url and hex share this alphabet; 20+ of them in a row is treated as a secret.
@@ -97,6 +105,10 @@ class ProcSpawnError(ProcFailure):
 
 class ProcTimeout(ProcFailure):
     """The program outlived its timeout; its process group was killed."""
+
+
+class ProcCancelled(ProcFailure):
+    """keysetd is stopping (SIGTERM); the process group was killed."""
 
 
 class ProcOutputTooLarge(ProcFailure):
@@ -168,6 +180,7 @@ def run(
     env: Mapping[str, str],
     timeout: float,
     max_stdout: int | None,
+    cancellable: bool = False,
 ) -> bytes:
     """Run ``argv`` and return its stdout, or raise a :class:`ProcFailure`.
 
@@ -175,10 +188,13 @@ def run(
     discards stdout. The timeout covers the whole run, reading included: when
     it expires, or stdout overflows, the process group gets SIGKILL. A program
     that exits but leaves a background child holding its pipes open runs into
-    the timeout too.
+    the timeout too. With ``cancellable``, :func:`keysetd.cancel.cancel_all` kills
+    the group too, and the run raises :class:`ProcCancelled`.
     """
     if not argv:
         raise ProcSpawnError("empty argv")
+    if cancellable and cancel.stopping():
+        raise ProcCancelled(_CANCELLED)
     deadline = time.monotonic() + timeout
     try:
         proc = subprocess.Popen(
@@ -192,7 +208,29 @@ def run(
         )
     except OSError as exc:
         raise ProcSpawnError(f"cannot start: {exc.strerror or exc}") from exc
+    killed: list[bool] = []
 
+    def kill() -> None:
+        """From the SIGTERM handler: one syscall, no lock (the group id stays the child's
+        until its last member is gone: Linux reuses no pid that names a live group)."""
+        killed.append(True)
+        os.killpg(proc.pid, signal.SIGKILL)
+
+    with contextlib.ExitStack() as stack:
+        if cancellable:
+            stack.enter_context(cancel.cancellable(kill))
+        stdout, returncode, stderr = _collect(proc, deadline, timeout, max_stdout)
+    if killed:
+        raise ProcCancelled(_CANCELLED)
+    if returncode != 0:
+        raise ProcExit(returncode, stderr.text())
+    return stdout
+
+
+def _collect(
+    proc: subprocess.Popen[bytes], deadline: float, timeout: float, max_stdout: int | None
+) -> tuple[bytes, int, _Tail]:
+    """Read the child's pipes until both close, then reap it: (stdout, status, stderr)."""
     stdout = bytearray()
     stderr = _Tail(STDERR_TAIL * 2)
     try:
@@ -242,9 +280,7 @@ def run(
         for pipe in (proc.stdout, proc.stderr):
             if pipe is not None:
                 pipe.close()
-    if returncode != 0:
-        raise ProcExit(returncode, stderr.text())
-    return bytes(stdout)
+    return bytes(stdout), returncode, stderr
 
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

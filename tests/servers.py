@@ -1,5 +1,5 @@
-"""Helpers for tests that run real servers on loopback: ports, binaries, processes, TLS, and
-the keysetd log events of the sources those tests drive in process."""
+"""Helpers for tests that run real servers on loopback: ports, binaries, processes, TLS, one
+configurable HTTP(S) server, and the keysetd log events of the sources tests drive in process."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ import ssl
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -89,6 +91,172 @@ def serving(httpd: S) -> Iterator[S]:
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=5)
+
+
+# --- one configurable HTTP(S) server ----------------------------------------------------------
+
+
+@dataclass
+class Reply:
+    """What the server answers: status, headers, body, and how slowly.
+
+    ``delay`` holds the answer back that long (nothing is sent); ``drip_head`` and
+    ``drip_body`` send the head (status line and headers) or the body one byte per
+    that many seconds. A held or dripping answer ends at once when the server stops.
+    """
+
+    status: int = 200
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    drip_head: float = 0.0
+    drip_body: float = 0.0
+    content_length: bool = True
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One request as the server read it; ``at`` is its time.monotonic() on arrival."""
+
+    method: str
+    path: str
+    headers: Any  # http.client.HTTPMessage: case-insensitive names
+    body: bytes
+    at: float
+
+
+class HttpServer:
+    """A real HTTP(S) server on 127.0.0.1 that records requests and answers ``reply``.
+
+    ``routes`` answers by path (the query dropped), ``respond`` (when set) decides
+    from the request; the reply may be changed between requests. ``stop`` and
+    ``start`` again keep the port, as a provider that goes down and comes back.
+    """
+
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        self.tls = tls
+        self.reply = Reply()
+        self.routes: dict[str, Reply] = {}
+        self.respond: Callable[[Seen], Reply] | None = None
+        self.requests: list[Seen] = []
+        self.port = 0
+        self._release = threading.Event()
+        self._httpd: _Httpd | None = None
+        self._thread: threading.Thread | None = None
+
+    def url(self, path: str = "/") -> str:
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}{path}"
+
+    @property
+    def running(self) -> bool:
+        return self._httpd is not None
+
+    def start(self) -> HttpServer:
+        httpd = _Httpd(("127.0.0.1", self.port), _Handler)
+        httpd.owner = self
+        if self.tls is not None:
+            httpd.socket = self.tls.wrap_socket(httpd.socket, server_side=True)
+        self.port = httpd.server_address[1]
+        self._release = threading.Event()
+        self._httpd = httpd
+        self._thread = threading.Thread(
+            target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Free held answers, stop accepting, close the listener."""
+        self._release.set()
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> HttpServer:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    def hits(self, since: float = 0.0, path: str | None = None) -> list[Seen]:
+        """The requests since ``since`` (monotonic), of ``path`` when given."""
+        return [r for r in list(self.requests) if r.at >= since and path in (None, r.path)]
+
+    def answer(self, seen: Seen) -> Reply:
+        if self.respond is not None:
+            return self.respond(seen)
+        return self.routes.get(seen.path, self.reply)
+
+    def pause(self, seconds: float) -> bool:
+        """Wait ``seconds`` unless the server stops first (then True: give up the answer)."""
+        return self._release.wait(seconds)
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
+class _Httpd(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    owner: HttpServer
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server: _Httpd
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _handle(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        path = self.path.split("?", 1)[0]
+        seen = Seen(self.command, path, self.headers, body, time.monotonic())
+        owner = self.server.owner
+        owner.requests.append(seen)
+        reply = owner.answer(seen)
+        if reply.delay and owner.pause(reply.delay):
+            return
+        lines = [f"HTTP/1.1 {reply.status} {_phrase(reply.status)}"]
+        lines += [f"{name}: {value}" for name, value in reply.headers.items()]
+        if reply.content_length:
+            lines.append(f"Content-Length: {len(reply.body)}")
+        lines.append("Connection: close")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        self.close_connection = True
+        try:
+            self._send(head, reply.drip_head)
+            if self.command != "HEAD":
+                self._send(reply.body, reply.drip_body)
+        except OSError:
+            pass  # the client gave up (the timeout tests)
+
+    def _send(self, data: bytes, drip: float) -> None:
+        if not drip:
+            self.wfile.write(data)
+            return
+        for index in range(len(data)):
+            if self.server.owner.pause(drip):
+                return
+            self.wfile.write(data[index : index + 1])
+            self.wfile.flush()
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_LIST = _handle
+
+
+@contextmanager
+def http_server(tls: ssl.SSLContext | None = None) -> Iterator[HttpServer]:
+    """An :class:`HttpServer` running for the block."""
+    with HttpServer(tls) as server:
+        yield server
 
 
 # --- TLS on loopback -------------------------------------------------------------------------

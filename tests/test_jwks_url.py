@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import http.server
 import json
 import ssl
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,17 @@ from keysetd.sources.jwks_url import JwksUrlSource, JwksUrlSourceConfig
 from keysetd.validate import check
 from tests.conftest import Env
 from tests.keys import b64u, jwk
-from tests.servers import Events, certificate, free_port, keysetd_events, loopback_tls, serving
+from tests.servers import (
+    Events,
+    HttpServer,
+    Reply,
+    Seen,
+    certificate,
+    free_port,
+    http_server,
+    keysetd_events,
+    loopback_tls,
+)
 
 CERTS_PATH = "/realms/app/protocol/openid-connect/certs"
 
@@ -101,80 +109,37 @@ def realm() -> Realm:
 
 
 @dataclass
-class Behaviour:
-    """What the handler answers; tests change it between fetches."""
-
-    body: bytes = b'{"keys": []}'
-    status: int = 200
-    etag: str | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-    delay: float = 0.0
-    drip: bool = False
-    content_length: bool = True
-    requests: list[dict[str, str]] = field(default_factory=list)
-    release: threading.Event = field(default_factory=threading.Event)
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        b = self.server.behaviour
-        b.requests.append({k.lower(): v for k, v in self.headers.items()} | {"path": self.path})
-        if b.delay and b.release.wait(b.delay):
-            return  # the test is over
-        try:
-            if b.etag is not None and self.headers.get("If-None-Match") == b.etag:
-                self.send_response(304)
-                self.send_header("ETag", b.etag)
-                self.end_headers()
-                return
-            self.send_response(b.status)
-            for name, value in b.headers.items():
-                self.send_header(name, value)
-            if b.etag is not None:
-                self.send_header("ETag", b.etag)
-            if b.content_length:
-                self.send_header("Content-Length", str(len(b.body)))
-            self.end_headers()
-            if b.drip:
-                for byte in b.body:
-                    if b.release.wait(0.05):
-                        return
-                    self.wfile.write(bytes([byte]))
-                    self.wfile.flush()
-            else:
-                self.wfile.write(b.body)
-        except OSError:
-            pass  # the client gave up (timeout tests)
-
-
-class _Server(http.server.ThreadingHTTPServer):
-    behaviour: Behaviour
-
-
-@dataclass
 class Served:
-    behaviour: Behaviour
-    url: str
-    port: int
+    """The provider: a loopback HttpServer answering ``reply`` at CERTS_PATH."""
+
+    server: HttpServer
+
+    @property
+    def reply(self) -> Reply:
+        return self.server.reply
+
+    @property
+    def requests(self) -> list[Seen]:
+        return self.server.requests
+
+    @property
+    def url(self) -> str:
+        return self.server.url(CERTS_PATH)
+
+    def etag(self, body: bytes, etag: str) -> None:
+        """Serve ``body`` with ``etag``; a request that sends ``etag`` back gets a 304."""
+
+        def respond(seen: Seen) -> Reply:
+            if seen.headers.get("If-None-Match") == etag:
+                return Reply(304, headers={"ETag": etag})
+            return Reply(self.reply.status, body, {**self.reply.headers, "ETag": etag})
+
+        self.server.respond = respond
 
 
 def _serve(context: ssl.SSLContext | None = None) -> Iterator[Served]:
-    server = _Server(("127.0.0.1", 0), _Handler)
-    server.behaviour = Behaviour()
-    if context is not None:
-        server.socket = context.wrap_socket(server.socket, server_side=True)
-    port = server.server_address[1]
-    scheme = "https" if context is not None else "http"
-    with serving(server):
-        try:
-            yield Served(server.behaviour, f"{scheme}://127.0.0.1:{port}{CERTS_PATH}", port)
-        finally:
-            server.behaviour.release.set()  # free held requests before the shutdown
+    with http_server(context) as server:
+        yield Served(server)
 
 
 @pytest.fixture
@@ -265,7 +230,7 @@ def test_keycloak_certs_filtered(served: Served, realm: Realm, events: Events) -
     no_use = {k: v for k, v in jwk("EdDSA", "ed-1", private=False).items() if k != "use"}
     doc = json.loads(realm.certs())
     doc["keys"] += [unknown, x25519, ops, no_use]
-    served.behaviour.body = json.dumps(doc).encode()
+    served.reply.body = json.dumps(doc).encode()
     src = source(served.url, timeout=5)
 
     snapshot = src.fetch()
@@ -281,29 +246,29 @@ def test_keycloak_certs_filtered(served: Served, realm: Realm, events: Events) -
     assert set(skipped) == {"rs-enc", "future-1", "ecdh-1", "wrap-1"}
     assert "use 'enc'" in skipped["rs-enc"]
     assert "kty 'XYZ'" in skipped["future-1"]
-    request = served.behaviour.requests[0]
-    assert request["accept"] == "application/json"
-    assert request["path"] == CERTS_PATH
+    request = served.requests[0]
+    assert request.headers["accept"] == "application/json"
+    assert request.path == CERTS_PATH
 
     # The same document again: no request is cached (no max-age), no second warning.
     assert src.fetch().data == snapshot.data
-    assert len(served.behaviour.requests) == 2
+    assert len(served.requests) == 2
     assert len(events.named("jwks_key_skipped")) == 4
 
 
 def test_canonical_bytes_ignore_member_order(served: Served, realm: Realm) -> None:
     src = source(served.url)
-    served.behaviour.body = realm.certs()
+    served.reply.body = realm.certs()
     first = src.fetch().data
     doc = json.loads(realm.certs())
     doc["keys"] = [dict(reversed(list(k.items()))) for k in doc["keys"]]
-    served.behaviour.body = json.dumps(doc, separators=(",", ":")).encode()
+    served.reply.body = json.dumps(doc, separators=(",", ":")).encode()
     assert src.fetch().data == first
 
 
 def test_oct_key_is_kept_for_validation_to_refuse(served: Served, realm: Realm) -> None:
     secret = jwk("HS256", "leaked")
-    served.behaviour.body = json.dumps({"keys": [realm.es, secret]}).encode()
+    served.reply.body = json.dumps({"keys": [realm.es, secret]}).encode()
     data = source(served.url).fetch().data
     with pytest.raises(InvalidKeyset) as info:
         check(data, "jwks", declared_public=True)
@@ -314,12 +279,12 @@ def test_oct_key_is_kept_for_validation_to_refuse(served: Served, realm: Realm) 
 def test_x5c_must_carry_the_key(served: Served, realm: Realm) -> None:
     other = ec.generate_private_key(ec.SECP256R1())
     forged = _with_x5c(realm.es, certificate("app", other.public_key(), other))
-    served.behaviour.body = json.dumps({"keys": [realm.enc, forged]}).encode()
+    served.reply.body = json.dumps({"keys": [realm.enc, forged]}).encode()
     with pytest.raises(SourceError, match="kid 'es-1': x5c certificate does not match the key"):
         source(served.url).fetch()
 
     garbled = {**realm.es, "x5c": ["not base64 at all!"]}
-    served.behaviour.body = json.dumps({"keys": [garbled]}).encode()
+    served.reply.body = json.dumps({"keys": [garbled]}).encode()
     with pytest.raises(SourceError, match="not a base64 DER certificate") as info:
         source(served.url).fetch()
     assert realm.es["x"] not in str(info.value)
@@ -327,7 +292,7 @@ def test_x5c_must_carry_the_key(served: Served, realm: Realm) -> None:
 
 def test_garbage_is_returned_for_validation_to_name(served: Served) -> None:
     for body in (b"<html>Service Unavailable</html>", b'{"keys": {"k1": "x"}}', b"[]"):
-        served.behaviour.body = body
+        served.reply.body = body
         data = source(served.url).fetch().data
         assert data == body
         with pytest.raises(InvalidKeyset) as info:
@@ -338,7 +303,7 @@ def test_garbage_is_returned_for_validation_to_name(served: Served) -> None:
 def test_duplicate_members_are_left_for_validation(served: Served, realm: Realm) -> None:
     key = json.dumps(realm.es)
     body = ('{"keys": [' + key[:-1] + ', "kid": "other"}]}').encode()
-    served.behaviour.body = body
+    served.reply.body = body
     assert source(served.url).fetch().data == body
 
 
@@ -346,34 +311,33 @@ def test_duplicate_members_are_left_for_validation(served: Served, realm: Realm)
 
 
 def test_etag_304_returns_the_previous_snapshot(served: Served, realm: Realm) -> None:
-    b = served.behaviour
-    b.body, b.etag = realm.certs(), '"v1"'
+    served.etag(realm.certs(), '"v1"')
     src = source(served.url)
     first = src.fetch()
     second = src.fetch()
     assert second.data == first.data
-    assert [r.get("if-none-match") for r in b.requests] == [None, '"v1"']
+    assert [r.headers.get("if-none-match") for r in served.requests] == [None, '"v1"']
 
-    b.body, b.etag = realm.certs(rotated=True), '"v2"'
+    served.etag(realm.certs(rotated=True), '"v2"')
     third = src.fetch()
     assert kids(third.data) == ["rs-next", "es-1"]
-    assert b.requests[-1]["if-none-match"] == '"v1"'
+    assert served.requests[-1].headers["if-none-match"] == '"v1"'
     assert src.fetch().data == third.data
-    assert b.requests[-1]["if-none-match"] == '"v2"'
+    assert served.requests[-1].headers["if-none-match"] == '"v2"'
 
 
 def test_last_modified_is_sent_back(served: Served, realm: Realm) -> None:
     stamp = "Wed, 21 Oct 2026 07:28:00 GMT"
-    served.behaviour.body = realm.certs()
-    served.behaviour.headers = {"Last-Modified": stamp}
+    served.reply.body = realm.certs()
+    served.reply.headers = {"Last-Modified": stamp}
     src = source(served.url)
     src.fetch()
     src.fetch()
-    assert served.behaviour.requests[1]["if-modified-since"] == stamp
+    assert served.requests[1].headers["if-modified-since"] == stamp
 
 
 def test_304_without_a_previous_body_fails(served: Served) -> None:
-    served.behaviour.status = 304
+    served.reply.status = 304
     with pytest.raises(SourceError, match="304"):
         source(served.url).fetch()
 
@@ -389,7 +353,7 @@ class Clock:
 def test_max_age_skips_requests_within_half_the_refresh_interval(
     served: Served, realm: Realm
 ) -> None:
-    b = served.behaviour
+    b = served.reply
     b.body, b.headers = realm.certs(), {"Cache-Control": "public, max-age=300"}
     clock = Clock()
     config = JwksUrlSourceConfig(type="jwks_url", url=served.url, refresh_interval="60s")
@@ -398,10 +362,10 @@ def test_max_age_skips_requests_within_half_the_refresh_interval(
     for offset in (1.0, 10.0, 29.9):
         clock.now = 1000.0 + offset
         assert src.fetch() is first
-    assert len(b.requests) == 1
+    assert len(served.requests) == 1
     clock.now = 1030.0
     assert src.fetch().data == first.data
-    assert len(b.requests) == 2
+    assert len(served.requests) == 2
 
     # A short max-age (minus Age) wins over the interval.
     b.headers = {"Cache-Control": "max-age=10", "Age": "5"}
@@ -409,23 +373,23 @@ def test_max_age_skips_requests_within_half_the_refresh_interval(
     src.fetch()
     clock.now = 2004.0
     src.fetch()
-    assert len(b.requests) == 3
+    assert len(served.requests) == 3
     clock.now = 2005.0
     src.fetch()
-    assert len(b.requests) == 4
+    assert len(served.requests) == 4
 
 
 @pytest.mark.parametrize("directive", ["no-cache", "no-store, max-age=300", "private"])
 def test_no_cache_means_every_fetch_asks(served: Served, realm: Realm, directive: str) -> None:
-    b = served.behaviour
-    b.body, b.headers, b.etag = realm.certs(), {"Cache-Control": directive}, '"e"'
+    served.reply.headers = {"Cache-Control": directive}
+    served.etag(realm.certs(), '"e"')
     src = JwksUrlSource(JwksUrlSourceConfig(type="jwks_url", url=served.url), clock=Clock())
     src.fetch()
     src.fetch()
-    assert len(b.requests) == 2
+    assert len(served.requests) == 2
     # no-store: keysetd does not revalidate what it was told not to keep.
     expected = None if "no-store" in directive else '"e"'
-    assert b.requests[1].get("if-none-match") == expected
+    assert served.requests[1].headers.get("if-none-match") == expected
 
 
 # --- failures --------------------------------------------------------------------------------
@@ -434,8 +398,8 @@ def test_no_cache_means_every_fetch_asks(served: Served, realm: Realm, directive
 @pytest.mark.parametrize(("status", "reason"), [(500, "Internal Server Error"), (403, "Forbidden")])
 def test_http_errors_quote_a_short_redacted_body(served: Served, status: int, reason: str) -> None:
     token = "eyJhbGciOiJSUzI1NiJ9" * 5
-    served.behaviour.status = status
-    served.behaviour.body = f"upstream failed, token {token} {'x ' * 500}".encode()
+    served.reply.status = status
+    served.reply.body = f"upstream failed, token {token} {'x ' * 500}".encode()
     with pytest.raises(SourceError) as info:
         source(served.url).fetch()
     message = info.value.reason
@@ -446,15 +410,15 @@ def test_http_errors_quote_a_short_redacted_body(served: Served, status: int, re
 
 
 def test_redirects_are_not_followed(served: Served) -> None:
-    served.behaviour.status = 302
-    served.behaviour.headers = {"Location": "https://evil.example.net/certs"}
+    served.reply.status = 302
+    served.reply.headers = {"Location": "https://evil.example.net/certs"}
     with pytest.raises(SourceError, match=r"HTTP 302 redirect to evil\.example\.net not followed"):
         source(served.url).fetch()
-    assert len(served.behaviour.requests) == 1
+    assert len(served.requests) == 1
 
 
 def test_a_slow_server_times_out(served: Served) -> None:
-    served.behaviour.delay = 10.0
+    served.reply.delay = 10.0
     started = time.monotonic()
     with pytest.raises(SourceError, match=r"timed out after 0\.3s"):
         source(served.url, timeout="300ms").fetch()
@@ -462,12 +426,29 @@ def test_a_slow_server_times_out(served: Served) -> None:
 
 
 def test_a_dripping_body_is_bounded_by_the_timeout(served: Served, realm: Realm) -> None:
-    served.behaviour.body = realm.certs()
-    served.behaviour.drip = True
+    served.reply.body = realm.certs()
+    served.reply.drip_body = 0.05
     started = time.monotonic()
     with pytest.raises(SourceError, match="timed out"):
         source(served.url, timeout="400ms").fetch()
     assert time.monotonic() - started < 2
+
+
+@pytest.mark.parametrize("part", ["head", "body"])
+def test_an_answer_dripped_a_byte_per_half_second_fails_at_the_timeout(
+    served: Served, realm: Realm, part: str
+) -> None:
+    """Each byte comes well within any idle timeout; only a total deadline ends the fetch."""
+    served.reply.body = realm.certs()
+    if part == "head":
+        served.reply.drip_head = 0.5
+    else:
+        served.reply.drip_body = 0.5
+    started = time.monotonic()
+    with pytest.raises(SourceError, match=r"timed out after 1s"):
+        source(served.url, timeout="1s").fetch()
+    elapsed = time.monotonic() - started
+    assert 0.9 <= elapsed < 1 + 2, elapsed  # the drip alone takes over a minute
 
 
 def test_connection_refused() -> None:
@@ -478,8 +459,8 @@ def test_connection_refused() -> None:
 
 @pytest.mark.parametrize("content_length", [True, False])
 def test_oversized_body(served: Served, content_length: bool) -> None:
-    served.behaviour.body = b'{"keys": [' + b" " * 5000 + b"]}"
-    served.behaviour.content_length = content_length
+    served.reply.body = b'{"keys": [' + b" " * 5000 + b"]}"
+    served.reply.content_length = content_length
     with pytest.raises(SourceError, match=r"over max_bytes \(1000\)"):
         source(served.url, max_bytes=1000).fetch()
 
@@ -488,16 +469,16 @@ def test_oversized_body(served: Served, content_length: bool) -> None:
 
 
 def test_tls_verified_against_ca_file(tls: Tls, realm: Realm) -> None:
-    tls.served.behaviour.body = realm.certs()
+    tls.served.reply.body = realm.certs()
     snapshot = source(tls.served.url, ca_file=tls.ca_file, timeout=5).fetch()
     assert kids(snapshot.data) == ["rs-sig", "es-1"]
 
 
 def test_tls_without_ca_file_is_refused(tls: Tls, realm: Realm) -> None:
-    tls.served.behaviour.body = realm.certs()
+    tls.served.reply.body = realm.certs()
     with pytest.raises(SourceError, match="TLS verification failed"):
         source(tls.served.url, timeout=5).fetch()
-    assert tls.served.behaviour.requests == []
+    assert tls.served.requests == []
 
 
 def test_unreadable_ca_file(tls: Tls, tmp_path: Path) -> None:
@@ -518,7 +499,7 @@ def _config(env: Env, url: str) -> Path:
 def test_keysetd_once_publishes_and_follows_rotation(
     env: Env, served: Served, realm: Realm
 ) -> None:
-    served.behaviour.body = realm.certs()
+    served.reply.body = realm.certs()
     config = _config(env, served.url)
 
     first = env.keysetd("once", "--config", str(config))
@@ -537,7 +518,7 @@ def test_keysetd_once_publishes_and_follows_rotation(
     key = next(k for k in published.keys if k.key_id == "rs-sig")
     assert jwt.decode(token, key.key, algorithms=["RS256"], audience="api")["sub"] == "alice"
 
-    served.behaviour.body = realm.certs(rotated=True)
+    served.reply.body = realm.certs(rotated=True)
     second = env.keysetd("once", "--config", str(config))
     assert second.returncode == 0, second.stderr
     assert sorted(kids(env.jwks.read_bytes())) == ["es-1", "rs-next"]
@@ -546,7 +527,7 @@ def test_keysetd_once_publishes_and_follows_rotation(
 
 
 def test_keysetd_once_fails_on_a_server_error(env: Env, served: Served) -> None:
-    served.behaviour.status = 503
+    served.reply.status = 503
     result = env.keysetd("once", "--config", str(_config(env, served.url)))
     assert result.returncode == 1
     assert "HTTP 503" in result.stderr

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -25,7 +23,7 @@ from keysetd.notifiers.signal import SignalNotifier, SignalNotifierConfig
 from keysetd.plugin import NotifyEvent, load
 from keysetd.schema import TableError
 from tests.conftest import is_dead, wait_for
-from tests.servers import loopback_tls, serving
+from tests.servers import HttpServer, Reply, http_server, loopback_tls
 
 PY = sys.executable
 EVENT = NotifyEvent(fingerprint="ab" * 32, active_kid="2026-11-b", outputs=("jwks", "keyset"))
@@ -286,63 +284,30 @@ def test_command_config_rejects(table: dict[str, object]) -> None:
 # --- http ---------------------------------------------------------------------
 
 
-@dataclass
-class Server:
-    url: str
-    requests: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)
-    release: threading.Event = field(default_factory=threading.Event)
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    server: _RecordingServer
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        path = self.path.split("?", 1)[0]
-        self.server.record.requests.append((path, dict(self.headers), body))
-        if path == "/slow":
-            self.server.record.release.wait(timeout=5)
-        code = {"/ok": 204, "/fail": 500, "/redirect": 302, "/slow": 204}.get(path, 404)
-        try:
-            self.send_response(code)
-            if code == 302:
-                self.send_header("Location", "/ok")
-            if code == 500:
-                payload = b"boom " + b"x" * 5000 + b" c2VjcmV0LWtleS1tYXRlcmlhbC1hYmNkZWZn"
-            else:
-                payload = b""
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-        except OSError:
-            pass  # the client gave up (timeout test)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-class _RecordingServer(http.server.ThreadingHTTPServer):
-    record: Server
+#: Seconds between two bytes of a dripped answer: a whole answer takes 30 s or more.
+DRIP = 0.5
+_FAIL_BODY = b"boom " + b"x" * 5000 + b" c2VjcmV0LWtleS1tYXRlcmlhbC1hYmNkZWZn"
+ROUTES = {
+    "/ok": Reply(204),
+    "/fail": Reply(500, _FAIL_BODY),
+    "/redirect": Reply(302, headers={"Location": "/ok"}),
+    "/slow": Reply(204, delay=5.0),
+    "/drip-head": Reply(200, b"ok", drip_head=DRIP),
+    "/drip-body": Reply(200, b"delivered, reloading " * 4, drip_body=DRIP),
+}
 
 
 @contextmanager
-def recording(context: ssl.SSLContext | None = None) -> Iterator[Server]:
+def recording(context: ssl.SSLContext | None = None) -> Iterator[HttpServer]:
     """A real HTTP server on 127.0.0.1 recording every POST (behind TLS with ``context``)."""
-    httpd = _RecordingServer(("127.0.0.1", 0), _Handler)
-    scheme = "http"
-    if context is not None:
-        httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
-        scheme = "https"
-    httpd.record = Server(url=f"{scheme}://127.0.0.1:{httpd.server_address[1]}")
-    with serving(httpd):
-        try:
-            yield httpd.record
-        finally:
-            httpd.record.release.set()  # a /slow handler still waiting must end before close
+    with http_server(context) as server:
+        server.routes = dict(ROUTES)
+        server.reply = Reply(404)
+        yield server
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[Server]:
+def server() -> Iterator[HttpServer]:
     with recording() as record:
         yield record
 
@@ -352,34 +317,34 @@ def http_notifier(url: str, **table: object) -> HttpNotifier:
     return HttpNotifier(config)
 
 
-def test_http_posts_event(server: Server) -> None:
-    http_notifier(server.url + "/ok", headers={"Authorization": "Bearer t0k"}).notify(EVENT)
-    path, headers, body = server.requests[-1]
-    assert path == "/ok"
-    assert headers["Content-Type"] == "application/json"
-    assert headers["Authorization"] == "Bearer t0k"
-    assert json.loads(body) == {
+def test_http_posts_event(server: HttpServer) -> None:
+    http_notifier(server.url("/ok"), headers={"Authorization": "Bearer t0k"}).notify(EVENT)
+    seen = server.requests[-1]
+    assert (seen.method, seen.path) == ("POST", "/ok")
+    assert seen.headers["Content-Type"] == "application/json"
+    assert seen.headers["Authorization"] == "Bearer t0k"
+    assert json.loads(seen.body) == {
         "fingerprint": EVENT.fingerprint,
         "active_kid": "2026-11-b",
         "outputs": ["jwks", "keyset"],
     }
 
 
-def test_http_500_is_an_error_with_a_short_redacted_excerpt(server: Server) -> None:
+def test_http_500_is_an_error_with_a_short_redacted_excerpt(server: HttpServer) -> None:
     with pytest.raises(NotifyError, match="HTTP 500") as info:
-        http_notifier(server.url + "/fail?token=abc", name="gw").notify(EVENT)
+        http_notifier(server.url("/fail?token=abc"), name="gw").notify(EVENT)
     text = str(info.value)
-    assert text.startswith(f"notifier gw: POST {server.url}/fail: HTTP 500")
+    assert text.startswith(f"notifier gw: POST {server.url('/fail')}: HTTP 500")
     assert "token=abc" not in text
     assert len(text) < 400
     assert "c2VjcmV0" not in text
 
 
-def test_http_redirect_is_not_followed(server: Server) -> None:
+def test_http_redirect_is_not_followed(server: HttpServer) -> None:
     before = len(server.requests)
     with pytest.raises(NotifyError, match="HTTP 302"):
-        http_notifier(server.url + "/redirect").notify(EVENT)
-    assert [r[0] for r in server.requests[before:]] == ["/redirect"]
+        http_notifier(server.url("/redirect")).notify(EVENT)
+    assert [r.path for r in server.requests[before:]] == ["/redirect"]
 
 
 def test_http_unreachable_port() -> None:
@@ -390,16 +355,27 @@ def test_http_unreachable_port() -> None:
             http_notifier(f"http://127.0.0.1:{port}/reload", timeout=2).notify(EVENT)
 
 
-def test_http_slow_server_times_out(server: Server) -> None:
+def test_http_slow_server_times_out(server: HttpServer) -> None:
     start = time.monotonic()
     with pytest.raises(NotifyError, match="timed out"):
-        http_notifier(server.url + "/slow", timeout="300ms").notify(EVENT)
+        http_notifier(server.url("/slow"), timeout="300ms").notify(EVENT)
     assert time.monotonic() - start < 3
 
 
-def test_http_userinfo_is_not_shown(server: Server) -> None:
+@pytest.mark.parametrize("part", ["head", "body"])
+def test_http_a_dripped_answer_fails_at_the_timeout(server: HttpServer, part: str) -> None:
+    """A 2xx sent a byte per 0.5 s is no delivery: the notify fails once ``timeout`` is spent."""
+    notifier = http_notifier(server.url(f"/drip-{part}"), timeout="1s")
+    start = time.monotonic()
+    with pytest.raises(NotifyError, match=r"timed out after 1s"):
+        notifier.notify(EVENT)
+    elapsed = time.monotonic() - start
+    assert 0.9 <= elapsed < 1 + 2, elapsed  # the drip alone would take 30 s or more
+
+
+def test_http_userinfo_is_not_shown(server: HttpServer) -> None:
     with pytest.raises(NotifyError) as info:
-        http_notifier(server.url.replace("//", "//user:pw@") + "/fail").notify(EVENT)
+        http_notifier(server.url("/fail").replace("//", "//user:pw@")).notify(EVENT)
     assert "pw" not in str(info.value)
 
 
@@ -421,24 +397,24 @@ def test_http_config_rejects(table: dict[str, object]) -> None:
 
 
 @pytest.fixture(scope="module")
-def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Path]]:
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[HttpServer, Path]]:
     """The recording server behind TLS: a certificate for 127.0.0.1 from a test CA."""
     tls = loopback_tls(tmp_path_factory.mktemp("tls"))
     with recording(tls.context) as record:
         yield record, tls.ca_file
 
 
-def test_https_verified_with_ca_file(tls_server: tuple[Server, Path]) -> None:
+def test_https_verified_with_ca_file(tls_server: tuple[HttpServer, Path]) -> None:
     server, ca = tls_server
-    http_notifier(server.url + "/ok", ca_file=str(ca)).notify(EVENT)
-    assert server.requests[-1][0] == "/ok"
+    http_notifier(server.url("/ok"), ca_file=str(ca)).notify(EVENT)
+    assert server.requests[-1].path == "/ok"
 
 
-def test_https_untrusted_certificate_is_refused(tls_server: tuple[Server, Path]) -> None:
+def test_https_untrusted_certificate_is_refused(tls_server: tuple[HttpServer, Path]) -> None:
     server, _ = tls_server
     before = len(server.requests)
-    with pytest.raises(NotifyError, match="CERTIFICATE_VERIFY_FAILED"):
-        http_notifier(server.url + "/ok").notify(EVENT)
+    with pytest.raises(NotifyError, match="TLS verification failed: unable to get local issuer"):
+        http_notifier(server.url("/ok")).notify(EVENT)
     assert len(server.requests) == before
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from keysetd import proc
+from keysetd import cancel, proc
 from tests.conftest import is_dead, wait_for
 
 PY = sys.executable
@@ -152,3 +153,33 @@ def test_check_argv_rejects(bad: list[str]) -> None:
 def test_check_env_rejects(bad: dict[str, str]) -> None:
     with pytest.raises(ValueError):
         proc.check_env(bad)
+
+
+# --- cancel (SIGTERM to keysetd) -----------------------------------------------
+
+
+def test_cancel_kills_a_cancellable_run_and_its_group_at_once(tmp_path: Path) -> None:
+    child_file = tmp_path / "child.pid"
+    script = f"sleep 30 & echo $! > {child_file}; wait"
+    timer = threading.Timer(0.5, cancel.cancel_all)
+    try:
+        timer.start()
+        started = time.monotonic()
+        with pytest.raises(proc.ProcCancelled, match="keysetd is stopping"):
+            proc.run(
+                ["/bin/sh", "-c", script],
+                env=proc.minimal_env(),
+                timeout=60,
+                max_stdout=1024,
+                cancellable=True,
+            )
+        assert time.monotonic() - started < 0.5 + 2
+        child = int(child_file.read_text())
+        wait_for(lambda: is_dead(child), timeout=2, what="the grandchild gone")
+        # Once stopping, a cancellable run does not start; a notifier's run still does.
+        with pytest.raises(proc.ProcCancelled):
+            proc.run([PY, "-c", "pass"], env={}, timeout=5, max_stdout=10, cancellable=True)
+        assert run([PY, "-c", "print('told')"]) == b"told\n"
+    finally:
+        timer.cancel()
+        cancel.reset()

@@ -10,13 +10,11 @@ checked against keysetd.backoff.next_wait.
 
 from __future__ import annotations
 
-import http.server
 import json
 import re
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,7 @@ import pytest
 from keysetd.backoff import next_wait
 from tests.conftest import Env, wait_for
 from tests.keys import jwks_doc
-from tests.servers import free_port
+from tests.servers import HttpServer, Reply, Seen, free_port
 from tests.test_aws_kms_plugin import REGION, fake_aws, new_alias, new_key, running_moto
 from tests.test_operations import get
 from tests.test_vault_plugin import Bao
@@ -41,83 +39,49 @@ def public(key: dict[str, Any]) -> dict[str, Any]:
 # --- a JWKS provider on loopback whose behaviour the test flips ------------------------------
 
 
-@dataclass
-class Behaviour:
-    """What the provider answers now; ``hits`` is (monotonic time, status answered)."""
-
-    body: bytes = b'{"keys": []}'
-    status: int = 200
-    hold: float = 0.0
-    hits: list[tuple[float, int]] = field(default_factory=list)
-    release: threading.Event = field(default_factory=threading.Event)
-
-
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    behaviour: Behaviour
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        b = self.server.behaviour
-        status, body, hold = b.status, b.body, b.hold
-        b.hits.append((time.monotonic(), 0 if hold else status))
-        if hold:
-            b.release.wait(hold)  # past keysetd's timeout: it has given up; answer nothing
-            return
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
 class Provider:
-    """A real HTTP server on a fixed loopback port that can be stopped and started again."""
+    """A real HTTP server on a fixed loopback port that can be stopped and started again.
+
+    ``hits`` is (monotonic time, status answered), 0 for a request held past keysetd's timeout.
+    """
 
     def __init__(self) -> None:
-        self.behaviour = Behaviour()
-        self.port = free_port()
-        self.httpd: _Server | None = None
-        self.thread: threading.Thread | None = None
+        self.server = HttpServer()
+        self.server.respond = self._respond
+        self.answer = Reply(200, b'{"keys": []}', {"Content-Type": "application/json"})
+        self.hits: list[tuple[float, int]] = []
+
+    @property
+    def port(self) -> int:
+        return self.server.port
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/realms/app/protocol/openid-connect/certs"
+        return self.server.url("/realms/app/protocol/openid-connect/certs")
+
+    def _respond(self, seen: Seen) -> Reply:
+        answer = self.answer
+        self.hits.append((seen.at, 0 if answer.delay else answer.status))
+        return answer
 
     def start(self) -> None:
-        httpd = _Server(("127.0.0.1", self.port), _Handler)
-        httpd.behaviour = self.behaviour
-        self.httpd = httpd
-        self.thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-        self.thread.start()
+        self.server.start()
 
     def stop(self) -> None:
-        self.behaviour.release.set()
-        if self.httpd is not None:
-            self.httpd.shutdown()
-            self.httpd.server_close()
-            self.httpd = None
-        if self.thread is not None:
-            self.thread.join(timeout=5)
-            self.thread = None
+        self.server.stop()
+
+    def hold(self, seconds: float) -> None:
+        """Answer nothing for ``seconds`` (past keysetd's timeout: it has given up)."""
+        self.answer = Reply(delay=seconds)
 
     def serve(self, body: bytes, status: int = 200) -> None:
-        """Answer ``status`` with ``body`` from now on (and free any held request)."""
-        b = self.behaviour
-        b.body, b.status, b.hold = body, status, 0.0
-        b.release.set()
-        b.release = threading.Event()
-        if self.httpd is None:
+        """Answer ``status`` with ``body`` from now on (restarting a stopped server)."""
+        self.answer = Reply(status, body, {"Content-Type": "application/json"})
+        if not self.server.running:
             self.start()
 
     def hits_since(self, since: float, status: int | None = None) -> list[float]:
-        hits = list(self.behaviour.hits)
+        hits = list(self.hits)
         return [t for t, s in hits if t >= since and (status is None or s == status)]
 
 
@@ -228,7 +192,7 @@ def assert_outage_reported(
 JWKS_FAULTS: dict[str, tuple[Callable[[Provider], None], str]] = {
     "503": (lambda p: p.serve(b"upstream down", 503), r"HTTP 503 Service Unavailable"),
     "403": (lambda p: p.serve(b'{"error": "forbidden"}', 403), r"HTTP 403 Forbidden"),
-    "slow": (lambda p: setattr(p.behaviour, "hold", 5.0), r"timed out after 0\.5s"),
+    "slow": (lambda p: p.hold(5.0), r"timed out after 0\.5s"),
     "garbage": (lambda p: p.serve(b"<html>502 proxy error</html>"), r"invalid keyset from"),
     "empty": (lambda p: p.serve(b""), r"invalid keyset from"),
     "refused": (lambda p: p.stop(), r"Connection refused"),

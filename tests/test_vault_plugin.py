@@ -36,7 +36,17 @@ from keysetd.plugin import load
 from keysetd.schema import TableError
 from tests.conftest import Env, wait_for
 from tests.keys import b64u
-from tests.servers import Events, binary, free_port, keysetd_events, loopback_tls, serving, stop
+from tests.servers import (
+    Events,
+    Reply,
+    binary,
+    free_port,
+    http_server,
+    keysetd_events,
+    loopback_tls,
+    serving,
+    stop,
+)
 
 KEYS = ["jwt-ec", "jwt-ed", "jwt-rsa"]
 README = Path(__file__).resolve().parent.parent / "plugins/keysetd-vault/README.md"
@@ -878,9 +888,31 @@ def test_a_stopped_or_silent_server_fails_within_the_timeout(
         address = f"http://127.0.0.1:{silent.getsockname()[1]}"
         hung = make_source(address=address, token="t", keys=["jwt-ec"], timeout="300ms")
         started = time.monotonic()
-        with pytest.raises(SourceError, match=r"no answer within 0.3s"):
+        with pytest.raises(SourceError, match=r"look up token: timed out after 0.3s"):
             hung.fetch()
         assert time.monotonic() - started < 3
+
+
+@pytest.mark.parametrize("part", ["head", "body"])
+def test_a_server_dripping_its_answer_fails_at_the_timeout(
+    make_source: Callable[..., VaultTransitSource], part: str
+) -> None:
+    """A byte every 0.5 s keeps a socket busy forever; the call still ends at ``timeout``."""
+    answer = json.dumps({"data": {"ttl": 0, "renewable": False}}).encode()
+    reply = Reply(200, answer, {"Content-Type": "application/json"})
+    if part == "head":
+        reply.drip_head = 0.5
+    else:
+        reply.drip_body = 0.5
+    with http_server() as server:
+        server.reply = reply
+        source = make_source(address=server.url(""), token="t", keys=["jwt-ec"], timeout="1s")
+        started = time.monotonic()
+        with pytest.raises(SourceError, match=r"look up token: timed out after 1s"):
+            source.fetch()
+        elapsed = time.monotonic() - started
+    assert 0.9 <= elapsed < 1 + 2, elapsed  # the drip alone takes 20 s or more
+    assert [seen.path for seen in server.requests] == ["/v1/auth/token/lookup-self"]
 
 
 # --- config and registration ---------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 The program runs without a shell, with a minimal environment, in its own
 process group that is killed whole at the timeout or when its output grows
-past ``max_output``. Its stderr reaches errors only redacted.
+past ``max_output``, or when keysetd gets SIGTERM (:mod:`keysetd.cancel`).
+Its stderr reaches errors only redacted.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class CommandSource(Source):
                 env=proc.minimal_env(self.config.env),
                 timeout=self.config.timeout,
                 max_stdout=self.config.max_output,
+                cancellable=True,
             )
         except proc.ProcFailure as exc:
             raise SourceError(self.describe(), exc.reason) from exc

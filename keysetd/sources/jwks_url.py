@@ -1,11 +1,12 @@
 """The ``jwks_url`` source: a remote JWK Set, such as a Keycloak realm's certs endpoint.
 
-One GET per fetch over ``http.client`` (no redirects, no environment proxies),
+One GET per fetch through :mod:`keysetd.httpclient`: no redirects, no proxies,
 TLS always verified against the system store or ``ca_file``, the whole exchange
-bounded by ``timeout``. Keys that are not for signatures (``use`` other than
-"sig", encryption ``key_ops``/``alg``, ECDH curves) and keys of an unknown
-``kty`` are skipped with a warning; the rest go to the pipeline's validation
-as a canonical JWKS. A key's ``x5c`` certificate must carry the key itself.
+from connect to the last body byte bounded by ``timeout``, cut short by SIGTERM.
+Keys that are not for signatures (``use`` other than "sig", encryption
+``key_ops``/``alg``, ECDH curves) and keys of an unknown ``kty`` are skipped
+with a warning; the rest go to the pipeline's validation as a canonical JWKS.
+A key's ``x5c`` certificate must carry the key itself.
 
 Caching: ETag/Last-Modified are sent back as If-None-Match/If-Modified-Since,
 and a 304 returns the previous snapshot (same bytes: the pipeline does
@@ -22,19 +23,18 @@ import binascii
 import http.client
 import logging
 import re
-import socket
-import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import field
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
+from keysetd import httpclient
 from keysetd.crypto import KeyMaterialError, load_public
 from keysetd.errors import InvalidKeyset, SourceError
 from keysetd.formats import MAX_DOCUMENT
@@ -43,7 +43,6 @@ from keysetd.httpcheck import check_headers, check_http_url, is_loopback, safe_u
 from keysetd.log import event
 from keysetd.model import PUBLIC_MEMBERS, Key, Snapshot, canonical_json
 from keysetd.plugin import Source, SourceConfig, SourceFormat
-from keysetd.proc import redact
 from keysetd.schema import positive
 from keysetd.sources.file import READ_LIMIT
 from keysetd.units import PositiveDuration
@@ -90,8 +89,6 @@ _RESERVED_HEADERS = frozenset(
         "if-modified-since",
     }
 )
-_BODY_EXCERPT = 200
-_CHUNK = 65536
 _MAX_AGE = re.compile(r'max-age\s*=\s*"?(\d+)"?')
 
 
@@ -220,14 +217,6 @@ def filter_jwks(data: bytes) -> tuple[bytes, list[tuple[str, str]], list[tuple[s
     return canonical_json({**doc, "keys": kept}), skipped, broken
 
 
-def _shrink_timeout(sock: socket.socket, deadline: float) -> None:
-    """Give the next socket operation only what is left of the fetch's timeout."""
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise TimeoutError
-    sock.settimeout(remaining)
-
-
 def _lifetime(headers: http.client.HTTPMessage) -> float | None:
     """Seconds the response stays fresh by Cache-Control (minus Age), or None without one."""
     directives = ",".join(headers.get_all("Cache-Control") or []).lower()
@@ -255,23 +244,24 @@ class JwksUrlSource(Source):
     public_only: ClassVar[bool] = True
 
     def __init__(
-        self, config: JwksUrlSourceConfig, *, clock: Callable[[], float] = time.monotonic
+        self,
+        config: JwksUrlSourceConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        transport: httpclient.Transport = httpclient.send,
     ) -> None:
         super().__init__(config)
         self.config: JwksUrlSourceConfig = config
         self._clock = clock
+        self._transport = transport
         parts = urlsplit(config.url)
-        self._https = parts.scheme == "https"
-        self._host = parts.hostname or ""
-        self._port = parts.port
-        self._target = urlunsplit(("", "", parts.path or "/", parts.query, ""))
         self._snapshot: Snapshot | None = None
         self._etag: str | None = None
         self._last_modified: str | None = None
         self._fresh_until = 0.0
         self._lifetime = 0.0
         self._skipped: frozenset[tuple[str, str]] = frozenset()
-        if not self._https and not is_loopback(self._host):
+        if parts.scheme != "https" and not is_loopback(parts.hostname):
             event(
                 "jwks_url_plain_http",
                 logging.WARNING,
@@ -292,16 +282,16 @@ class JwksUrlSource(Source):
         now = self._clock()
         if self._snapshot is not None and now < self._fresh_until:
             return self._snapshot
-        status, headers, body = self._request(time.monotonic() + float(self.config.timeout))
-        if status == 304:
+        response = self._request()
+        if response.status == 304:
             if self._snapshot is None:
                 raise self._fail("HTTP 304 Not Modified to an unconditional request")
-            self._remember(headers, now, keep_lifetime=True)
+            self._remember(response.headers, now, keep_lifetime=True)
             return self._snapshot
-        snapshot = self._process(body)
+        snapshot = self._process(response.body)
         self._snapshot = snapshot
         self._etag = self._last_modified = None
-        self._remember(headers, now, keep_lifetime=False)
+        self._remember(response.headers, now, keep_lifetime=False)
         return snapshot
 
     def _remember(
@@ -345,106 +335,21 @@ class JwksUrlSource(Source):
             headers["If-Modified-Since"] = self._last_modified
         return headers
 
-    def _connection(self) -> http.client.HTTPConnection:
-        timeout = float(self.config.timeout)
-        if not self._https:
-            return http.client.HTTPConnection(self._host, self._port, timeout=timeout)
-        ca_file = self.config.ca_file
+    def _request(self) -> httpclient.Response:
+        """The answer to one GET: a 2xx or a 304; anything else raises SourceError."""
+        request = httpclient.Request(
+            "GET",
+            self.config.url,
+            timeout=float(self.config.timeout),
+            headers=self._headers(),
+            max_body=self.config.max_bytes,
+            ca_file=self.config.ca_file,
+            cancellable=True,
+        )
         try:
-            # Built per fetch so a rotated ca_file is picked up; verification is never off.
-            context = ssl.create_default_context(
-                cafile=str(ca_file) if ca_file is not None else None
-            )
-        except (OSError, ssl.SSLError) as exc:
-            raise self._fail(f"cannot load ca_file {ca_file}: {exc}") from exc
-        return http.client.HTTPSConnection(self._host, self._port, timeout=timeout, context=context)
-
-    def _request(self, deadline: float) -> tuple[int, http.client.HTTPMessage, bytes]:
-        """(status, headers, body) of one GET; non-2xx other than 304 raise SourceError."""
-        conn = self._connection()
-        try:
-            conn.connect()
-            # Kept: with "Connection: close", getresponse() hands the socket to the response.
-            sock = conn.sock
-            _shrink_timeout(sock, deadline)
-            conn.request("GET", self._target, headers=self._headers())
-            _shrink_timeout(sock, deadline)
-            with conn.getresponse() as response:  # closed here: it may own the socket
-                return self._answer(sock, response, deadline)
-        except TimeoutError as exc:
-            raise self._fail(f"timed out after {self.config.timeout:g}s") from exc
-        except ssl.SSLCertVerificationError as exc:
-            raise self._fail(f"TLS verification failed: {exc.verify_message}") from exc
-        except (OSError, http.client.HTTPException) as exc:
-            raise self._fail(self._reason(exc)) from exc
-        finally:
-            conn.close()
-
-    def _answer(
-        self, sock: socket.socket, response: http.client.HTTPResponse, deadline: float
-    ) -> tuple[int, http.client.HTTPMessage, bytes]:
-        status = response.status
-        if status == 304 or 200 <= status < 300:
-            body = b"" if status == 304 else self._read_body(sock, response, deadline)
-            return status, response.headers, body
-        if 300 <= status < 400:
-            location = urlsplit(response.getheader("Location") or "").hostname
-            where = f" to {location}" if location else ""
-            raise self._fail(
-                f"HTTP {status} redirect{where} not followed (set url to the final address)"
-            )
-        excerpt = self._excerpt(sock, response, deadline)
-        reason = redact(" ".join(response.reason.split()))[:60]
-        raise self._fail(f"HTTP {status} {reason}{excerpt}")
-
-    def _read(
-        self,
-        sock: socket.socket,
-        response: http.client.HTTPResponse,
-        deadline: float,
-        limit: int,
-    ) -> bytes:
-        """The body, stopping once it passes ``limit`` bytes; each read gets what time is left.
-
-        ``read1`` returns what one socket read brings, so a server dripping a byte at
-        a time cannot stretch the fetch past its deadline.
-        """
-        parts: list[bytes] = []
-        size = 0
-        while size <= limit:
-            _shrink_timeout(sock, deadline)
-            chunk = response.read1(min(_CHUNK, limit + 1 - size))
-            if not chunk:
-                break
-            parts.append(chunk)
-            size += len(chunk)
-        return b"".join(parts)
-
-    def _read_body(
-        self, sock: socket.socket, response: http.client.HTTPResponse, deadline: float
-    ) -> bytes:
-        limit = self.config.max_bytes
-        declared = response.getheader("Content-Length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise self._fail(f"response of {int(declared)} bytes is over max_bytes ({limit})")
-        body = self._read(sock, response, deadline, limit)
-        if len(body) > limit:
-            raise self._fail(f"response is over max_bytes ({limit})")
-        return body
-
-    def _excerpt(
-        self, sock: socket.socket, response: http.client.HTTPResponse, deadline: float
-    ) -> str:
-        """At most ``_BODY_EXCERPT`` redacted characters of an error response body."""
-        try:
-            raw = self._read(sock, response, deadline, _BODY_EXCERPT * 4)
-        except (OSError, http.client.HTTPException):
-            return ""
-        text = redact(" ".join(raw.decode("utf-8", errors="replace").split()))[:_BODY_EXCERPT]
-        return f": {text}" if text else ""
-
-    def _reason(self, exc: BaseException) -> str:
-        """A connection failure in a few words: errno text, or the error's (redacted) text."""
-        if isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError) and exc.strerror:
-            return exc.strerror
-        return redact(f"{type(exc).__name__}: {exc}")[:_BODY_EXCERPT]
+            response = self._transport(request)
+        except httpclient.HttpFailure as exc:
+            raise self._fail(exc.reason) from exc
+        if response.status != 304 and not response.ok:
+            raise self._fail(response.problem())
+        return response

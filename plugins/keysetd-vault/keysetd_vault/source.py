@@ -5,8 +5,10 @@ versions from ``min_decryption_version`` to ``latest_version`` as a JWKS whose
 active kid is the latest version of the first key. Tokens come from config, a
 token file, AppRole or Kubernetes login; a renewable token is renewed past half
 its TTL, and a login token that cannot be renewed or was refused is replaced by
-one new login per fetch. Every hvac/requests failure becomes a ``SourceError``
-that names the source and the fault, never a token.
+one new login per fetch. Every call goes through keysetd's HTTP client (see
+``keysetd_vault.transport``), so ``timeout`` bounds each call as a whole; every
+hvac/HTTP failure becomes a ``SourceError`` that names the source and the fault,
+never a token.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from hvac import exceptions as vault_errors
 
+from keysetd import httpclient
 from keysetd.crypto import key_from_public
 from keysetd.errors import SourceError
 from keysetd.httpcheck import check_http_url
@@ -39,6 +42,7 @@ from keysetd.model import Key, Snapshot, canonical_json
 from keysetd.plugin import Source, SourceConfig
 from keysetd.schema import Secret, non_empty
 from keysetd.sources.file import read_limited
+from keysetd_vault.transport import session
 
 __all__ = ["KEY_TYPES", "VaultTransitConfig", "VaultTransitSource"]
 
@@ -226,16 +230,14 @@ class VaultTransitSource(Source):
     def _connect(self) -> Any:
         if self._client is None:
             config = self.config
-            session = requests.Session()
-            # TLS is always verified: against ca_file when given, else the system store.
-            session.verify = str(config.ca_file) if config.ca_file is not None else True
+            # TLS is always verified (against ca_file when given, else the system store),
+            # and each call ends at the timeout, however slowly the server answers.
             self._client = hvac.Client(
                 url=config.address,
                 token="",  # never VAULT_TOKEN or ~/.vault-token: the config says where it is
-                verify=session.verify,
                 timeout=config.timeout,
                 namespace=config.namespace,
-                session=session,
+                session=session(float(config.timeout), config.ca_file),
                 # A redirect would carry X-Vault-Token to wherever it points.
                 allow_redirects=False,
             )
@@ -412,13 +414,11 @@ class VaultTransitSource(Source):
             if passing is not None and isinstance(exc, passing):
                 raise
             raise self._error(f"{action}: {_vault_reason(exc)}") from exc
-        except requests.exceptions.Timeout as exc:
-            raise self._error(f"{action}: no answer within {self.config.timeout:g}s") from exc
-        except requests.exceptions.SSLError as exc:
-            raise self._error(f"{action}: TLS verification failed ({_cause(exc)})") from exc
-        except requests.exceptions.ConnectionError as exc:
-            raise self._error(f"{action}: cannot connect ({_cause(exc)})") from exc
-        except requests.exceptions.RequestException as exc:
+        except httpclient.HttpConnectError as exc:
+            raise self._error(f"{action}: cannot connect ({exc.reason})") from exc
+        except httpclient.HttpFailure as exc:
+            raise self._error(f"{action}: {exc.reason}") from exc
+        except requests.exceptions.RequestException as exc:  # a URL requests cannot prepare
             raise self._error(f"{action}: {type(exc).__name__} ({_cause(exc)})") from exc
 
     def _data(self, action: str, reply: Any) -> Any:
