@@ -154,7 +154,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from keysetd.plugin import available
+    from keysetd.registry import available
 
     for info in available():
         kind = info.group.removeprefix("keysetd.")

@@ -31,9 +31,9 @@ from keysetd.plugin import (
     Role,
     Source,
     SourceConfig,
-    load,
 )
 from keysetd.readfile import read_limited
+from keysetd.registry import load
 from keysetd.schema import Table, TableError
 from keysetd.units import MAX_TIMEOUT, Duration, PositiveDuration, RotationPeriod, between
 

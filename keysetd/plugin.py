@@ -1,43 +1,183 @@
-"""The three extension points (source, output, notifier) and their entry-point registry.
+"""The plugin API: everything a source, output or notifier plugin needs, in one module.
+
+This module and ``keysetd.verifier`` are keysetd's public Python API; every other
+module is internal and may change in any release. ``__all__`` is pinned by
+``tests/test_plugin_api.py`` (as httpx pins its own): a name leaves it only with a
+major version.
 
 A plugin is a class registered under ``keysetd.sources``, ``keysetd.outputs`` or
-``keysetd.notifiers``; its ``Config`` (a ``keysetd.schema.Table``, which
-forbids unknown keys) validates its config table, and ``__init__(config)`` builds it. The
-built-ins register through the same groups. Only the plugins a config names are
-imported, and a name registered twice is an error, not "last one wins".
+``keysetd.notifiers`` (see ``keysetd.registry``); its ``Config`` (a ``Table``, which
+forbids unknown keys) validates its config table, and ``__init__(config)`` builds it.
+
+The bases are defined here; the helpers beside them (errors, the keyset model,
+config types, the HTTP client, file reading, logging, the nkey codec) are
+re-exported from their modules on first use, so loading the bases stays cheap.
 """
 
 from __future__ import annotations
 
 import enum
+import importlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
-from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from keysetd.errors import PluginError
 from keysetd.model import Keyset, Snapshot
-from keysetd.schema import Table, declared_fields
+from keysetd.schema import Table
 from keysetd.units import FileMode, RefreshInterval, Timeout
 
-__all__ = [
-    "GROUPS",
+__all__ = [  # noqa: RUF022 (grouped by what a plugin needs)
+    # the extension points, defined here
     "Notifier",
     "NotifierConfig",
     "NotifyEvent",
     "Output",
     "OutputConfig",
     "PluginConfig",
-    "PluginInfo",
     "Role",
     "Source",
     "SourceConfig",
     "SourceFormat",
-    "available",
-    "load",
+    # errors
+    "ConfigError",
+    "InvalidKeyset",
+    "KeysetdError",
+    "NotifyError",
+    "OutputError",
+    "PluginError",
+    "Problem",
+    "SourceError",
+    # the keyset model
+    "Key",
+    "Keyset",
+    "Snapshot",
+    "canonical_json",
+    # keys
+    "ALGORITHMS",
+    "b64u_decode",
+    "b64u_encode",
+    "key_from_public",
+    # config tables and their value types
+    "Before",
+    "Duration",
+    "PositiveDuration",
+    "Secret",
+    "Table",
+    "TableError",
+    "matches",
+    "non_empty",
+    "parse_duration",
+    "positive",
+    # talking to servers and reading files
+    "HttpCancelled",
+    "HttpConnectError",
+    "HttpFailure",
+    "HttpRequest",
+    "HttpResponse",
+    "HttpTimeout",
+    "HttpTlsError",
+    "HttpTooLarge",
+    "HttpTransport",
+    "check_http_url",
+    "http_send",
+    "read_limited",
+    "safe_url",
+    # logging and the service manager
+    "configure_logging",
+    "event",
+    "sd_notify",
+    # NATS: the nkey codec and the permissions of the nats output
+    "NatsPermissions",
+    "NatsSubjects",
+    "nkey",
 ]
+
+#: Re-exported name -> (module, attribute), imported on first use (PEP 562).
+_REEXPORTS: dict[str, tuple[str, str]] = {
+    **{name: ("keysetd.errors", name) for name in (
+        "ConfigError", "InvalidKeyset", "KeysetdError", "NotifyError", "OutputError",
+        "Problem", "SourceError",
+    )},
+    **{name: ("keysetd.model", name) for name in ("Key", "canonical_json")},
+    **{name: ("keysetd.crypto", name) for name in (
+        "ALGORITHMS", "b64u_decode", "b64u_encode", "key_from_public",
+    )},
+    **{name: ("keysetd.schema", name) for name in (
+        "Before", "Secret", "TableError", "matches", "non_empty", "positive",
+    )},
+    **{name: ("keysetd.units", name) for name in (
+        "Duration", "PositiveDuration", "parse_duration",
+    )},
+    **{name: ("keysetd.httpclient", name) for name in (
+        "HttpCancelled", "HttpConnectError", "HttpFailure", "HttpTimeout", "HttpTlsError",
+        "HttpTooLarge",
+    )},
+    "HttpRequest": ("keysetd.httpclient", "Request"),
+    "HttpResponse": ("keysetd.httpclient", "Response"),
+    "HttpTransport": ("keysetd.httpclient", "Transport"),
+    "http_send": ("keysetd.httpclient", "send"),
+    "check_http_url": ("keysetd.httpcheck", "check_http_url"),
+    "safe_url": ("keysetd.httpcheck", "safe_url"),
+    "read_limited": ("keysetd.readfile", "read_limited"),
+    "configure_logging": ("keysetd.log", "configure"),
+    "event": ("keysetd.log", "event"),
+    "sd_notify": ("keysetd.sdnotify", "notify"),
+    "NatsPermissions": ("keysetd.outputs.nats", "NatsPermissions"),
+    "NatsSubjects": ("keysetd.outputs.nats", "NatsSubjects"),
+    "nkey": ("keysetd.formats", "nkey"),
+}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    """Import a re-exported name on first use, then keep it in the module."""
+    try:
+        module, attribute = _REEXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+if TYPE_CHECKING:
+    from keysetd.crypto import ALGORITHMS, b64u_decode, b64u_encode, key_from_public
+    from keysetd.errors import (
+        ConfigError,
+        InvalidKeyset,
+        KeysetdError,
+        NotifyError,
+        OutputError,
+        Problem,
+        SourceError,
+    )
+    from keysetd.formats import nkey
+    from keysetd.httpcheck import check_http_url, safe_url
+    from keysetd.httpclient import (
+        HttpCancelled,
+        HttpConnectError,
+        HttpFailure,
+        HttpTimeout,
+        HttpTlsError,
+        HttpTooLarge,
+    )
+    from keysetd.httpclient import Request as HttpRequest
+    from keysetd.httpclient import Response as HttpResponse
+    from keysetd.httpclient import Transport as HttpTransport
+    from keysetd.httpclient import send as http_send
+    from keysetd.log import configure as configure_logging
+    from keysetd.log import event
+    from keysetd.model import Key, canonical_json
+    from keysetd.outputs.nats import NatsPermissions, NatsSubjects
+    from keysetd.readfile import read_limited
+    from keysetd.schema import Before, Secret, TableError, matches, non_empty, positive
+    from keysetd.sdnotify import notify as sd_notify
+    from keysetd.units import Duration, PositiveDuration, parse_duration
 
 
 class PluginConfig(Table):
@@ -176,66 +316,3 @@ class Notifier:
     def notify(self, event: NotifyEvent) -> None:
         """Deliver one notification or raise NotifyError."""
         raise NotImplementedError
-
-
-GROUPS: dict[str, type[Any]] = {
-    "keysetd.sources": Source,
-    "keysetd.outputs": Output,
-    "keysetd.notifiers": Notifier,
-}
-
-
-@dataclass(frozen=True, slots=True)
-class PluginInfo:
-    group: str
-    name: str
-    target: str
-    distribution: str
-
-
-def _entry_points(group: str) -> list[EntryPoint]:
-    return list(entry_points(group=group))
-
-
-def _distribution(ep: EntryPoint) -> str:
-    dist = ep.dist
-    return f"{dist.name} {dist.version}" if dist is not None else "unknown"
-
-
-def available() -> list[PluginInfo]:
-    """Every registered plugin with where it comes from, without importing any."""
-    return [
-        PluginInfo(group, ep.name, ep.value, _distribution(ep))
-        for group in GROUPS
-        for ep in sorted(_entry_points(group), key=lambda e: e.name)
-    ]
-
-
-@cache
-def load(group: str, name: str) -> type[Any]:
-    """Import the plugin class registered as ``name`` in ``group`` and check its shape."""
-    if group not in GROUPS:
-        raise PluginError(group, name, "unknown plugin group")
-    matches = [ep for ep in _entry_points(group) if ep.name == name]
-    if not matches:
-        known = ", ".join(sorted({ep.name for ep in _entry_points(group)})) or "none"
-        raise PluginError(group, name, f"no such plugin (known: {known})")
-    targets = {ep.value for ep in matches}
-    if len(targets) > 1:
-        where = ", ".join(f"{ep.value} from {_distribution(ep)}" for ep in matches)
-        raise PluginError(group, name, f"registered more than once: {where}")
-    try:
-        cls = matches[0].load()
-    except Exception as exc:  # any import failure of third-party code
-        raise PluginError(group, name, f"cannot import {matches[0].value}: {exc}") from exc
-    base = GROUPS[group]
-    if not (isinstance(cls, type) and issubclass(cls, base)):
-        raise PluginError(group, name, f"{matches[0].value} is not a {base.__name__} subclass")
-    config_model = getattr(cls, "Config", None)
-    if not (isinstance(config_model, type) and issubclass(config_model, PluginConfig)):
-        raise PluginError(group, name, "its Config is not a keysetd PluginConfig table")
-    try:
-        declared_fields(config_model)
-    except TypeError as exc:
-        raise PluginError(group, name, f"its Config is broken: {exc}") from None
-    return cls

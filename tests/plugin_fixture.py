@@ -5,8 +5,7 @@ from __future__ import annotations
 import datetime
 from typing import TYPE_CHECKING, ClassVar
 
-from keysetd.model import Snapshot
-from keysetd.plugin import Source, SourceConfig
+from keysetd.plugin import Snapshot, Source, SourceConfig
 
 if TYPE_CHECKING:
     from decimal import Decimal

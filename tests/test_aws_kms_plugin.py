@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 from keysetd_aws_kms.source import AwsKmsSource, AwsKmsSourceConfig
 
-from keysetd import plugin
+from keysetd import registry as plugin
 from keysetd.config import load_config
 from keysetd.errors import ConfigError, SourceError
 from tests.conftest import KEYSETD, Env, wait_for

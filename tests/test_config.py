@@ -8,6 +8,7 @@ import pytest
 
 from keysetd.config import environment_overrides, load_config
 from keysetd.errors import ConfigError
+from keysetd.strict import checked
 from keysetd.units import format_duration, parse_duration, parse_mode
 
 
@@ -287,7 +288,7 @@ def test_rgs_jwt_keyset_command_convention(tmp_path: Path, monkeypatch: pytest.M
 def test_rgs_strict_production_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RGS_STRICT_PRODUCTION_MODE", "true")
     with pytest.raises(ConfigError, match="strict mode refuses"):
-        load_config(base(tmp_path))  # BASE has no max_staleness
+        checked(load_config(base(tmp_path)))  # BASE has no max_staleness
 
 
 def test_problems_name_each_output_by_its_place_in_the_file(tmp_path: Path) -> None:

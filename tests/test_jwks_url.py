@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from keysetd.errors import InvalidKeyset, SourceError
-from keysetd.plugin import load
+from keysetd.registry import load
 from keysetd.schema import TableError
 from keysetd.sources.jwks_url import JwksUrlSource, JwksUrlSourceConfig
 from keysetd.validate import check

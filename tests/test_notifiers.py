@@ -20,7 +20,8 @@ from keysetd.errors import NotifyError
 from keysetd.notifiers.command import CommandNotifier, CommandNotifierConfig
 from keysetd.notifiers.http import HttpNotifier, HttpNotifierConfig
 from keysetd.notifiers.signal import SignalNotifier, SignalNotifierConfig
-from keysetd.plugin import NotifyEvent, load
+from keysetd.plugin import NotifyEvent
+from keysetd.registry import load
 from keysetd.schema import TableError
 from tests.conftest import is_dead, wait_for
 from tests.servers import HttpServer, Reply, http_server, loopback_tls

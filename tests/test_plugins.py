@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from keysetd import plugin
+from keysetd import registry as plugin
 from keysetd.errors import PluginError
 
 

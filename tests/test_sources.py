@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from keysetd.errors import SourceError
-from keysetd.plugin import load
+from keysetd.registry import load
 from keysetd.schema import TableError
 from keysetd.sources.command import CommandSource, CommandSourceConfig
 from keysetd.sources.env import EnvSource, EnvSourceConfig

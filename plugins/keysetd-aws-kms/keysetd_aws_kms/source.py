@@ -33,16 +33,21 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
-from keysetd.crypto import key_from_public
-from keysetd.errors import SourceError
-from keysetd.httpcheck import check_http_url
-from keysetd.model import Key, Snapshot, canonical_json
-from keysetd.plugin import Source, SourceConfig
-from keysetd.schema import non_empty
-
 if TYPE_CHECKING:
     from mypy_boto3_kms.client import KMSClient
     from mypy_boto3_kms.type_defs import KeyMetadataTypeDef
+
+from keysetd.plugin import (
+    Key,
+    Snapshot,
+    Source,
+    SourceConfig,
+    SourceError,
+    canonical_json,
+    check_http_url,
+    key_from_public,
+    non_empty,
+)
 
 __all__ = ["AwsKmsSource", "AwsKmsSourceConfig"]
 

@@ -26,10 +26,7 @@ from typing import Any, Final
 import jwt
 import nkeys  # type: ignore[import-untyped,unused-ignore]
 
-from keysetd.formats.nkey import decode_public
-from keysetd.log import event
-from keysetd.outputs.nats import NatsPermissions, NatsSubjects
-from keysetd.units import parse_duration
+from keysetd.plugin import NatsPermissions, NatsSubjects, event, nkey, parse_duration
 from keysetd.verifier import MissingKidError, UnknownKidError, UnusableKeyError, Verifier
 from keysetd_nats_callout import natsjwt
 from keysetd_nats_callout.config import CalloutConfig, Rule
@@ -189,7 +186,7 @@ def _valid_public(text: object, prefix: int) -> bool:
     if not isinstance(text, str):
         return False
     try:
-        return decode_public(text)[0] == prefix
+        return nkey.decode_public(text)[0] == prefix
     except ValueError:
         return False
 

@@ -10,8 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from keysetd import log
-from keysetd.errors import ConfigError
+from keysetd.plugin import ConfigError, configure_logging, event
 from keysetd_nats_callout.config import load_config, read_password, read_signer, read_xkey
 from keysetd_nats_callout.service import CalloutError, serve
 
@@ -44,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         config = load_config(args.config)
-        log.configure(args.log_format or config.log_format)
+        configure_logging(args.log_format or config.log_format)
         signer = read_signer(config)
         xkey = read_xkey(config)
         read_password(config)
@@ -64,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"keysetd-nats-callout: {exc}", file=sys.stderr)
         return 2
     except CalloutError as exc:
-        log.event("callout_failed", logging.ERROR, error=str(exc))
+        event("callout_failed", logging.ERROR, error=str(exc))
         return 1
     return 0
 

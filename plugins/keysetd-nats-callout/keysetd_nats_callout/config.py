@@ -15,11 +15,17 @@ from typing import Annotated, Any, Final, Literal
 
 import nkeys  # type: ignore[import-untyped,unused-ignore]
 
-from keysetd.crypto import ALGORITHMS
-from keysetd.errors import ConfigError
-from keysetd.outputs.nats import NatsPermissions
-from keysetd.schema import Table, TableError, matches, non_empty
-from keysetd.units import Duration, PositiveDuration
+from keysetd.plugin import (
+    ALGORITHMS,
+    ConfigError,
+    Duration,
+    NatsPermissions,
+    PositiveDuration,
+    Table,
+    TableError,
+    matches,
+    non_empty,
+)
 from keysetd_nats_callout.natsjwt import NatsJwtError, NkeySigner
 from keysetd_nats_callout.xkey import CurveKey, XkeyError
 

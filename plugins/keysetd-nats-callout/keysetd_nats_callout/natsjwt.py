@@ -22,8 +22,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from keysetd.crypto import b64u_encode
-from keysetd.formats.nkey import decode_public, encode_public
+from keysetd.plugin import b64u_encode, nkey
 
 __all__ = [
     "ALGORITHM",
@@ -87,7 +86,7 @@ class NkeySigner:
             raise NatsJwtError("not an nkey seed")
         private = Ed25519PrivateKey.from_private_bytes(bytes(raw))
         public = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-        return cls(encode_public(public, prefix), prefix, private)
+        return cls(nkey.encode_public(public, prefix), prefix, private)
 
     def sign(self, data: bytes) -> bytes:
         return self._private.sign(data)
@@ -146,7 +145,7 @@ def decode(
     if not isinstance(issuer, str):
         raise NatsJwtError("no issuer")
     try:
-        prefix, raw = decode_public(issuer)
+        prefix, raw = nkey.decode_public(issuer)
     except ValueError as exc:
         raise NatsJwtError(f"the issuer is not a public nkey: {exc}") from None
     if prefix != issuer_prefix:

@@ -17,8 +17,7 @@ import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from keysetd import sdnotify
-from keysetd.log import event
+from keysetd.plugin import event, sd_notify
 from keysetd.verifier import KeysetUnavailable, Verifier
 from keysetd_nats_callout.authorizer import Authorizer
 from keysetd_nats_callout.config import CalloutConfig, read_password, read_signer, read_xkey
@@ -108,9 +107,9 @@ async def serve(config: CalloutConfig, stop: asyncio.Event | None = None) -> Non
             jwks=str(config.jwks),
             kids=list(authorizer.verifier.kids),
         )
-        sdnotify.notify("READY=1", "STATUS=answering auth callouts")
+        sd_notify("READY=1", "STATUS=answering auth callouts")
         await stop.wait()
-        sdnotify.notify("STOPPING=1")
+        sd_notify("STOPPING=1")
         event("callout_stopping")
         with contextlib.suppress(nats.errors.Error, TimeoutError):
             await client.drain()

@@ -25,8 +25,7 @@ import nacl.exceptions
 import nacl.utils
 from nacl.public import Box, PrivateKey, PublicKey
 
-from keysetd.formats import nkey
-from keysetd.formats.nkey import KEY_LEN, PREFIX_BYTE_CURVE, NkeyError
+from keysetd.plugin import nkey
 
 __all__ = [
     "PREFIX_BYTE_CURVE",
@@ -45,8 +44,9 @@ NONCE_LEN: Final = 24
 _MIN_SEALED: Final = len(VERSION) + NONCE_LEN + 1
 
 
+PREFIX_BYTE_CURVE: Final = nkey.PREFIX_BYTE_CURVE
 #: The codec's error: a curve key or seed that does not decode; never carries the key.
-XkeyError = NkeyError
+XkeyError = nkey.NkeyError
 encode_public = nkey.encode_curve_public
 decode_public = nkey.decode_curve_public
 encode_seed = nkey.encode_curve_seed
@@ -69,7 +69,7 @@ class CurveKey:
     @classmethod
     def generate(cls) -> CurveKey:
         """A fresh pair (tests; an operator makes the seed file, see the README)."""
-        return cls.from_seed(encode_seed(nacl.utils.random(KEY_LEN)))
+        return cls.from_seed(encode_seed(nacl.utils.random(nkey.KEY_LEN)))
 
     def _box(self, peer: str) -> Box:
         try:

@@ -33,15 +33,22 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from hvac import exceptions as vault_errors
 
-from keysetd import httpclient
-from keysetd.crypto import key_from_public
-from keysetd.errors import SourceError
-from keysetd.httpcheck import check_http_url
-from keysetd.log import event
-from keysetd.model import Key, Snapshot, canonical_json
-from keysetd.plugin import Source, SourceConfig
-from keysetd.schema import Secret, non_empty
-from keysetd.sources.file import read_limited
+from keysetd.plugin import (
+    HttpConnectError,
+    HttpFailure,
+    Key,
+    Secret,
+    Snapshot,
+    Source,
+    SourceConfig,
+    SourceError,
+    canonical_json,
+    check_http_url,
+    event,
+    key_from_public,
+    non_empty,
+    read_limited,
+)
 from keysetd_vault.transport import session
 
 __all__ = ["KEY_TYPES", "VaultTransitConfig", "VaultTransitSource"]
@@ -414,9 +421,9 @@ class VaultTransitSource(Source):
             if passing is not None and isinstance(exc, passing):
                 raise
             raise self._error(f"{action}: {_vault_reason(exc)}") from exc
-        except httpclient.HttpConnectError as exc:
+        except HttpConnectError as exc:
             raise self._error(f"{action}: cannot connect ({exc.reason})") from exc
-        except httpclient.HttpFailure as exc:
+        except HttpFailure as exc:
             raise self._error(f"{action}: {exc.reason}") from exc
         except requests.exceptions.RequestException as exc:  # a URL requests cannot prepare
             raise self._error(f"{action}: {type(exc).__name__} ({_cause(exc)})") from exc

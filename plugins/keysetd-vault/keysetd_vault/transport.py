@@ -5,7 +5,7 @@ drips its answer holds a call for as long as it likes. This adapter hands each
 prepared request to :mod:`keysetd.httpclient` instead: ``timeout`` bounds the
 whole call, redirects are never followed, no proxy or ``.netrc`` is used, TLS is
 verified against the system store or ``ca_file``, and SIGTERM cuts a call short.
-Its failures are :class:`keysetd.httpclient.HttpFailure`; the source names them.
+Its failures are :class:`keysetd.HttpFailure`; the source names them.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from requests.adapters import BaseAdapter
 from requests.structures import CaseInsensitiveDict
 from requests.utils import get_encoding_from_headers
 
-from keysetd import httpclient
+from keysetd.plugin import HttpFailure, HttpRequest, HttpTransport, http_send
 
 __all__ = ["DeadlineAdapter", "session"]
 
@@ -31,7 +31,7 @@ class DeadlineAdapter(BaseAdapter):
         *,
         timeout: float,
         ca_file: Path | None,
-        transport: httpclient.Transport = httpclient.send,
+        transport: HttpTransport = http_send,
     ) -> None:
         super().__init__()
         self.timeout = timeout
@@ -52,9 +52,9 @@ class DeadlineAdapter(BaseAdapter):
         if isinstance(body, str):
             body = body.encode("utf-8")
         if body is not None and not isinstance(body, bytes):
-            raise httpclient.HttpFailure("a streamed request body is not supported")
+            raise HttpFailure("a streamed request body is not supported")
         reply = self.transport(
-            httpclient.Request(
+            HttpRequest(
                 request.method or "GET",
                 request.url or "",
                 timeout=self.timeout,
