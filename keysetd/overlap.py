@@ -45,7 +45,8 @@ def source_files(source: SourceConfig) -> tuple[Path, ...]:
 
 
 def _shown(given: Path, resolved: Path) -> str:
-    return str(given) if Path(os.path.abspath(given)) == resolved else f"{given} (-> {resolved})"
+    """The path as configured, with what it resolves to when that differs."""
+    return str(given) if given == resolved else f"{given} (-> {resolved})"
 
 
 def output_overlaps(

@@ -9,13 +9,14 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 
 def visible(directory: Path) -> dict[str, bytes]:
-    """The ``*.pem`` and ``active.key`` names a consumer can open now, with their bytes.
+    """keysetd's ``*.pem`` and ``active.key`` names a consumer can open now, with their bytes.
 
-    A link whose version is not (or no longer) switched in dangles: it is absent.
+    keysetd's are the links into ``..data``; a link whose version is not (or no longer)
+    switched in dangles: it is absent. Files of other programs are left out.
     """
     shown: dict[str, bytes] = {}
     for entry in sorted(directory.iterdir()):
-        if entry.name.startswith(".") or not (entry.suffix == ".pem" or entry.name == "active.key"):
+        if not entry.is_symlink() or os.readlink(entry) != f"..data/{entry.name}":
             continue
         try:
             shown[entry.name] = entry.read_bytes()
@@ -42,7 +43,6 @@ def check_pem_dir(directory: Path) -> set[str]:
         os.readlink(data),
     )
     for name, content in shown.items():
-        assert os.readlink(directory / name) == f"..data/{name}", name
         if name.endswith(".pem"):
             load_pem_public_key(content)
     return pem_kids(directory)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from keysetd.audit import verify
 from keysetd.formats import decode
 from keysetd.state import StateStore
