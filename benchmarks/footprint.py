@@ -31,7 +31,7 @@ def _outputs_present(out: Path) -> bool:
         and (out / "gateway.json").exists()
         and (out / "keyset.json").exists()
         and pem.is_dir()
-        and any(p.suffix == ".pem" for p in pem.iterdir())
+        and any(p.suffix == ".pem" and p.exists() for p in pem.iterdir())  # links into ..data
     )
 
 

@@ -20,14 +20,20 @@ from pathlib import Path
 from keysetd import failpoints
 
 __all__ = [
+    "MAX_NAME",
     "TEMP_SUFFIX",
     "append_durable",
     "clean_temp_files",
+    "commit_staged",
+    "discard_staged",
     "open_directory",
     "read_current",
     "remove_file",
     "replace_if_unchanged",
+    "replace_symlink",
+    "stage_file",
     "write_atomic",
+    "write_new",
 ]
 
 TEMP_SUFFIX = ".keysetd.tmp"
@@ -41,6 +47,10 @@ _WALK_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_NOFOLLO
 
 def _temp_name(name: str) -> str:
     return f".{name}{_TEMP_MARK}{secrets.token_hex(6)}{TEMP_SUFFIX}"
+
+
+#: The longest file name (bytes) keysetd can replace: its temp name must fit NAME_MAX (255).
+MAX_NAME = 255 - len(_temp_name(""))
 
 
 def fsync_dir(directory: Path) -> None:
@@ -163,6 +173,65 @@ def write_atomic(
     with _directory(path, dir_fd) as fd:
         temp = _stage(fd, path.name, data, mode, durable=durable, label=label)
         _commit(fd, temp, path.name, durable=durable, label=label)
+
+
+def stage_file(dir_fd: int, name: str, data: bytes, mode: int, *, label: str) -> str:
+    """The first half of ``write_atomic``: a fsynced temp file next to ``name``; its name.
+
+    For a cycle that stages every changed file before it replaces any, so a full
+    disk fails the cycle with every output old. ``commit_staged`` or
+    ``discard_staged`` must follow.
+    """
+    return _stage(dir_fd, name, data, mode, durable=True, label=label)
+
+
+def commit_staged(dir_fd: int, temp: str, name: str, *, label: str) -> None:
+    """The second half of ``write_atomic``: rename the staged temp file onto ``name``."""
+    _commit(dir_fd, temp, name, durable=True, label=label)
+
+
+def discard_staged(dir_fd: int, temp: str) -> None:
+    """Remove a staged temp file that will not be committed (already gone is fine)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temp, dir_fd=dir_fd)
+
+
+def write_new(dir_fd: int, name: str, data: bytes, mode: int, *, label: str) -> None:
+    """Create ``name`` (which must not exist) with ``data`` and ``mode``, fsynced.
+
+    For a fresh directory nobody reads until it is switched in whole
+    (``keysetd.atomicdir``): no temp name is needed there. The caller fsyncs the
+    directory once all its files are written.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    failpoints.hit("write.before-temp", label)
+    fd = os.open(name, flags, 0o600, dir_fd=dir_fd)
+    try:
+        os.fchmod(fd, mode)
+        _write_all(fd, data)
+        failpoints.hit("write.after-temp", label)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    failpoints.hit("write.after-fsync", label)
+
+
+def replace_symlink(dir_fd: int, name: str, target: str) -> None:
+    """Point ``name`` at ``target`` in one rename (whatever ``name`` was); not fsynced here."""
+    for attempt in range(_TEMP_ATTEMPTS):
+        temp = _temp_name(name)
+        try:
+            os.symlink(target, temp, dir_fd=dir_fd)
+            break
+        except FileExistsError:
+            if attempt == _TEMP_ATTEMPTS - 1:
+                raise
+    try:
+        os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp, dir_fd=dir_fd)
+        raise
 
 
 def replace_if_unchanged(path: Path, expected: bytes | None, data: bytes, mode: int) -> bool:

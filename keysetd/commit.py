@@ -1,4 +1,12 @@
-"""Render every output, then write only the files whose bytes changed, verifiers first.
+"""Render every output, stage every changed file, then replace them, verifiers first.
+
+A cycle's first ``commit_output`` stages the whole batch that ``render_outputs``
+made: each output's directory checked (a pem directory created), each changed
+file written to a fsynced temp file, each changed pem directory written as a new
+version (``keysetd.atomicdir``). Any failure there (a missing directory, a full
+disk, a foreign file at a pem name) discards what was staged and leaves every
+output old. Only then are files renamed into place, one output at a time in
+the pipeline's order (verifiers, their notifiers, then signers).
 
 Outputs are written only into the directories keysetd saw when it first wrote
 there: a directory (or any of its parents) swapped for a symlink to somewhere
@@ -8,14 +16,23 @@ reaches its directory without following a symlink (``atomic.open_directory``).
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from keysetd import failpoints
-from keysetd.atomic import open_directory, read_current, remove_file, write_atomic
+from keysetd import atomicdir, failpoints
+from keysetd.atomic import (
+    commit_staged,
+    discard_staged,
+    open_directory,
+    read_current,
+    remove_file,
+    stage_file,
+)
 from keysetd.errors import OutputError
+from keysetd.outputs.pem import PemOutput, is_pem_output_name
 from keysetd.plan import Plan
 from keysetd.plugin import Output, Role
 
@@ -24,10 +41,11 @@ __all__ = ["Rendered", "Written", "commit_output", "render_outputs"]
 
 @dataclass(frozen=True, slots=True, repr=False)
 class Rendered:
-    """One output's files for a plan."""
+    """One output's files for a plan; ``batch`` is every output rendered with it."""
 
     output: Output
     files: dict[Path, bytes]
+    batch: list[Rendered] = field(default_factory=list, compare=False)
 
     def __repr__(self) -> str:
         return f"Rendered(output={self.output.name!r}, files={sorted(map(str, self.files))!r})"
@@ -38,17 +56,17 @@ def render_outputs(outputs: Sequence[Output], plan: Plan) -> list[Rendered]:
 
     With no usable active key (its kid was revoked and the source offers no other),
     signer outputs render to nothing and are withdrawn: better no signing key than
-    a revoked one.
+    a revoked one. A kid an output cannot name a file after fails here too.
     """
-    rendered = []
+    batch: list[Rendered] = []
     for output in outputs:
         if output.role is Role.VERIFIER:
-            rendered.append(Rendered(output, output.render(plan.verifier)))
+            batch.append(Rendered(output, output.render(plan.verifier), batch))
         elif plan.signer.active_kid is None:
-            rendered.append(Rendered(output, {}))
+            batch.append(Rendered(output, {}, batch))
         else:
-            rendered.append(Rendered(output, output.render(plan.signer)))
-    return rendered
+            batch.append(Rendered(output, output.render(plan.signer), batch))
+    return batch
 
 
 class Written:
@@ -63,6 +81,10 @@ class Written:
     def __init__(self) -> None:
         self._files: dict[Path, tuple[tuple[int, int, int, int], bytes]] = {}
         self._dirs: dict[Path, tuple[Path, bool]] = {}
+        #: Per pem directory: what its version files were checked against (atomicdir.Cache).
+        self.versions: dict[Path, atomicdir.Cache] = {}
+        #: The batch being committed: staged before its first output is replaced.
+        self.round: _Round | None = None
 
     @staticmethod
     def _signature(path: Path) -> tuple[int, int, int, int] | None:
@@ -115,7 +137,16 @@ class Written:
 def _prepare_directory(output: Output, directory: Path, written: Written) -> Path:
     """Check (and for a pem dir, create) the directory files of ``output`` go to."""
     if directory != output.config.path or directory.is_dir():
-        return written.directory(output, directory)
+        real = written.directory(output, directory)
+        if not real.is_dir():
+            reason = "Not a directory" if real.exists() else "No such file or directory"
+            raise OutputError(
+                output.name,
+                str(directory),
+                f"{reason}; keysetd writes into an existing directory (it creates only"
+                " a pem output's own directory, never a parent)",
+            )
+        return real
     parent = written.directory(output, directory.parent)
     try:
         fd = open_directory(parent)
@@ -140,37 +171,163 @@ def _fail(output: Output, path: Path, exc: OSError) -> OutputError:
     return OutputError(output.name, str(path), exc.strerror or str(exc))
 
 
-def commit_output(rendered: Rendered, written: Written) -> bool:
-    """Atomically write changed files and remove stale ones; True when anything changed."""
+@dataclass
+class _Stage:
+    """What one output has staged: temp files (path, real dir, temp name, bytes), a version."""
+
+    temps: list[tuple[Path, Path, str, bytes]] = field(default_factory=list)
+    version: tuple[Path, atomicdir.Staged] | None = None
+
+    def discard(self) -> None:
+        for _path, real, temp, _data in self.temps:
+            with contextlib.suppress(OSError), _opened(real) as fd:
+                discard_staged(fd, temp)
+        self.temps.clear()
+        if self.version is not None:
+            real, staged = self.version
+            with contextlib.suppress(OSError), _opened(real) as fd:
+                atomicdir.discard(fd, staged)
+            self.version = None
+
+
+@dataclass
+class _Round:
+    """One batch on its way to disk: staged whole, then committed output by output."""
+
+    batch: list[Rendered]
+    staged: dict[int, _Stage] = field(default_factory=dict)
+
+    def discard(self) -> None:
+        for stage in self.staged.values():
+            stage.discard()
+        self.staged.clear()
+
+
+@contextlib.contextmanager
+def _opened(real: Path) -> Iterator[int]:
+    fd = open_directory(real)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _stage_files(rendered: Rendered, written: Written) -> _Stage:
     output = rendered.output
-    changed = False
+    stage = _Stage()
     checked: dict[Path, Path] = {}
     for path, data in rendered.files.items():
         real = checked.get(path.parent)
         if real is None:
             real = checked[path.parent] = _prepare_directory(output, path.parent, written)
         mode = output.file_mode(path)
+        if written.current(path, data, mode):
+            continue
         try:
-            if written.current(path, data, mode):
-                continue
-            fd = open_directory(real)
-            try:
-                write_atomic(path, data, mode, dir_fd=fd, label=output.name)
-            finally:
-                os.close(fd)
+            with _opened(real) as fd:
+                temp = stage_file(fd, path.name, data, mode, label=output.name)
         except OSError as exc:
             raise _fail(output, path, exc) from exc
+        stage.temps.append((path, real, temp, data))
+    return stage
+
+
+def _stage_directory(rendered: Rendered, written: Written) -> _Stage:
+    output = rendered.output
+    directory = output.config.path
+    real = _prepare_directory(output, directory, written)
+    files = {path.name: (data, output.file_mode(path)) for path, data in rendered.files.items()}
+    cache = written.versions.setdefault(real, {})
+    try:
+        with _opened(real) as fd:
+            atomicdir.prune(fd)
+            if atomicdir.is_current(fd, files, cache):
+                return _Stage()
+            staged = atomicdir.stage(fd, files, label=output.name, legacy=is_pem_output_name)
+    except atomicdir.Foreign as exc:
+        raise OutputError(
+            output.name,
+            str(directory / exc.name),
+            "a file keysetd did not write has this name; move it away (nothing was written)",
+        ) from exc
+    except OSError as exc:
+        raise _fail(output, directory, exc) from exc
+    return _Stage(version=(real, staged))
+
+
+def _prepare(batch: list[Rendered], written: Written) -> _Round:
+    """Stage every output of ``batch``; on any failure nothing staged stays behind."""
+    round_ = _Round(batch)
+    try:
+        for rendered in batch:
+            if isinstance(rendered.output, PemOutput):
+                round_.staged[id(rendered)] = _stage_directory(rendered, written)
+            else:
+                round_.staged[id(rendered)] = _stage_files(rendered, written)
+    except BaseException:
+        round_.discard()
+        raise
+    return round_
+
+
+def _commit(rendered: Rendered, stage: _Stage, written: Written) -> bool:
+    output = rendered.output
+    changed = False
+    while stage.temps:
+        path, _real, temp, data = stage.temps[0]
+        real = written.directory(output, path.parent)  # pinned again: no swap since staging
+        try:
+            with _opened(real) as fd:
+                commit_staged(fd, temp, path.name, label=output.name)
+        except OSError as exc:
+            raise _fail(output, path, exc) from exc
+        stage.temps.pop(0)
         written.wrote(path, data)
         changed = True
+    if stage.version is not None:
+        _real, staged = stage.version
+        real = written.directory(output, output.config.path)
+        try:
+            with _opened(real) as fd:
+                atomicdir.switch(fd, staged, label=output.name, legacy=is_pem_output_name)
+        except OSError as exc:
+            raise _fail(output, output.config.path, exc) from exc
+        stage.version = None
+        changed = True
+    if isinstance(output, PemOutput):
+        return changed
     for path in output.stale_files(rendered.files):
         real = written.directory(output, path.parent)
         failpoints.hit("commit.before-remove", output.name)
         try:
-            fd = open_directory(real)
-            try:
+            with _opened(real) as fd:
                 changed |= remove_file(path, dir_fd=fd)
-            finally:
-                os.close(fd)
         except OSError as exc:
             raise _fail(output, path, exc) from exc
     return changed
+
+
+def commit_output(rendered: Rendered, written: Written) -> bool:
+    """Replace the changed files of one output; True when anything changed.
+
+    The first call for a batch stages all of it (see the module docstring); a batch
+    left half-committed by a failed cycle is discarded when the next one starts.
+    """
+    round_ = written.round
+    if round_ is None or id(rendered) not in round_.staged:
+        if round_ is not None:
+            round_.discard()
+            written.round = None
+        round_ = _prepare(rendered.batch or [rendered], written)
+        written.round = round_
+    stage = round_.staged.pop(id(rendered))
+    try:
+        return _commit(rendered, stage, written)
+    except BaseException:
+        stage.discard()
+        round_.discard()
+        written.round = None
+        raise
+    finally:
+        if not round_.staged and written.round is round_:
+            written.round = None

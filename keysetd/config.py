@@ -381,6 +381,12 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
         problems.append("outputs: at least one [[outputs]] table is required")
     if not problems:
         _check_names(built, notifiers, problems)
+    if not problems and settings is not None and source is not None:
+        from keysetd.overlap import output_overlaps, source_files
+
+        problems += output_overlaps(
+            built, config_file=path, state_dir=settings.state_dir, source=source_files(source[1])
+        )
     if not problems:
         for index, (ncls, ncfg) in enumerate(notifiers):
             problems += [

@@ -12,6 +12,10 @@ The points, in the order a cycle reaches them (see tests/RELIABILITY.md):
     write.before-temp@L  write.after-temp@L  write.after-fsync@L  write.after-rename@L
         inside atomic.write_atomic; L is the output name (jwks, pem, ...) or the
         state file name (history.json, last-known-good.json, status.json, ...)
+    dir.after-stage@L    dir.after-switch@L    dir.before-prune@L
+        a pem directory (keysetd.atomicdir): its new version and links written, then
+        ``..data`` switched, then the links of dropped names removed (the write.*@L
+        points before these are its files, written into the new version without a rename)
     commit.before-remove@L      before a stale file of output L is unlinked
     state.after-history-save    cycle.after-verifier-phase    cycle.before-signer-phase
     state.after-signer-save     state.after-lkg-save          state.after-audit-append

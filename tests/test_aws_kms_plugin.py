@@ -174,7 +174,7 @@ def test_registered_as_aws_kms_and_listed() -> None:
 def test_a_file_source_config_never_imports_boto(tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text(
-        f'state_dir = "{tmp_path}"\n[source]\ntype = "file"\npath = "/x"\n'
+        f'state_dir = "{tmp_path}/state"\n[source]\ntype = "file"\npath = "/x"\n'
         f'[[outputs]]\ntype = "jwks"\npath = "{tmp_path}/j.json"\n'
     )
     code = (

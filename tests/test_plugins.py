@@ -76,7 +76,7 @@ def test_a_config_table_that_cannot_work_is_named_when_the_plugin_loads(site: Pa
 def test_only_the_plugins_a_config_names_are_imported(tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text(
-        f'state_dir = "{tmp_path}"\n[source]\ntype = "file"\npath = "/x"\n'
+        f'state_dir = "{tmp_path}/state"\n[source]\ntype = "file"\npath = "/x"\n'
         f'[[outputs]]\ntype = "jwks"\npath = "{tmp_path}/j.json"\n'
     )
     code = (

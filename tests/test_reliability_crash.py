@@ -26,13 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from keysetd.audit import verify
 from keysetd.formats import decode
 from keysetd.state import StateStore
 from tests.conftest import Env, wait_for
 from tests.keys import jwk, jwks_doc
+from tests.pemdir import check_pem_dir, pem_kids
 
 ROUNDS = int(os.environ.get("STRESS_ROUNDS", "52"))
 BUDGET_SECONDS = float(os.environ.get("STRESS_BUDGET_SECONDS", "80" if ROUNDS <= 60 else "1500"))
@@ -44,6 +44,8 @@ HIT_WAIT = 10.0
 STOP_WAIT = 20.0
 SLOW_STOPS: list[str] = []
 WRITE_STEPS = ("write.before-temp", "write.after-temp", "write.after-fsync", "write.after-rename")
+#: A pem directory writes its files into a fresh version (no rename each), then switches.
+PEM_STEPS = (*WRITE_STEPS[:3], "dir.after-stage", "dir.after-switch", "dir.before-prune")
 STATE_FILES = ("history.json", "last-known-good.json", "signer-keyset.json", "status.json")
 NAMED = (
     "state.after-history-save",
@@ -113,15 +115,16 @@ def make_workspace(root: Path, kind: str) -> Workspace:
 def schedule(rng: random.Random, rounds: int) -> list[tuple[str, str]]:
     """(workspace kind, failpoint spec or "random"): every point once, then at random."""
     points: list[tuple[str, str]] = []
+    points += [("asym", f"{step}@pem") for step in PEM_STEPS]
     for step in WRITE_STEPS:
-        points += [("asym", f"{step}@{label}") for label in ("jwks", "pem", "keyset")]
+        points += [("asym", f"{step}@{label}") for label in ("jwks", "keyset")]
         points += [("hmac", f"{step}@{label}") for label in ("rgs", "env")]
         points += [
             ("asym" if i % 2 else "hmac", f"{step}@{label}") for i, label in enumerate(STATE_FILES)
         ]
     points += [("asym" if i % 2 else "hmac", name) for i, name in enumerate(NAMED)]
     points += [("hmac" if i % 2 else "asym", name) for i, name in enumerate(NAMED)]
-    points += [("asym", "commit.before-remove@pem"), ("asym", "random"), ("hmac", "random")]
+    points += [("asym", "random"), ("hmac", "random")]
     plan = list(points)
     rng.shuffle(plan)
     while len(plan) < rounds:
@@ -152,9 +155,7 @@ def check_whole(ws: Workspace) -> str:
         jwks = json.loads(outputs["jwks"].read_bytes())
         published = {k["kid"] for k in jwks["keys"]}
         assert all("d" not in k for k in jwks["keys"])
-        pems = {p.stem for p in outputs["pem"].glob("*.pem")}
-        for pem in outputs["pem"].glob("*.pem"):
-            load_pem_public_key(pem.read_bytes())
+        pems = check_pem_dir(outputs["pem"])
         signer = json.loads(outputs["keyset"].read_bytes())
         active = signer["active_kid"]
         assert active in published and active in pems, (active, published, pems)
@@ -191,7 +192,7 @@ def converged(ws: Workspace) -> bool:
         if ws.kind == "asym":
             signer = json.loads(outputs["keyset"].read_bytes())
             jwks = json.loads(outputs["jwks"].read_bytes())
-            pems = {p.stem for p in outputs["pem"].glob("*.pem")}
+            pems = pem_kids(outputs["pem"])
             return (
                 signer["active_kid"] == kids[0]
                 and {k["kid"] for k in jwks["keys"]} == set(kids)
@@ -238,6 +239,10 @@ def recovered(ws: Workspace) -> int:
         return len(leftovers)
     check_whole(ws)
     assert temp_files(ws.env.out, ws.env.state) == []
+    if ws.kind == "asym":  # the crash's staged or old pem versions are gone too
+        pem = ws.outputs["pem"]
+        versions = [p.name for p in pem.iterdir() if p.name.startswith("..") and p.name != "..data"]
+        assert versions == [os.readlink(pem / "..data")], versions
     return len(leftovers)
 
 

@@ -1,9 +1,9 @@
 """Write failures on real filesystems: read-only remount, full disk, vanished parent.
 
 Each fault hits one output (verifier or signer) of jwks + pem + keyset: the
-cycle fails with an error naming the path, every other output and the state
-stay consistent (the signer's active kid is still published), no temp file is
-left, and the next cycle succeeds once the fault is gone. The faults are real:
+cycle fails with an error naming the path, every output stays old (the cycle
+stages every changed file before it replaces any) and the state consistent,
+no temp file is left, and the next cycle succeeds once the fault is gone. The faults are real:
 a tmpfs remounted read-only (root ignores chmod), a 64 KiB tmpfs filled up.
 Mounting needs CAP_SYS_ADMIN; without it these tests skip and say so.
 """
@@ -28,6 +28,7 @@ from keysetd.pipeline import Pipeline
 from keysetd.state import StateStore
 from tests.conftest import Env, wait_for
 from tests.keys import jwk, jwks_doc
+from tests.pemdir import check_pem_dir, visible
 
 FAULTED = ("jwks", "pem", "keyset")
 
@@ -101,6 +102,15 @@ class Workspace:
     def active(self) -> str:
         return str(json.loads(self.paths["keyset"].read_bytes())["active_kid"])
 
+    def seen(self) -> dict[str, Any]:
+        """Each output as its consumers read it now (None: not there)."""
+        pem = self.paths["pem"]
+        return {
+            "jwks": self.paths["jwks"].read_bytes() if self.paths["jwks"].exists() else None,
+            "pem": visible(pem) if pem.exists() else None,
+            "keyset": self.paths["keyset"].read_bytes() if self.paths["keyset"].exists() else None,
+        }
+
     def check_consistent(self) -> None:
         """Outputs parse, the signer's active kid is published; a vanished output is skipped."""
         verifier_kids: list[set[str]] = []
@@ -108,7 +118,7 @@ class Workspace:
             doc = json.loads(self.paths["jwks"].read_bytes())
             verifier_kids.append({k["kid"] for k in doc["keys"]})
         if self.paths["pem"].exists() or self.faulted != "pem":
-            verifier_kids.append({p.stem for p in self.paths["pem"].glob("*.pem")})
+            verifier_kids.append(check_pem_dir(self.paths["pem"]))
         store = StateStore(self.env.state)
         if self.paths["keyset"].exists() or self.faulted != "keyset":
             active = self.active()
@@ -123,6 +133,7 @@ class Workspace:
 def fail_then_recover(ws: Workspace, fault_reason: str, clear: Any) -> None:
     """The faulted cycle fails naming the path; clearing the fault lets the next one succeed."""
     lkg_before = StateStore(ws.env.state).load_lkg()
+    seen_before = ws.seen()
     ws.next()
     result = ws.pipeline.cycle()
     assert not result.ok and result.stage == "commit", result
@@ -133,6 +144,10 @@ def fail_then_recover(ws: Workspace, fault_reason: str, clear: Any) -> None:
     lkg_after = StateStore(ws.env.state).load_lkg()
     assert lkg_before is not None and lkg_after is not None
     assert lkg_after.data == lkg_before.data, "a failed cycle must not move the last-known-good"
+    seen_after = ws.seen()
+    if not ws.fault_dir.exists():  # the vanished output is gone with its directory
+        seen_before[ws.faulted] = seen_after[ws.faulted]
+    assert seen_after == seen_before, "every output must stay old"
     ws.check_consistent()
     clear()
     result = ws.pipeline.cycle()
@@ -183,8 +198,8 @@ def test_full_disk(env: Env, mounts: list[Path], faulted: str) -> None:
     ws = Workspace(env, faulted, mounts, size="64k")
     publish_first(ws)
     filler = _fill(ws.fault_dir)
-    if faulted == "pem":  # old pem files stay: only the new kid's file needs room
-        assert len(list(ws.paths["pem"].glob("*.pem"))) == 2
+    if faulted == "pem":  # the old version stays whole while the new one cannot be written
+        assert len(check_pem_dir(ws.paths["pem"])) == 2
     fail_then_recover(ws, "No space left on device", filler.unlink)
 
 
@@ -260,3 +275,39 @@ def test_full_state_dir_leaves_outputs_and_state_consistent(env: Env, mounts: li
     assert pipeline.cycle(force=True).ok  # the same process recovers once space is freed
     assert json.loads(env.signer.read_bytes())["active_kid"] == "s1"
     os.sync()
+
+
+def test_daemon_full_disk_during_the_pem_switch_leaves_every_output_old(
+    env: Env, mounts: list[Path]
+) -> None:
+    """The issue's case: jwks new, pem half written, status old. Now: all old, status true."""
+    keys = [jwk("ES256", "e0"), jwk("ES256", "e1"), jwk("ES256", "e2")]
+    pem_fs = tmpfs(mounts, env.out / "small", size="64k")
+    outputs = env.outputs_with_pem()
+    outputs[1]["path"] = str(pem_fs / "pem")
+    env.write_source(jwks_doc(keys[0], keys[1], active="e0"))
+    env.config(outputs=outputs)
+    env.start()
+    store = StateStore(env.state)
+    wait_for(lambda: (store.load_status() or {}).get("active_kid") == "e0", what="first publish")
+    before = {p: p.read_bytes() for p in (env.jwks, env.signer)}
+    pem_before = visible(pem_fs / "pem")
+    filler = _fill(pem_fs)
+    env.write_source(jwks_doc(keys[2], keys[0], active="e2"))
+    error = wait_for(lambda: (store.load_status() or {}).get("last_error"), what="the failure")
+    assert str(pem_fs / "pem") in error and "No space left on device" in error, error
+    assert {p: p.read_bytes() for p in before} == before, "jwks or keyset moved ahead"
+    assert visible(pem_fs / "pem") == pem_before
+    assert check_pem_dir(pem_fs / "pem") == {"e0", "e1"}
+    status = store.load_status() or {}
+    assert status["active_kid"] == "e0" and sorted(status["published_kids"]) == ["e0", "e1"]
+    assert [p for p in env.out.rglob("*") if ".keysetd-" in p.name] == []
+    assert env.procs[-1].poll() is None
+    filler.unlink()
+    env.procs[-1].send_signal(signal.SIGHUP)
+    wait_for(
+        lambda: (store.load_status() or {}).get("active_kid") == "e2",
+        timeout=15,
+        what="the publish once space is freed",
+    )
+    assert check_pem_dir(pem_fs / "pem") == {"e0", "e2"}

@@ -960,7 +960,7 @@ def test_config_rules_and_no_token_in_errors(tmp_path: Path) -> None:
     # Through the config loader: signer outputs are refused for this public-only source.
     config = tmp_path / "keysetd.toml"
     config.write_text(
-        f'state_dir = "{tmp_path}"\n[source]\ntype = "vault_transit"\n'
+        f'state_dir = "{tmp_path}/state"\n[source]\ntype = "vault_transit"\n'
         f'address = "http://127.0.0.1:8200"\ntoken = "{token}"\n'
         f'[[outputs]]\ntype = "keyset"\npath = "{tmp_path}/keyset.json"\n'
     )
@@ -987,7 +987,7 @@ def test_the_core_never_imports_hvac(tmp_path: Path) -> None:
     def modules_after_loading(source: str) -> list[str]:
         config = tmp_path / "keysetd.toml"
         config.write_text(
-            f'state_dir = "{tmp_path}"\n[source]\n{source}\n'
+            f'state_dir = "{tmp_path}/state"\n[source]\n{source}\n'
             f'[[outputs]]\ntype = "jwks"\npath = "{tmp_path}/jwks.json"\n'
         )
         code = (

@@ -1,19 +1,52 @@
-"""A directory of ``<kid>.pem`` public keys, plus ``active.key`` when ``private = true``."""
+"""A directory of ``<kid>.pem`` public keys, plus ``active.key`` when ``private = true``.
+
+The directory switches as a whole (``keysetd.atomicdir``): ``<kid>.pem`` and
+``active.key`` are links into ``..data/``, the version switched in last.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from pathlib import Path
 from typing import ClassVar
 
+from keysetd.atomic import MAX_NAME
 from keysetd.errors import OutputError
+from keysetd.formats.jwks import short
 from keysetd.formats.pem import render_private_pem, render_public_pem
 from keysetd.model import Keyset
 from keysetd.plugin import Output, OutputConfig, Role
 
-__all__ = ["PemOutput"]
+__all__ = ["ACTIVE_KEY", "PemOutput", "pem_file_name"]
 
 ACTIVE_KEY = "active.key"
+_SUFFIX = ".pem"
+
+
+def pem_file_name(kid: str) -> str:
+    """The file name of ``kid``'s public key; ValueError when the kid cannot be one.
+
+    The one place a kid becomes a file name. Refused: ``/``, a leading ``.`` (keysetd's
+    own ``..data`` entries), characters that are not printable, and names over
+    ``MAX_NAME`` bytes (NAME_MAX less the temp-name suffix a replace needs).
+    """
+    name = kid + _SUFFIX
+    if not kid or "/" in kid or kid.startswith(".") or not kid.isprintable():
+        raise ValueError(
+            f"kid {short(kid)} cannot be a file name (empty, '/', leading '.' or"
+            " a character that is not printable)"
+        )
+    size = len(name.encode())
+    if size > MAX_NAME:
+        raise ValueError(
+            f"kid {short(kid)} ({len(kid)} characters) makes a file name of {size} bytes;"
+            f" a pem output takes at most {MAX_NAME} (kids up to {MAX_NAME - len(_SUFFIX)} bytes)"
+        )
+    return name
+
+
+def is_pem_output_name(name: str) -> bool:
+    """A name a pem output writes (so a regular file there may be of the old flat layout)."""
+    return name == ACTIVE_KEY or (name.endswith(_SUFFIX) and not name.startswith("."))
 
 
 class PemOutputConfig(OutputConfig):
@@ -43,10 +76,8 @@ class PemOutput(Output):
         for key in keyset.ordered():
             if key.kty == "oct":
                 continue
-            if "/" in key.kid or key.kid in {"", ".", ".."} or key.kid.startswith("."):
-                raise self._fail(f"kid {key.kid!r} cannot be a file name")
             try:
-                files[directory / f"{key.kid}.pem"] = render_public_pem(key)
+                files[directory / pem_file_name(key.kid)] = render_public_pem(key)
             except ValueError as exc:
                 raise self._fail(str(exc)) from exc
         if not files and len(keyset):
@@ -68,17 +99,3 @@ class PemOutput(Output):
         if path.name == ACTIVE_KEY:
             return 0o600
         return self.config.mode if self.config.mode is not None else 0o644
-
-    def stale_files(self, rendered: Iterable[Path]) -> tuple[Path, ...]:
-        keep = set(rendered)
-        try:
-            present = list(self.config.path.iterdir())
-        except OSError:
-            return ()
-        return tuple(
-            path
-            for path in present
-            if path not in keep
-            and (path.suffix == ".pem" or path.name == ACTIVE_KEY)
-            and not path.name.startswith(".")
-        )
