@@ -32,9 +32,9 @@ from keysetd.atomic import (
     stage_file,
 )
 from keysetd.errors import OutputError
+from keysetd.extension import Output, Role
 from keysetd.outputs.pem import PemOutput, is_pem_output_name
 from keysetd.plan import Plan
-from keysetd.plugin import Output, Role
 
 __all__ = ["Rendered", "Written", "commit_output", "render_outputs"]
 

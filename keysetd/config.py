@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from keysetd.errors import ConfigError, PluginError
-from keysetd.plugin import (
+from keysetd.extension import (
     Notifier,
     NotifierConfig,
     Output,

@@ -22,8 +22,8 @@ from tenacity import (
 
 from keysetd.backoff import FAILURE_BACKOFF_MAX, Random, next_wait
 from keysetd.errors import NotifyError
+from keysetd.extension import Notifier, NotifyEvent
 from keysetd.log import event
-from keysetd.plugin import Notifier, NotifyEvent
 
 __all__ = ["Backlog", "interested", "run_notifiers"]
 

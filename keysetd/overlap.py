@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from keysetd.plugin import Output, SourceConfig
+from keysetd.extension import Output, SourceConfig
 
 __all__ = ["output_overlaps", "source_files"]
 

@@ -34,6 +34,7 @@ from keysetd.errors import (
     Problem,
     SourceError,
 )
+from keysetd.extension import Notifier, NotifyEvent, Output, Role, Source
 from keysetd.formats import decode
 from keysetd.formats.jwks import render_keyset
 from keysetd.history import (
@@ -47,7 +48,6 @@ from keysetd.history import (
 from keysetd.log import event
 from keysetd.model import Keyset
 from keysetd.plan import Plan, Policy, plan
-from keysetd.plugin import Notifier, NotifyEvent, Output, Role, Source
 from keysetd.repeats import RepeatedFailures
 from keysetd.rotation import next_source
 from keysetd.state import LastKnownGood, StateStore, UntrustedLastKnownGood

@@ -15,7 +15,7 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from keysetd.errors import PluginError
-from keysetd.plugin import Notifier, Output, PluginConfig, Source
+from keysetd.extension import Notifier, Output, PluginConfig, Source
 from keysetd.schema import declared_fields
 
 __all__ = ["GROUPS", "PluginInfo", "available", "load"]

@@ -18,9 +18,9 @@ from urllib.parse import urlsplit
 
 from keysetd.config import Config
 from keysetd.errors import ConfigError
+from keysetd.extension import PluginConfig, Role
 from keysetd.fscheck import filesystem_violations
 from keysetd.httpcheck import is_loopback
-from keysetd.plugin import PluginConfig, Role
 
 __all__ = ["checked", "config_violations"]
 

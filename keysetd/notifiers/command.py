@@ -12,7 +12,7 @@ from typing import Annotated, ClassVar
 
 from keysetd import proc
 from keysetd.errors import NotifyError
-from keysetd.plugin import Notifier, NotifierConfig, NotifyEvent
+from keysetd.extension import Notifier, NotifierConfig, NotifyEvent
 from keysetd.units import Duration
 
 __all__ = ["EVENT_VARS", "CommandNotifier", "CommandNotifierConfig", "event_env"]

@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 
 from keysetd import httpclient
 from keysetd.errors import NotifyError
+from keysetd.extension import Notifier, NotifierConfig, NotifyEvent
 from keysetd.httpcheck import check_headers, check_http_url, safe_url
-from keysetd.plugin import Notifier, NotifierConfig, NotifyEvent
 from keysetd.units import PositiveDuration
 
 __all__ = ["HttpNotifier", "HttpNotifierConfig"]

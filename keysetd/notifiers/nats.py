@@ -26,10 +26,10 @@ from typing import Annotated, Any, ClassVar
 from keysetd import proc
 from keysetd.atomic import read_current
 from keysetd.errors import NotifyError
+from keysetd.extension import Notifier, NotifierConfig, NotifyEvent, Output
 from keysetd.notifiers.natsconf import staged
 from keysetd.outputs.nats import NatsOutputConfig, header_kind
 from keysetd.pidfile import Pid, check_process_name, target_pid
-from keysetd.plugin import Notifier, NotifierConfig, NotifyEvent, Output
 from keysetd.units import Duration
 
 __all__ = ["NatsNotifier", "NatsNotifierConfig"]

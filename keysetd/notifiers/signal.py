@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Annotated, ClassVar
 
 from keysetd.errors import NotifyError
+from keysetd.extension import Notifier, NotifierConfig, NotifyEvent
 from keysetd.pidfile import Pid, check_process_name, target_pid
-from keysetd.plugin import Notifier, NotifierConfig, NotifyEvent
 from keysetd.schema import non_empty
 
 __all__ = ["SignalNotifier", "SignalNotifierConfig", "parse_signal"]

@@ -13,7 +13,7 @@ from typing import Annotated, ClassVar, Literal
 
 from keysetd import proc
 from keysetd.errors import NotifyError
-from keysetd.plugin import Notifier, NotifierConfig, NotifyEvent
+from keysetd.extension import Notifier, NotifierConfig, NotifyEvent
 from keysetd.units import Duration
 
 __all__ = ["SystemdNotifier", "SystemdNotifierConfig"]

@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import ClassVar
 
 from keysetd.errors import OutputError
+from keysetd.extension import Output, OutputConfig, Role
 from keysetd.formats.envfile import render_env
 from keysetd.formats.jwks import render_jwks, render_keyset
 from keysetd.formats.rgs import render_rgs
 from keysetd.model import Keyset
-from keysetd.plugin import Output, OutputConfig, Role
 
 __all__ = ["EnvOutput", "JwksOutput", "KeysetOutput", "RgsOutput"]
 

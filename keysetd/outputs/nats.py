@@ -27,9 +27,9 @@ import nkeys
 
 from keysetd.crypto import b64u_decode
 from keysetd.errors import OutputError
+from keysetd.extension import Output, OutputConfig
 from keysetd.formats import nkey as nkey_codec
 from keysetd.model import Key, Keyset
-from keysetd.plugin import Output, OutputConfig
 from keysetd.schema import Before, Table, matches, positive
 
 __all__ = [

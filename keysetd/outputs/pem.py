@@ -11,10 +11,10 @@ from typing import ClassVar
 
 from keysetd.atomic import MAX_NAME
 from keysetd.errors import OutputError
+from keysetd.extension import Output, OutputConfig, Role
 from keysetd.formats.jwks import short
 from keysetd.formats.pem import render_private_pem, render_public_pem
 from keysetd.model import Keyset
-from keysetd.plugin import Output, OutputConfig, Role
 
 __all__ = ["ACTIVE_KEY", "PemOutput", "pem_file_name"]
 

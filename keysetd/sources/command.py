@@ -13,8 +13,8 @@ from typing import Annotated, ClassVar
 
 from keysetd import proc
 from keysetd.errors import SourceError
+from keysetd.extension import Source, SourceConfig
 from keysetd.model import Snapshot
-from keysetd.plugin import Source, SourceConfig
 from keysetd.schema import positive
 from keysetd.sources.file import READ_LIMIT
 

@@ -13,8 +13,8 @@ import os
 from typing import ClassVar
 
 from keysetd.errors import SourceError
+from keysetd.extension import Source, SourceConfig
 from keysetd.model import Snapshot, canonical_json
-from keysetd.plugin import Source, SourceConfig
 
 __all__ = ["EnvSource", "EnvSourceConfig"]
 

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import ClassVar
 
 from keysetd.errors import SourceError
+from keysetd.extension import Source, SourceConfig
 from keysetd.model import Snapshot
-from keysetd.plugin import Source, SourceConfig
 from keysetd.readfile import READ_LIMIT, read_limited
 
 __all__ = ["READ_LIMIT", "FileSource", "FileSourceConfig", "read_limited"]

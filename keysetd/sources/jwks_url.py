@@ -37,12 +37,12 @@ from cryptography.hazmat.primitives import serialization
 from keysetd import httpclient
 from keysetd.crypto import KeyMaterialError, load_public
 from keysetd.errors import InvalidKeyset, SourceError
+from keysetd.extension import Source, SourceConfig, SourceFormat
 from keysetd.formats import MAX_DOCUMENT
 from keysetd.formats.jwks import JsonObject, kid_label, load_json, short
 from keysetd.httpcheck import check_headers, check_http_url, is_loopback, safe_url
 from keysetd.log import event
 from keysetd.model import PUBLIC_MEMBERS, Key, Snapshot, canonical_json
-from keysetd.plugin import Source, SourceConfig, SourceFormat
 from keysetd.schema import positive
 from keysetd.sources.file import READ_LIMIT
 from keysetd.units import PositiveDuration

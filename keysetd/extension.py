@@ -1,0 +1,170 @@
+"""The three extension points: source, output and notifier, with their config tables.
+
+A plugin is a class registered under ``keysetd.sources``, ``keysetd.outputs`` or
+``keysetd.notifiers`` (see ``keysetd.registry``); its ``Config`` (a ``Table``, which
+forbids unknown keys) validates its config table, and ``__init__(config)`` builds it.
+Internal: plugins import these from ``keysetd.plugin``, the public API.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from keysetd.model import Keyset, Snapshot
+from keysetd.schema import Table
+from keysetd.units import FileMode, RefreshInterval, Timeout
+
+__all__ = [
+    "Notifier",
+    "NotifierConfig",
+    "NotifyEvent",
+    "Output",
+    "OutputConfig",
+    "PluginConfig",
+    "Role",
+    "Source",
+    "SourceConfig",
+    "SourceFormat",
+]
+
+
+class PluginConfig(Table):
+    """Base of every plugin's config table: frozen, unknown keys rejected."""
+
+    type: str
+
+
+SourceFormat = Literal["auto", "jwks", "rgs", "pem"]
+
+
+class SourceConfig(PluginConfig):
+    format: SourceFormat = "auto"
+    refresh_interval: RefreshInterval = 60.0
+    timeout: Timeout = 10.0
+
+
+class Source:
+    """Fetches one snapshot of the keyset. Failures raise ``SourceError``."""
+
+    Config: ClassVar[type[SourceConfig]] = SourceConfig
+    #: A source of public keys only (a JWKS URL, a KMS): private members are refused,
+    #: and a config with signer outputs is a configuration error.
+    public_only: ClassVar[bool] = False
+
+    def __init__(self, config: Any) -> None:
+        self.config: SourceConfig = config
+
+    def describe(self) -> str:
+        """How logs and errors name this source, e.g. ``file:/etc/keysetd/keyset.json``."""
+        return self.config.type
+
+    def fetch(self) -> Snapshot:
+        """Return the current bytes within ``config.timeout``; raise SourceError otherwise."""
+        raise NotImplementedError
+
+    def watch_paths(self) -> tuple[Path, ...]:
+        """Files whose change should trigger a fetch at once (the daemon watches their dirs)."""
+        return ()
+
+    def close(self) -> None:
+        """Release connections or processes; called on shutdown and config reload."""
+
+
+class Role(enum.Enum):
+    """Verifier outputs hold public material and are committed first; signer outputs after."""
+
+    VERIFIER = "verifier"
+    SIGNER = "signer"
+
+
+class OutputConfig(PluginConfig):
+    path: Path
+    name: str | None = None
+    mode: FileMode | None = None
+
+
+class Output:
+    """Renders the planned keyset to bytes. Pure: the same keyset gives the same bytes."""
+
+    Config: ClassVar[type[OutputConfig]] = OutputConfig
+
+    def __init__(self, config: Any) -> None:
+        self.config: OutputConfig = config
+
+    @property
+    def name(self) -> str:
+        return self.config.name or self.config.type
+
+    @property
+    def role(self) -> Role:
+        return Role.VERIFIER
+
+    @property
+    def mode(self) -> int:
+        if self.config.mode is not None:
+            return self.config.mode
+        return 0o644 if self.role is Role.VERIFIER else 0o600
+
+    def file_mode(self, path: Path) -> int:
+        """The mode of one rendered file (an output may hold files of several kinds)."""
+        return self.mode
+
+    def render(self, keyset: Keyset) -> dict[Path, bytes]:
+        """Every file of this output and its bytes. Raise OutputError when it cannot."""
+        raise NotImplementedError
+
+    def stale_files(self, rendered: Iterable[Path]) -> tuple[Path, ...]:
+        """Files this output wrote before that ``rendered`` no longer includes (to remove)."""
+        path = self.config.path
+        return (path,) if path not in set(rendered) and path.is_file() else ()
+
+
+class NotifierConfig(PluginConfig):
+    name: str | None = None
+    outputs: tuple[str, ...] | None = None
+    retries: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyEvent:
+    """What changed in this cycle; never key material."""
+
+    fingerprint: str
+    active_kid: str | None
+    outputs: tuple[str, ...]
+
+
+class Notifier:
+    """Tells a consumer to reload. One attempt per call; the pipeline retries.
+
+    ``check`` runs before the commit (it may veto the cycle), ``notify`` after it.
+    """
+
+    Config: ClassVar[type[NotifierConfig]] = NotifierConfig
+
+    def __init__(self, config: Any) -> None:
+        self.config: NotifierConfig = config
+
+    @property
+    def name(self) -> str:
+        return self.config.name or self.config.type
+
+    @classmethod
+    def check_outputs(cls, config: Any, outputs: Sequence[Output]) -> list[str]:
+        """Problems of this notifier's config against the configured outputs (config load)."""
+        return []
+
+    def check(self, rendered: Mapping[Path, bytes]) -> None:
+        """Pre-commit: judge this cycle's rendered files (path -> bytes) before any is written.
+
+        Raise NotifyError to fail the cycle with every output left as it was; the
+        default accepts everything. Read-only: never write ``rendered`` or the files.
+        """
+
+    def notify(self, event: NotifyEvent) -> None:
+        """Deliver one notification or raise NotifyError."""
+        raise NotImplementedError
