@@ -12,9 +12,10 @@ import stat
 from pathlib import Path
 from typing import ClassVar
 
+from keysetd.atomic import replace_if_unchanged
 from keysetd.errors import SourceError
 from keysetd.model import Snapshot
-from keysetd.plugin import Source, SourceConfig
+from keysetd.plugin import SourceConfig, WritableSource
 
 __all__ = ["READ_LIMIT", "FileSource", "FileSourceConfig", "read_limited"]
 
@@ -65,10 +66,12 @@ def _kind(mode: int) -> str:
     return "an unknown file type"
 
 
-class FileSource(Source):
-    """Reads ``path`` at every fetch."""
+class FileSource(WritableSource):
+    """Reads ``path`` at every fetch; managed rotation writes it (mode 0600)."""
 
     Config: ClassVar[type[SourceConfig]] = FileSourceConfig
+    #: The mode a managed source is written with: it holds private keys.
+    WRITE_MODE: ClassVar[int] = 0o600
 
     def __init__(self, config: FileSourceConfig) -> None:
         super().__init__(config)
@@ -89,3 +92,9 @@ class FileSource(Source):
 
     def watch_paths(self) -> tuple[Path, ...]:
         return (self.config.path,)
+
+    def missing(self) -> bool:
+        return not self.config.path.exists()
+
+    def replace_if_unchanged(self, expected: bytes | None, data: bytes) -> bool:
+        return replace_if_unchanged(self.config.path, expected, data, self.WRITE_MODE)
