@@ -32,7 +32,7 @@ def writable_source(config: Config) -> WritableSource:
     """Build the config's source if keysetd may write it; ConfigError naming its type if not."""
     if not issubclass(config.source_class, WritableSource):
         raise ConfigError(
-            f"a {config.source.type!r} source cannot be written by keysetd: managed rotation"
+            f"source type {config.source.type!r} cannot be written by keysetd: managed rotation"
             " ([rotation], keysetd rotate) needs a source it owns, such as 'file'"
         )
     source = config.build_source()
