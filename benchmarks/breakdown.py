@@ -101,7 +101,7 @@ def measure(changes: int = 200) -> tuple[list[float], dict[str, list[float]], di
                 if isinstance(handler, logging.StreamHandler):
                     handler.setStream(log_file)
             ws.source.write_bytes(sets[0][1])
-            pipeline = Pipeline(load_config(ws.config_path))
+            pipeline = Pipeline.open(load_config(ws.config_path))
             pipeline.cycle()
             clock = _Clock()
             with _instrumented(clock):

@@ -91,9 +91,7 @@ def _pipeline(root: Path, data: bytes) -> Pipeline:
             {"type": "keyset", "path": str(ws.out / "keyset.json")},
         ]
     )
-    pipeline = Pipeline(load_config(ws.config_path))
-    pipeline.state.ensure()
-    return pipeline
+    return Pipeline.open(load_config(ws.config_path))
 
 
 def _first_cycle(data: bytes, repeats: int) -> float:

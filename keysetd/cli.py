@@ -51,7 +51,7 @@ def cmd_once(args: argparse.Namespace) -> int:
 
     config = _config(args)
     _setup_logging(config, args)
-    pipeline = Pipeline(config)
+    pipeline = Pipeline.open(config)
     pipeline.state.lock()
     try:
         result = pipeline.cycle(force=True)
@@ -180,8 +180,20 @@ def _when(at: object) -> str:
         return "a time out of range"
 
 
+def _read_only_pipeline(args: argparse.Namespace) -> Any:
+    """A pipeline over state_dir as it is: nothing created or written (plan, evidence)."""
+    from keysetd.pipeline import Pipeline
+    from keysetd.state import StateStore
+
+    config = _config(args)
+    return Pipeline(config, StateStore(config.state_dir))
+
+
 def _current_keyset(pipeline: Any) -> tuple[Any, str]:
-    """The keyset the source holds now, or the last-known-good when the source fails."""
+    """The keyset the source holds now, or the last-known-good when the source fails.
+
+    Raises UntrustedLastKnownGood when the fallback is not the file history recorded.
+    """
     from keysetd.errors import SourceError
 
     try:
@@ -190,7 +202,7 @@ def _current_keyset(pipeline: Any) -> tuple[Any, str]:
             snapshot.data, snapshot.format, snapshot.origin
         ), "the source"
     except (SourceError, InvalidKeyset) as exc:
-        lkg = pipeline.state.load_lkg()
+        lkg = pipeline.state.verified_lkg()
         if lkg is None:
             raise
         print(f"note: {exc}; planning from the last-known-good", file=sys.stderr)
@@ -201,13 +213,16 @@ def _current_keyset(pipeline: Any) -> tuple[Any, str]:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from keysetd.history import observe
-    from keysetd.pipeline import Pipeline
+    from keysetd.state import UntrustedLastKnownGood
 
-    pipeline = Pipeline(_config(args))
-    keyset, origin = _current_keyset(pipeline)
+    pipeline = _read_only_pipeline(args)
+    try:
+        keyset, origin = _current_keyset(pipeline)
+    except UntrustedLastKnownGood as exc:
+        print(f"keysetd: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     now = time.time()
-    pipeline.history = observe(pipeline.history, keyset, now)
+    pipeline.ledger.observe(keyset, now)  # in memory only: plan writes no history
     planned = pipeline.plan_now(keyset, now)
     print(f"plan from {origin} at {_when(now)}")
     print(f"  signers use:   {planned.active_kid or '-'}")
@@ -279,51 +294,65 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_rotate(args: argparse.Namespace) -> int:
-    from keysetd.atomic import replace_if_unchanged
+    from keysetd.managed import writable_source
+
+    config = _config(args)
+    source = writable_source(config)  # ConfigError naming a source type keysetd cannot write
+    try:
+        return _rotate(args, config, source)
+    finally:
+        source.close()
+
+
+def _rotate(args: argparse.Namespace, config: Config, source: Any) -> int:
+    """Add a new key to the source as its active_kid (compare-and-swap; signers wait)."""
     from keysetd.crypto import generate
-    from keysetd.formats.jwks import render_keyset
+    from keysetd.errors import SourceError
+    from keysetd.managed import write_source
     from keysetd.model import Keyset
-    from keysetd.readfile import read_limited
     from keysetd.rotation import new_kid
     from keysetd.validate import check
 
-    config = _config(args)
-    path = getattr(config.source, "path", None)
-    if config.source.type != "file" or not isinstance(path, Path):
-        raise ConfigError("keysetd rotate works on a file source")
+    where = source.describe()
     try:
-        current = read_limited(path)
-    except OSError as exc:
-        print(f"keysetd: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
+        current = source.fetch().data
+    except SourceError as exc:
+        print(f"keysetd: {exc.reason}", file=sys.stderr)
         return EXIT_FAILED
-    except ValueError as exc:
-        print(f"keysetd: cannot read {path}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    keyset = check(current, config.source.format, hmac_alg=config.policy.hmac_alg, where=str(path))
+    keyset = check(current, config.source.format, hmac_alg=config.policy.hmac_alg, where=where)
     rotation = config.settings.rotation
     alg = args.alg or (rotation.alg if rotation else "ES256")
     key = generate(alg, args.kid or new_kid(rotation.kid_prefix if rotation else "", time.time()))
     if keyset.get(key.kid) is not None:
-        print(f"keysetd: {key.kid} is already in {path}", file=sys.stderr)
+        print(f"keysetd: {key.kid} is already in {where}", file=sys.stderr)
         return EXIT_FAILED
     rotated = Keyset((*keyset.keys, key), key.kid)
-    if not replace_if_unchanged(path, current, render_keyset(rotated), 0o600):
+    try:
+        written = write_source(source, current, rotated)
+    except OSError as exc:
+        print(f"keysetd: cannot write {where}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if not written:
         print(
-            f"keysetd: {path} changed while rotating; nothing written, try again", file=sys.stderr
+            f"keysetd: {where} changed while rotating; nothing written, try again", file=sys.stderr
         )
         return EXIT_FAILED
-    print(f"added {key.kid} ({alg}) to {path} as active_kid; previous {keyset.active_kid or '-'}")
+    print(f"added {key.kid} ({alg}) to {where} as active_kid; previous {keyset.active_kid or '-'}")
     print("verifiers get it at once; signers after policy.activation_delay")
     return EXIT_OK
 
 
 def cmd_evidence(args: argparse.Namespace) -> int:
     from keysetd.evidence import build_evidence, write_evidence
-    from keysetd.pipeline import Pipeline
     from keysetd.readfile import read_limited
+    from keysetd.state import UntrustedLastKnownGood
 
-    pipeline = Pipeline(_config(args))
-    lkg = pipeline.state.load_lkg()
+    pipeline = _read_only_pipeline(args)
+    try:
+        lkg = pipeline.state.verified_lkg()
+    except UntrustedLastKnownGood as exc:
+        print(f"keysetd: {exc}; no evidence written", file=sys.stderr)
+        return EXIT_FAILED
     if lkg is None:
         print("keysetd: nothing was published yet: no evidence to write", file=sys.stderr)
         return EXIT_FAILED

@@ -56,7 +56,7 @@ class Daemon:
         self.stopping = False
         self.reload_requested = False
         self.failures = 0
-        self.pipeline = Pipeline(config)
+        self.pipeline = Pipeline.open(config)
         #: Held for the daemon's life, across config reloads that rebuild the pipeline.
         self.lock = StateStore(config.state_dir)
         self.watcher = self._watcher()
@@ -175,10 +175,13 @@ class Daemon:
             self._refuse_reload("state_dir cannot change on reload; restart keysetd")
             return
         old_pipeline, old_watcher = self.pipeline, self.watcher
-        self.config = new
-        self.pipeline = Pipeline(new)
-        # Owed notifications carry over to the notifiers of the same name.
-        self.pipeline.backlog = old_pipeline.backlog
+        try:
+            # Owed notifications carry over to the notifiers of the same name.
+            pipeline = Pipeline.open(new, backlog=old_pipeline.backlog)
+        except ConfigError as exc:  # e.g. [rotation] on a source keysetd cannot write
+            self._refuse_reload(one_line(exc), exc.problems)
+            return
+        self.config, self.pipeline = new, pipeline
         self.pipeline.backlog.keep_only(n.name for n in self.pipeline.notifiers)
         self.watcher = self._watcher()
         old_watcher.stop()

@@ -29,6 +29,7 @@ __all__ = [
     "Source",
     "SourceConfig",
     "SourceFormat",
+    "WritableSource",
 ]
 
 
@@ -72,6 +73,27 @@ class Source:
 
     def close(self) -> None:
         """Release connections or processes; called on shutdown and config reload."""
+
+
+class WritableSource(Source):
+    """A source keysetd may write: the capability managed rotation needs.
+
+    ``[rotation]`` and ``keysetd rotate`` write the next keyset into the source
+    itself, so they refuse (ConfigError naming the type) a source that does not
+    subclass this. Writes are compare-and-swap: an edit made meanwhile wins.
+    """
+
+    def missing(self) -> bool:
+        """The document is gone; keysetd writes it again (or its first key)."""
+        raise NotImplementedError
+
+    def replace_if_unchanged(self, expected: bytes | None, data: bytes) -> bool:
+        """Write ``data`` (private keys: owner-only) if the document still holds ``expected``.
+
+        ``expected`` None means the document must be absent. Returns False, writing
+        nothing, when it changed meanwhile; raises OSError when it cannot be written.
+        """
+        raise NotImplementedError
 
 
 class Role(enum.Enum):

@@ -36,6 +36,7 @@ from keysetd.extension import (
     Source,
     SourceConfig,
     SourceFormat,
+    WritableSource,
 )
 from keysetd.formats import nkey
 from keysetd.httpcheck import check_http_url, safe_url
@@ -72,6 +73,7 @@ __all__ = [  # noqa: RUF022 (grouped by what a plugin needs)
     "Source",
     "SourceConfig",
     "SourceFormat",
+    "WritableSource",
     # errors
     "ConfigError",
     "InvalidKeyset",

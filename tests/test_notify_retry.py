@@ -162,7 +162,7 @@ def test_a_newer_change_supersedes_the_owed_notification(env: Env, keys: dict[st
     config = env.config(
         notify=[{"type": "command", "argv": ["/bin/sh", "-c", script], "retries": 0}]
     )
-    pipeline = Pipeline(load_config(config))
+    pipeline = Pipeline.open(load_config(config))
     try:
         first = pipeline.cycle()
         assert first.ok and first.failed_notifiers == ("command",)

@@ -15,7 +15,7 @@ from tests.keys import jwks_doc
 
 
 def pipeline(env: Env, **extra: Any) -> Pipeline:
-    return Pipeline(load_config(env.config(**extra)))
+    return Pipeline.open(load_config(env.config(**extra)))
 
 
 def test_same_keyset_in_other_bytes_rewrites_nothing(env: Env, keys: dict[str, Any]) -> None:
@@ -223,7 +223,7 @@ def test_a_failure_that_lasts_is_counted_in_the_audit_log_every_hour(
 ) -> None:
     now = [1_800_000_000.0]
     env.write_source(b"garbage")
-    cycle = Pipeline(load_config(env.config()), clock=lambda: now[0])
+    cycle = Pipeline.open(load_config(env.config()), clock=lambda: now[0])
     for _ in range(1 + 3 * 60):  # three hours of failures, one a minute
         cycle.cycle()
         now[0] += 60

@@ -1,10 +1,11 @@
 """Rotation guarantees of the pure planner and history, over random snapshot and clock sequences.
 
-A small harness replays what ``pipeline.py`` does each cycle (apply revocations;
-refuse a source that brings a revoked kid; observe; plan; verifier commit;
-mark_published; signer commit; mark_active; remember the signer keyset) and
-records every plan, so each guarantee of DESIGN.md section 6 is checked over the
-whole timeline, the crash window between the two commits included.
+A small harness replays what ``keysetd.pipeline`` and ``keysetd.publish`` do
+each cycle (apply revocations; refuse a source that brings a revoked kid;
+observe; plan; verifier commit; mark_published; signer commit; mark_active;
+remember the signer keyset) and records every plan, so each guarantee of
+DESIGN.md section 6 is checked over the whole timeline, the crash window
+between the two commits included.
 """
 
 from __future__ import annotations

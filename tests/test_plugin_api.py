@@ -54,6 +54,7 @@ PINNED = {
     "SourceFormat",
     "Table",
     "TableError",
+    "WritableSource",
     "b64u_decode",
     "b64u_encode",
     "canonical_json",

@@ -84,7 +84,7 @@ class Workspace:
         env.config(outputs=[{"type": n, "path": str(p)} for n, p in self.paths.items()])
         self.generation = 0
         self.write()
-        self.pipeline = Pipeline(load_config(env.config_path, environ={}))
+        self.pipeline = Pipeline.open(load_config(env.config_path, environ={}))
 
     def write(self) -> None:
         gen = self.generation
@@ -255,7 +255,7 @@ def test_full_state_dir_leaves_outputs_and_state_consistent(env: Env, mounts: li
     tmpfs(mounts, env.state, size="64k")
     env.write_source(jwks_doc(keys[0], active="s0"))
     env.config()
-    pipeline = Pipeline(load_config(env.config_path, environ={}))
+    pipeline = Pipeline.open(load_config(env.config_path, environ={}))
     assert pipeline.cycle().ok
     filler = _fill(env.state)
     env.write_source(jwks_doc(keys[1], keys[0], active="s1"))

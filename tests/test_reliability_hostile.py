@@ -58,7 +58,7 @@ class Hostile:
         )
         self.generation = 0
         self.write()
-        self.pipeline = Pipeline(load_config(env.config_path, environ={}))
+        self.pipeline = Pipeline.open(load_config(env.config_path, environ={}))
         assert self.pipeline.cycle().ok
 
     def write(self) -> None:
@@ -166,7 +166,7 @@ def test_directory_that_was_a_symlink_at_start_keeps_working(env: Env) -> None:
             {"type": "keyset", "path": str(linked / "keyset.json")},
         ]
     )
-    pipeline = Pipeline(load_config(env.config_path, environ={}))
+    pipeline = Pipeline.open(load_config(env.config_path, environ={}))
     assert pipeline.cycle().ok
     env.write_source(jwks_doc(keys[1], keys[0], active="l1"))
     assert pipeline.cycle().ok

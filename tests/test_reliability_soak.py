@@ -51,7 +51,7 @@ def asym_pipeline(env: Env) -> tuple[Pipeline, list[bytes]]:
     docs = [jwks_doc(keys[i], keys[(i + 1) % 3], keys[3], active=keys[i]["kid"]) for i in range(3)]
     env.write_source(docs[0])
     env.config(outputs=env.outputs_with_pem())
-    return Pipeline(load_config(env.config_path, environ={})), docs
+    return Pipeline.open(load_config(env.config_path, environ={})), docs
 
 
 def hmac_pipeline(env: Env) -> tuple[Pipeline, list[bytes]]:
@@ -69,7 +69,7 @@ def hmac_pipeline(env: Env) -> tuple[Pipeline, list[bytes]]:
             {"type": "env", "path": str(env.out / "keys.env")},
         ]
     )
-    return Pipeline(load_config(env.config_path, environ={})), docs
+    return Pipeline.open(load_config(env.config_path, environ={})), docs
 
 
 @pytest.mark.timeout(BUDGET_SECONDS + 120)

@@ -27,7 +27,7 @@ def managed(env: Env, clock: Clock, **rotation: Any) -> Pipeline:
         policy={"activation_delay": "1h", "retention": "1d"},
         rotation={"every": "7d", "alg": "ES256", **rotation},
     )
-    return Pipeline(load_config(config), clock=clock)
+    return Pipeline.open(load_config(config), clock=clock)
 
 
 def published(env: Env) -> list[str]:
@@ -124,7 +124,7 @@ def test_restart_does_not_cut_the_activation_delay_short(env: Env) -> None:
     assert new != old and new in published(env) and signing(env) == old
     pipeline.close()
     clock.now += HOUR / 2
-    restarted = Pipeline(load_config(env.config_path), clock=clock)
+    restarted = Pipeline.open(load_config(env.config_path), clock=clock)
     settle(restarted)
     assert signing(env) == old, "a restart must not shorten the activation delay"
     clock.now += HOUR / 2

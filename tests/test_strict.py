@@ -155,7 +155,7 @@ def test_weak_hmac_secrets(env: Env, secret: str, why: str) -> None:
         outputs=[{"type": "rgs", "path": str(rgs)}],
         policy={"max_staleness": "1h", "hmac_alg": "HS256"},
     )
-    result = Pipeline(load_config(write(env, config))).cycle()
+    result = Pipeline.open(load_config(write(env, config))).cycle()
     assert not result.ok and why in (result.error or ""), result.error
     assert not rgs.exists()
 

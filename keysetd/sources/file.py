@@ -10,8 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
+from keysetd.atomic import replace_if_unchanged
 from keysetd.errors import SourceError
-from keysetd.extension import Source, SourceConfig
+from keysetd.extension import SourceConfig, WritableSource
 from keysetd.model import Snapshot
 from keysetd.readfile import READ_LIMIT, read_limited
 
@@ -22,10 +23,12 @@ class FileSourceConfig(SourceConfig):
     path: Path
 
 
-class FileSource(Source):
-    """Reads ``path`` at every fetch."""
+class FileSource(WritableSource):
+    """Reads ``path`` at every fetch; managed rotation writes it (mode 0600)."""
 
     Config: ClassVar[type[SourceConfig]] = FileSourceConfig
+    #: The mode a managed source is written with: it holds private keys.
+    WRITE_MODE: ClassVar[int] = 0o600
 
     def __init__(self, config: FileSourceConfig) -> None:
         super().__init__(config)
@@ -46,3 +49,9 @@ class FileSource(Source):
 
     def watch_paths(self) -> tuple[Path, ...]:
         return (self.config.path,)
+
+    def missing(self) -> bool:
+        return not self.config.path.exists()
+
+    def replace_if_unchanged(self, expected: bytes | None, data: bytes) -> bool:
+        return replace_if_unchanged(self.config.path, expected, data, self.WRITE_MODE)

@@ -1,0 +1,115 @@
+"""Managed rotation write-back: keysetd writing the next keyset into a source it owns.
+
+The one write path for the daemon's schedule (``ManagedRotation.step``, what
+``keysetd.rotation`` decides) and ``keysetd rotate``: ``write_source``, a
+compare-and-swap against the bytes keysetd last read, so an edit made meanwhile
+is never overwritten. Only a ``WritableSource`` can be managed; any other is a
+ConfigError naming its type.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from keysetd.errors import ConfigError
+from keysetd.extension import WritableSource
+from keysetd.formats.jwks import render_keyset
+from keysetd.log import event
+from keysetd.model import Keyset
+from keysetd.record import Recorder
+from keysetd.rotation import next_source
+from keysetd.state import KeyRecord
+
+if TYPE_CHECKING:
+    from keysetd.config import Config, RotationSettings
+
+__all__ = ["ManagedRotation", "writable_source", "write_source"]
+
+
+def writable_source(config: Config) -> WritableSource:
+    """Build the config's source if keysetd may write it; ConfigError naming its type if not."""
+    if not issubclass(config.source_class, WritableSource):
+        raise ConfigError(
+            f"source type {config.source.type!r} cannot be written by keysetd: managed rotation"
+            " ([rotation], keysetd rotate) needs a source it owns, such as 'file'"
+        )
+    source = config.build_source()
+    assert isinstance(source, WritableSource)
+    return source
+
+
+def write_source(source: WritableSource, expected: bytes | None, keyset: Keyset) -> bool:
+    """Write ``keyset`` as the source's JWKS if it still holds ``expected``; False if it moved.
+
+    Raises OSError when the source cannot be written.
+    """
+    return source.replace_if_unchanged(expected, render_keyset(keyset))
+
+
+class ManagedRotation:
+    """With ``[rotation]``: write the owned source's next content when the schedule says so."""
+
+    def __init__(
+        self,
+        source: WritableSource,
+        settings: RotationSettings,
+        *,
+        activation_delay: float,
+        recorder: Recorder,
+    ) -> None:
+        self.source = source
+        self._settings = settings
+        self._activation_delay = activation_delay
+        self._recorder = recorder
+
+    def missing(self) -> bool:
+        """The managed source is gone: keysetd writes it again (or its first key)."""
+        return self.source.missing()
+
+    def step(
+        self,
+        keyset: Keyset | None,
+        history: Mapping[str, KeyRecord],
+        expected: bytes | None,
+        now: float,
+    ) -> float | None:
+        """Write the next content if one is due; return when to look again (None: no sooner).
+
+        ``expected`` is what keysetd last read from the source (None: nothing yet).
+        """
+        settings = self._settings
+        step = next_source(
+            keyset,
+            history,
+            every=settings.every,
+            activation_delay=self._activation_delay,
+            alg=settings.alg,
+            kid_prefix=settings.kid_prefix,
+            now=now,
+        )
+        if step.keyset is None:
+            return step.next_at
+        where = self.source.describe()
+        try:
+            written = write_source(self.source, expected, step.keyset)
+        except OSError as exc:
+            event("rotation_failed", logging.ERROR, source=where, error=exc.strerror or str(exc))
+            return None
+        if not written:
+            event(
+                "rotation_skipped",
+                logging.WARNING,
+                source=where,
+                reason="the source changed meanwhile; the next cycle reads it",
+            )
+            return now
+        event("rotation_step", reason=step.reason, active_kid=step.keyset.active_kid)
+        self._recorder.audit(
+            "managed_rotation",
+            reason=step.reason,
+            active_kid=step.keyset.active_kid,
+            kids=list(step.keyset.kids),
+        )
+        return now

@@ -1,0 +1,152 @@
+"""The record stage: what a cycle leaves for the operator, status.json and audit lines.
+
+Audit lines are appended before the history or status they describe, so a crash
+repeats a line rather than losing one; a failure repeated cycle after cycle gets
+one line and then a count (keysetd.repeats). status.json is what ``keysetd status``
+and ``GET /status`` read; rewritten every cycle, so a failed write is logged, not fatal.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from keysetd import failpoints
+from keysetd.audit import AuditLog
+from keysetd.dispatch import Backlog
+from keysetd.errors import InvalidKeyset, KeysetdError, SourceError
+from keysetd.extension import Output, Source
+from keysetd.log import event
+from keysetd.plan import Plan
+from keysetd.repeats import RepeatedFailures
+from keysetd.state import StateStore
+
+__all__ = ["Recorder", "failure_entry"]
+
+
+def failure_entry(exc: KeysetdError, source: str) -> dict[str, Any]:
+    """The audit line of a failed cycle: rules and kids, never key material."""
+    if isinstance(exc, InvalidKeyset):
+        return {
+            "event": "refused",
+            "source": source,
+            "rules": sorted(exc.rules),
+            "kids": sorted({p.kid for p in exc.problems}),
+        }
+    if isinstance(exc, SourceError):
+        return {"event": "source_failed", "source": source, "error": exc.reason}
+    return {"event": "commit_failed", "error": str(exc)}
+
+
+class Recorder:
+    """Writes the audit log and status.json of one state_dir for one pipeline."""
+
+    def __init__(
+        self,
+        state: StateStore,
+        source: Source,
+        outputs: Sequence[Output],
+        clock: Callable[[], float],
+    ) -> None:
+        self.state = state
+        self.clock = clock
+        self._source = source
+        self._outputs = tuple(outputs)
+        self._log = AuditLog(state.audit_path, clock)
+        self._repeats = RepeatedFailures()
+        #: What was last recorded in status.json (read at start, so a restart keeps it).
+        self.status: dict[str, Any] = state.load_status() or {}
+        #: Why the last SIGHUP reload was refused; shown as last_error until one succeeds.
+        self.reload_error: str | None = None
+
+    # -- audit -----------------------------------------------------------------
+
+    def audit(self, event_name: str, **fields: Any) -> None:
+        self.audit_all([{"event": event_name, **fields}])
+
+    def audit_all(self, events: Sequence[dict[str, Any]]) -> None:
+        """Append audit lines now: before the history they describe, so none is ever lost."""
+        if events:
+            self._write([*self._repeats.flush(), *events])
+
+    def failed(self, stage: str, message: str, entry: dict[str, Any], now: float) -> None:
+        """Only a failure unlike the one before gets its own line; repeats are counted."""
+        self._write(self._repeats.admit(stage, message, entry, now))
+
+    def recovered(self) -> None:
+        """Write the count of repeated failures still owed (after a success, or at close)."""
+        self._write(self._repeats.recovered())
+
+    def _write(self, events: Sequence[dict[str, Any]]) -> None:
+        if events:
+            self._log.append_all(events)
+            failpoints.hit("state.after-audit-append")  # failpoint (tests only)
+
+    # -- status ----------------------------------------------------------------
+
+    def _base(self, published: Plan | None) -> dict[str, Any]:
+        status = dict(self.status)
+        if published is not None:
+            status["active_kid"] = published.active_kid
+            status["published_kids"] = list(published.published_kids)
+            status["fingerprint"] = published.fingerprint
+            status["keys"] = [
+                {"kid": d.kid, "state": d.state, "reason": d.reason, "until": d.until}
+                for d in published.decisions
+            ]
+            status["next_change_at"] = published.next_change_at
+        status["source"] = self._source.describe()
+        status["outputs"] = {
+            o.name: {"path": str(o.config.path), "role": o.role.value} for o in self._outputs
+        }
+        return status
+
+    def success(
+        self, now: float, published: Plan | None, *, changed: bool, backlog: Backlog
+    ) -> None:
+        self.recovered()
+        status = self._base(published)
+        status.update(last_error=self.reload_error, last_success_at=now, lkg_fetched_at=now)
+        status["reload_error"] = self.reload_error
+        status.update(notify_errors=backlog.errors, notify_retry_at=backlog.retry_at)
+        if changed:
+            status["last_change_at"] = now
+        self.save(status)
+
+    def failure(self, now: float, published: Plan | None, message: str) -> None:
+        status = self._base(published)
+        status.update(last_error=message, last_error_at=now)
+        self.save(status)
+
+    def notifications(self, backlog: Backlog) -> None:
+        """After a notification retry: what is still owed, and when it is tried again."""
+        status = dict(self.status)
+        status.update(notify_errors=backlog.errors, notify_retry_at=backlog.retry_at)
+        self.save(status)
+
+    def reload_refused(self, message: str) -> None:
+        """A SIGHUP reload was refused: status names why until a reload succeeds."""
+        self.reload_error = message
+        status = dict(self.status)
+        status.update(last_error=message, last_error_at=self.clock(), reload_error=message)
+        self.save(status)
+
+    def save(self, status: dict[str, Any]) -> None:
+        self.status = status
+        try:
+            self.state.save_status(status)
+        except OSError as exc:
+            event(
+                "state_write_failed",
+                logging.ERROR,
+                path=str(self.state.status_path),
+                error=exc.strerror or str(exc),
+            )
+
+    def close(self) -> None:
+        """Write the count of repeated failures still owed; a failing state_dir is logged."""
+        try:
+            self.recovered()
+        except OSError as exc:
+            event("state_write_failed", logging.ERROR, path=str(exc.filename), error=str(exc))
