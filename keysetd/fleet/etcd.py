@@ -28,9 +28,9 @@ from keysetd.httpcheck import check_http_url, safe_url
 
 __all__ = [
     "CasResult",
+    "Entry",
     "EtcdSettings",
     "EtcdStore",
-    "Entry",
     "Guard",
     "LeaseNotFound",
     "prefix_end",
@@ -90,7 +90,7 @@ class CasResult:
 
 
 def prefix_end(prefix: bytes) -> bytes:
-    """The range end that covers every key starting with ``prefix`` (etcd's ``GetPrefixRangeEnd``)."""
+    """The range end covering every key that starts with ``prefix`` (etcd's GetPrefixRangeEnd)."""
     end = bytearray(prefix)
     while end:
         if end[-1] < 0xFF:

@@ -51,9 +51,7 @@ class TransportError(Exception):
         super().__init__(reason)
 
 
-def tls_context(
-    ca_file: str | None, cert_file: str | None, key_file: str | None
-) -> ssl.SSLContext:
+def tls_context(ca_file: str | None, cert_file: str | None, key_file: str | None) -> ssl.SSLContext:
     """A client context: the system CAs or ``ca_file``; a client certificate if given.
 
     Raises ``OSError``/``ssl.SSLError`` for unreadable files; the caller names the setting.
@@ -91,7 +89,11 @@ class HttpTransport:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise TransportError("not an http(s) URL", retryable=False)
-        where = (parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+        where = (
+            parts.scheme,
+            parts.hostname,
+            parts.port or (443 if parts.scheme == "https" else 80),
+        )
         data = json.dumps(body, separators=(",", ":")).encode()
         conn, reused = self._take(where)
         try:
@@ -99,7 +101,9 @@ class HttpTransport:
         except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
             conn.close()
             if not reused:
-                raise TransportError("connection closed without an answer", retryable=True) from None
+                raise TransportError(
+                    "connection closed without an answer", retryable=True
+                ) from None
             # A kept-alive connection the server had closed: once more on a fresh one.
             conn, _ = self._take(where, fresh=True)
             try:
@@ -183,13 +187,23 @@ class HttpTransport:
         except TimeoutError:
             raise TransportError("no answer before the deadline", retryable=True) from None
         except ssl.SSLCertVerificationError as exc:
-            raise TransportError(f"TLS: {exc.verify_message}", retryable=True) from None
+            raise TransportError(
+                f"TLS: certificate verify failed: {exc.verify_message}", retryable=True
+            ) from None
+        except ssl.SSLEOFError:
+            raise TransportError(
+                "TLS: the server closed the connection (is a client certificate required?)",
+                retryable=True,
+            ) from None
         except ssl.SSLError as exc:
-            raise TransportError(f"TLS: {exc.reason or 'handshake failed'}", retryable=True) from None
+            reason = (exc.reason or "handshake failed").lower().replace("_", " ")
+            raise TransportError(f"TLS: {reason}", retryable=True) from None
         except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
             raise
         except (OSError, http.client.HTTPException) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            reason = (
+                exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            )
             raise TransportError(reason, retryable=True) from None
         return response.status, b"".join(chunks), not response.will_close
 
