@@ -108,8 +108,23 @@ class EtcdMember:
         self.proc.wait(timeout=10)
 
     def sigstop(self) -> None:
+        """SIGSTOP, and wait until every thread is stopped (delivery is asynchronous)."""
         os.kill(self.pid, signal.SIGSTOP)
         self.stopped = True
+        deadline = time.monotonic() + 5
+        while not self._all_threads_stopped():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"etcd {self.name} did not stop within 5 s")
+            time.sleep(0.01)
+
+    def _all_threads_stopped(self) -> bool:
+        states = []
+        for stat in Path(f"/proc/{self.pid}/task").glob("*/stat"):
+            try:
+                states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
+            except (FileNotFoundError, IndexError):
+                continue
+        return bool(states) and all(state in ("T", "t") for state in states)
 
     def sigcont(self) -> None:
         os.kill(self.pid, signal.SIGCONT)
