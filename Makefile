@@ -17,11 +17,16 @@ $(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS)) | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[daemon,test]' $(foreach p,$(PLUGINS),-e '$(p)[test]')
 	touch $(STAMP)
 
-# Debian packages the tests drive for real (systemd-analyze for the unit files).
+# Debian packages the tests drive for real (systemd-analyze for the unit files, etcd for
+# fleet mode's store).
 system-deps:
 	@command -v systemd-analyze >/dev/null 2>&1 || { \
 		apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd; }
+	@command -v etcd >/dev/null 2>&1 || { \
+		apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			etcd-server etcd-client; }
 
 RUN_STAMP := $(VENV)/.installed-run
 

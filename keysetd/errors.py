@@ -6,7 +6,8 @@
     ├── SourceError     transient: keep last-known-good, back off
     ├── InvalidKeyset   .problems: tuple of Problem(kid, rule, detail); never key bytes
     ├── OutputError     names output and path
-    └── NotifyError     names the notifier; never rolls back outputs
+    ├── NotifyError     names the notifier; never rolls back outputs
+    └── StoreError      fleet store (etcd): names the endpoint and operation; never values
 
 Messages name kids, rules, paths and plugins; they never carry key material.
 Foreign errors are translated at the seam: ``raise SourceError(...) from exc``.
@@ -25,6 +26,7 @@ __all__ = [
     "PluginError",
     "Problem",
     "SourceError",
+    "StoreError",
 ]
 
 
@@ -104,3 +106,13 @@ class NotifyError(KeysetdError):
     def __init__(self, notifier: str, reason: str) -> None:
         self.notifier = notifier
         super().__init__(f"notifier {notifier}: {reason}")
+
+
+class StoreError(KeysetdError):
+    """The fleet store (etcd) did not answer or refused; callers keep last-known-good."""
+
+    def __init__(self, operation: str, endpoint: str, reason: str) -> None:
+        self.operation = operation
+        self.endpoint = endpoint
+        self.reason = reason
+        super().__init__(f"etcd {operation} ({endpoint}): {reason}")

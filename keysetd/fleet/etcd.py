@@ -1,0 +1,333 @@
+"""The etcd store of fleet mode: keys, compare-and-swap on revisions, leases.
+
+Pure of daemon logic: it knows etcd, not keysets. Every call has one total deadline
+(``EtcdSettings.timeout``) across all endpoints; an endpoint that does not answer, or answers
+that it cannot serve (no leader), is passed over for the next, and the one that answered is
+tried first next time. Everything that goes wrong is a ``StoreError`` naming the operation and
+the endpoint(s), never a value.
+
+A call that timed out may still have been applied (the answer was lost): a compare-and-swap
+retried elsewhere then fails its compare and reports the value it wrote itself as current.
+Callers compare ``CasResult.current`` with what they meant to write.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from keysetd.errors import ConfigError, StoreError
+from keysetd.fleet.transport import HttpTransport, PostJson, TransportError, tls_context
+from keysetd.httpcheck import check_http_url, safe_url
+
+__all__ = [
+    "CasResult",
+    "Entry",
+    "EtcdSettings",
+    "EtcdStore",
+    "Guard",
+    "LeaseNotFound",
+    "prefix_end",
+]
+
+_LEASE_NOT_FOUND = 5  # gRPC NOT_FOUND: etcd's "requested lease not found"
+
+
+class LeaseNotFound(StoreError):
+    """The lease named in the call has expired or was revoked: grant a new one."""
+
+
+@dataclass(frozen=True, slots=True)
+class EtcdSettings:
+    """Where etcd is and how long one call may take (seconds, across every endpoint)."""
+
+    endpoints: tuple[str, ...]
+    timeout: float = 5.0
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One key as etcd holds it. The value stays out of repr: it may be keyset state."""
+
+    key: str
+    value: bytes = field(repr=False)
+    mod_revision: int
+    create_revision: int
+    version: int
+    lease: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Guard:
+    """A condition on another key for a fenced write: ``key`` exists with this create revision
+    (an elected leader's key, see ``Election.guard``)."""
+
+    key: str
+    create_revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class CasResult:
+    """A compare-and-swap's outcome.
+
+    ``current`` is the key after the call: what was written when ``succeeded``, else the value
+    that made the compare fail (``None``: absent). ``guard_lost`` is True when a ``Guard`` failed.
+    """
+
+    succeeded: bool
+    current: Entry | None
+    revision: int
+    guard_lost: bool = False
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The range end covering every key that starts with ``prefix`` (etcd's GetPrefixRangeEnd)."""
+    end = bytearray(prefix)
+    while end:
+        if end[-1] < 0xFF:
+            end[-1] += 1
+            return bytes(end)
+        end.pop()
+    return b"\0"  # every key
+
+
+def _b64(data: bytes | str) -> str:
+    return base64.b64encode(data.encode() if isinstance(data, str) else data).decode("ascii")
+
+
+def _int(doc: Mapping[str, Any], name: str) -> int:
+    """etcd's int64 fields arrive as JSON strings, and are omitted when zero."""
+    return int(doc.get(name) or 0)
+
+
+def _entry(kv: Mapping[str, Any]) -> Entry:
+    return Entry(
+        key=base64.b64decode(kv["key"]).decode(errors="replace"),
+        value=base64.b64decode(kv.get("value", "")),
+        mod_revision=_int(kv, "mod_revision"),
+        create_revision=_int(kv, "create_revision"),
+        version=_int(kv, "version"),
+        lease=_int(kv, "lease"),
+    )
+
+
+def _revision(doc: Mapping[str, Any]) -> int:
+    return _int(doc.get("header") or {}, "revision")
+
+
+class EtcdStore:
+    """A client of an etcd cluster through its v3 JSON gateway; safe to share between threads."""
+
+    def __init__(self, settings: EtcdSettings, transport: PostJson | None = None) -> None:
+        if not settings.endpoints:
+            raise ConfigError("fleet: endpoints must name at least one etcd URL")
+        for url in settings.endpoints:
+            try:
+                check_http_url(url)
+            except ValueError as exc:
+                raise ConfigError(f"fleet: endpoint {safe_url(url)}: {exc}") from None
+            if "@" in urlsplit(url).netloc:
+                raise ConfigError(f"fleet: endpoint {safe_url(url)}: must not hold credentials")
+        if settings.timeout <= 0:
+            raise ConfigError("fleet: timeout must be positive")
+        if transport is None:
+            context = None
+            if any(url.startswith("https:") for url in settings.endpoints) or settings.ca_file:
+                try:
+                    context = tls_context(settings.ca_file, settings.cert_file, settings.key_file)
+                except (OSError, ValueError) as exc:
+                    files = ", ".join(
+                        f for f in (settings.ca_file, settings.cert_file, settings.key_file) if f
+                    )
+                    reason = getattr(exc, "strerror", None) or type(exc).__name__
+                    raise ConfigError(f"fleet: TLS files ({files}): {reason}") from None
+            transport = HttpTransport(context)
+        self._settings = settings
+        self._endpoints = tuple(url.rstrip("/") for url in settings.endpoints)
+        self._post = transport
+        self._preferred = 0
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        return self._endpoints
+
+    def requests(self) -> dict[str, int]:
+        """HTTP requests sent to etcd so far, per operation (failover attempts count)."""
+        with self._lock:
+            return dict(self._counts)
+
+    # --- keys ------------------------------------------------------------------------------
+
+    def get(self, key: str) -> Entry | None:
+        """The key's value and revisions, or None when it is absent."""
+        doc = self._call("range", "/v3/kv/range", {"key": _b64(key)})
+        kvs = doc.get("kvs") or []
+        return _entry(kvs[0]) if kvs else None
+
+    def list(self, prefix: str) -> list[Entry]:
+        """Every key under ``prefix``, in key order."""
+        raw = prefix.encode()
+        body = {"key": _b64(raw), "range_end": _b64(prefix_end(raw))}
+        doc = self._call("range", "/v3/kv/range", body)
+        return [_entry(kv) for kv in doc.get("kvs") or []]
+
+    def oldest(self, prefix: str) -> Entry | None:
+        """The key under ``prefix`` created first (lowest create revision): an election's leader."""
+        raw = prefix.encode()
+        body = {
+            "key": _b64(raw),
+            "range_end": _b64(prefix_end(raw)),
+            "limit": 1,
+            "sort_order": "ASCEND",
+            "sort_target": "CREATE",
+        }
+        kvs = self._call("range", "/v3/kv/range", body).get("kvs") or []
+        return _entry(kvs[0]) if kvs else None
+
+    def put(self, key: str, value: bytes, lease: int = 0) -> int:
+        """Write unconditionally (bound to ``lease`` if non-zero); the new revision."""
+        body: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
+        if lease:
+            body["lease"] = str(lease)
+        return _revision(self._call("put", "/v3/kv/put", body))
+
+    def cas(
+        self,
+        key: str,
+        value: bytes,
+        mod_revision: int,
+        *,
+        lease: int = 0,
+        guards: Sequence[Guard] = (),
+    ) -> CasResult:
+        """Write ``value`` only if the key's mod revision is still ``mod_revision``.
+
+        ``mod_revision`` 0 means create-if-absent. Each guard must also hold. One request.
+        """
+        put: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
+        if lease:
+            put["lease"] = str(lease)
+        if mod_revision:
+            compare = {"target": "MOD", "key": _b64(key), "mod_revision": str(mod_revision)}
+        else:
+            compare = {"target": "CREATE", "key": _b64(key), "create_revision": "0"}
+        compares = [compare] + [
+            {"target": "CREATE", "key": _b64(g.key), "create_revision": str(g.create_revision)}
+            for g in guards
+        ]
+        read = {"request_range": {"key": _b64(key)}}
+        failure = [read] + [{"request_range": {"key": _b64(g.key)}} for g in guards]
+        body = {"compare": compares, "success": [{"request_put": put}, read], "failure": failure}
+        doc = self._call("txn", "/v3/kv/txn", body)
+        responses = doc.get("responses") or []
+        ranges = [(r.get("response_range") or {}).get("kvs") or [] for r in responses]
+        succeeded = bool(doc.get("succeeded"))
+        if succeeded:
+            kvs = ranges[1] if len(ranges) > 1 else []
+            return CasResult(True, _entry(kvs[0]) if kvs else None, _revision(doc))
+        current = _entry(ranges[0][0]) if ranges and ranges[0] else None
+        lost = False
+        for guard, kvs in zip(guards, ranges[1:], strict=False):
+            if not kvs or _int(kvs[0], "create_revision") != guard.create_revision:
+                lost = True
+        return CasResult(False, current, _revision(doc), guard_lost=lost)
+
+    def delete(self, key: str, mod_revision: int | None = None) -> bool:
+        """Delete the key (only at ``mod_revision`` if given); True if a key was deleted."""
+        delete = {"key": _b64(key)}
+        if mod_revision is None:
+            return _int(self._call("delete", "/v3/kv/deleterange", delete), "deleted") > 0
+        body = {
+            "compare": [{"target": "MOD", "key": _b64(key), "mod_revision": str(mod_revision)}],
+            "success": [{"request_delete_range": delete}],
+        }
+        return bool(self._call("txn", "/v3/kv/txn", body).get("succeeded"))
+
+    # --- leases ----------------------------------------------------------------------------
+
+    def grant(self, ttl: int) -> int:
+        """A new lease of ``ttl`` seconds; its id."""
+        doc = self._call("lease_grant", "/v3/lease/grant", {"TTL": str(ttl)})
+        lease = _int(doc, "ID")
+        if not lease:
+            raise StoreError("lease_grant", self._endpoints[self._preferred], "no lease id")
+        return lease
+
+    def keepalive(self, lease: int) -> int:
+        """Renew the lease; its TTL in seconds, 0 when it has expired or was revoked."""
+        doc = self._call("lease_keepalive", "/v3/lease/keepalive", {"ID": str(lease)})
+        return max(_int(doc.get("result") or doc, "TTL"), 0)
+
+    def time_to_live(self, lease: int) -> int:
+        """Seconds the lease has left without a keepalive; -1 when it is gone."""
+        doc = self._call("lease_ttl", "/v3/lease/timetolive", {"ID": str(lease)})
+        return int(doc.get("TTL") or 0)
+
+    def revoke(self, lease: int) -> bool:
+        """Revoke the lease, deleting its keys; False when it was already gone."""
+        try:
+            self._call("lease_revoke", "/v3/lease/revoke", {"ID": str(lease)})
+        except LeaseNotFound:
+            return False
+        return True
+
+    def close(self) -> None:
+        close = getattr(self._post, "close", None)
+        if callable(close):
+            close()
+
+    # --- the one call path -----------------------------------------------------------------
+
+    def _call(self, operation: str, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """POST to one endpoint after another until one answers, within the total deadline."""
+        start = time.monotonic()
+        deadline = start + self._settings.timeout
+        count = len(self._endpoints)
+        failures: dict[str, str] = {}
+        pause = 0.05
+        while True:
+            with self._lock:
+                first = self._preferred
+            for step in range(count):
+                index = (first + step) % count
+                endpoint = self._endpoints[index]
+                now = time.monotonic()
+                if now >= deadline:
+                    break
+                # Leave the endpoints still to try their share of the time left.
+                attempt = now + max((deadline - now) / (count - step), min(deadline - now, 0.25))
+                with self._lock:
+                    self._counts[operation] += 1
+                try:
+                    doc = self._post(endpoint + path, body, min(attempt, deadline))
+                except TransportError as exc:
+                    if not exc.retryable:
+                        kind = LeaseNotFound if exc.code == _LEASE_NOT_FOUND else StoreError
+                        raise kind(operation, safe_url(endpoint), exc.reason) from None
+                    failures[safe_url(endpoint)] = exc.reason
+                    continue
+                with self._lock:
+                    self._preferred = index
+                return doc
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            time.sleep(min(pause, left))  # every endpoint refused at once (e.g. no leader yet)
+            pause = min(pause * 2, 0.5)
+        elapsed = time.monotonic() - start
+        names = ", ".join(safe_url(e) for e in self._endpoints)
+        detail = "; ".join(f"{url}: {reason}" for url, reason in failures.items())
+        raise StoreError(
+            operation, names, f"no endpoint answered within {elapsed:.1f} s ({detail or 'no try'})"
+        )

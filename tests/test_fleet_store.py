@@ -1,0 +1,410 @@
+"""The fleet store layer (keysetd.fleet) against real etcd: one member, and a 3-member cluster.
+
+Compare-and-swap races, lease expiry, leader election and takeover, failover when a member is
+killed or stopped, and etcd fully down, each with a deadline.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import keysetd.fleet
+from keysetd.errors import ConfigError, KeysetdError, StoreError
+from keysetd.fleet import (
+    CasResult,
+    Election,
+    EtcdSettings,
+    EtcdStore,
+    Guard,
+    LeaseNotFound,
+    prefix_end,
+)
+from tests.conftest import wait_for
+from tests.etcd import EtcdCluster, EtcdMember, etcd_tls
+from tests.servers import free_port
+
+SECRET = b"-----BEGIN PRIVATE KEY----- not-a-real-key-but-treated-as-one"
+
+
+@pytest.fixture(scope="module")
+def etcd_one(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    cluster = EtcdCluster(tmp_path_factory.mktemp("etcd1"), 1)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def etcd_three(tmp_path: Path) -> Iterator[EtcdCluster]:
+    cluster = EtcdCluster(tmp_path / "etcd3", 3)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.close()
+    assert not any(m.alive() for m in cluster.members)
+
+
+_OPEN: list[EtcdStore] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_stores() -> Iterator[None]:
+    """Every store a test opened closes its kept-alive connections."""
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
+
+
+def track(s: EtcdStore) -> EtcdStore:
+    _OPEN.append(s)
+    return s
+
+
+def store(endpoints: tuple[str, ...], timeout: float = 3.0) -> EtcdStore:
+    return track(EtcdStore(EtcdSettings(endpoints, timeout=timeout)))
+
+
+def test_public_api_is_pinned() -> None:
+    assert keysetd.fleet.__all__ == [
+        "CasResult",
+        "Election",
+        "Entry",
+        "EtcdSettings",
+        "EtcdStore",
+        "Guard",
+        "HttpTransport",
+        "Leader",
+        "LeaseNotFound",
+        "PostJson",
+        "TransportError",
+        "prefix_end",
+    ]
+
+
+def test_prefix_end() -> None:
+    assert prefix_end(b"a/") == b"a0"
+    assert prefix_end(b"a\xff") == b"b"
+    assert prefix_end(b"\xff\xff") == b"\0"
+
+
+def test_get_put_list_delete(etcd_one: EtcdCluster) -> None:
+    s = store(etcd_one.endpoints)
+    assert s.get("kv/absent") is None
+    rev = s.put("kv/a", b"1")
+    s.put("kv/b", SECRET)
+    s.put("kv0", b"outside the prefix")
+    got = s.get("kv/a")
+    assert got is not None and got.value == b"1" and got.mod_revision == rev
+    assert [(e.key, e.value) for e in s.list("kv/")] == [("kv/a", b"1"), ("kv/b", SECRET)]
+    assert b"not-a-real-key" not in repr(s.list("kv/")).encode()
+    assert not s.delete("kv/a", mod_revision=rev - 1)
+    assert s.delete("kv/a", mod_revision=rev)
+    assert s.delete("kv/b") and not s.delete("kv/b")
+    assert s.list("kv/") == []
+    assert s.requests()["range"] >= 4 and s.requests()["put"] == 3
+
+
+def _race(
+    clients: list[EtcdStore], key: str, values: list[bytes], expected: int
+) -> list[CasResult]:
+    """Each client swaps ``key`` from ``expected`` to its value, released together."""
+    barrier = threading.Barrier(len(clients))
+    results: list[CasResult | None] = [None] * len(clients)
+
+    def swap(i: int) -> None:
+        barrier.wait(timeout=5)
+        results[i] = clients[i].cas(key, values[i], expected)
+
+    threads = [threading.Thread(target=swap, args=(i,)) for i in range(len(clients))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert all(r is not None for r in results), "a swap did not return"
+    return [r for r in results if r is not None]
+
+
+def test_cas_race_exactly_one_wins(etcd_one: EtcdCluster) -> None:
+    """Two clients swap from the same revision at once, 30 times (the first a create-if-absent):
+    exactly one wins each time, and the loser is told the winner's value."""
+    clients = [store(etcd_one.endpoints), store(etcd_one.endpoints)]
+    key = "cas/state"
+    for round_ in range(30):
+        current = clients[0].get(key)
+        expected = current.mod_revision if current is not None else 0
+        values = [f"{round_}:{i}".encode() for i in (0, 1)]
+        results = _race(clients, key, values, expected)
+        assert sorted(r.succeeded for r in results) == [False, True], round_
+        winner = 0 if results[0].succeeded else 1
+        loser = results[1 - winner]
+        assert loser.current is not None and loser.current.value == values[winner]
+        assert loser.current == results[winner].current
+    final = clients[0].get(key)
+    assert final is not None and final.version == 30
+
+
+def test_cas_with_a_guard_fails_once_the_guard_key_is_gone(etcd_one: EtcdCluster) -> None:
+    s = store(etcd_one.endpoints)
+    s.put("guard/leader", b"me")
+    lead = s.get("guard/leader")
+    assert lead is not None
+    guard = Guard("guard/leader", lead.create_revision)
+    first = s.cas("guard/state", b"1", 0, guards=[guard])
+    assert first.succeeded and first.current is not None
+    s.delete("guard/leader")
+    s.put("guard/leader", b"someone else")  # same key, a new create revision
+    late = s.cas("guard/state", b"2", first.current.mod_revision, guards=[guard])
+    assert not late.succeeded and late.guard_lost
+    assert late.current is not None and late.current.value == b"1"
+
+
+def test_lease_expiry_removes_keys_and_keepalive_holds_them(etcd_one: EtcdCluster) -> None:
+    s = store(etcd_one.endpoints)
+    kept, dropped = s.grant(1), s.grant(1)
+    s.put("lease/kept", b"k", lease=kept)
+    s.put("lease/dropped", b"d", lease=dropped)
+    entry = s.get("lease/kept")
+    assert entry is not None and entry.lease == kept
+
+    def dropped_gone() -> bool:
+        assert s.keepalive(kept) > 0
+        return s.get("lease/dropped") is None
+
+    wait_for(dropped_gone, 6, "the key of an expired lease to go")
+    # Kept alive past twice its TTL: still there.
+    until = time.monotonic() + 2.2
+    while time.monotonic() < until:
+        assert s.keepalive(kept) > 0
+        assert s.get("lease/kept") is not None
+        time.sleep(0.2)  # the pace of a keepalive loop; the check is that the key stays
+    assert s.keepalive(dropped) == 0 and s.time_to_live(dropped) == -1
+    with pytest.raises(LeaseNotFound) as caught:
+        s.put("lease/again", SECRET, lease=dropped)
+    assert "lease not found" in str(caught.value) and "put" in str(caught.value)
+    assert "not-a-real-key" not in str(caught.value)
+    assert base64.b64encode(SECRET).decode()[:12] not in str(caught.value)
+    assert s.revoke(kept) and not s.revoke(kept)
+    assert s.get("lease/kept") is None
+
+
+def test_leader_election_two_candidates_and_takeover(etcd_one: EtcdCluster) -> None:
+    a_store, b_store = store(etcd_one.endpoints), store(etcd_one.endpoints)
+    a_lease, b_lease = a_store.grant(1), b_store.grant(5)
+    a = Election(a_store, "election/rotator", a_lease, b"replica-a")
+    b = Election(b_store, "election/rotator", b_lease, b"replica-b")
+    assert a.campaign()
+    assert not b.campaign()
+    assert a.campaign(), "campaigning again keeps the lead"
+    leader = b.leader()
+    assert leader is not None and leader.value == b"replica-a" and leader.lease == a_lease
+
+    # The leader stops renewing its lease: b takes over once it expires, and a's fenced write
+    # is refused from then on.
+    state = a_store.cas("election/state", b"by a", 0, guards=[a.guard()])
+    assert state.succeeded and state.current is not None
+
+    def b_leads() -> bool:
+        assert b_store.keepalive(b_lease) > 0
+        return b.campaign()
+
+    wait_for(b_leads, 6, "b to take over after a's lease expired")
+    late = a_store.cas("election/state", b"late a", state.current.mod_revision, guards=[a.guard()])
+    assert not late.succeeded and late.guard_lost
+    with pytest.raises(LeaseNotFound):
+        a.campaign()  # a's lease is gone: it cannot stand again on it
+
+    # A new a stands behind b; b's lease is revoked: a leads at once.
+    a2 = Election(a_store, "election/rotator", a_store.grant(5), b"replica-a")
+    assert not a2.campaign()
+    assert b_store.revoke(b_lease)
+    assert a2.campaign()
+    leader = b.leader()
+    assert leader is not None and leader.value == b"replica-a"
+
+
+def test_resign_hands_over(etcd_one: EtcdCluster) -> None:
+    s = store(etcd_one.endpoints)
+    a = Election(s, "resign", s.grant(5), b"a")
+    b = Election(s, "resign", s.grant(5), b"b")
+    assert a.campaign() and not b.campaign()
+    a.resign()
+    assert b.campaign()
+    assert not a.campaign(), "a stands again, behind b"
+
+
+def test_etcd_down_is_a_store_error_within_the_deadline() -> None:
+    endpoints = (f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}")
+    s = store(endpoints, timeout=1.0)
+    start = time.monotonic()
+    with pytest.raises(StoreError) as caught:
+        s.cas("down/key", SECRET, 0)
+    assert time.monotonic() - start < 1.5
+    error = caught.value
+    assert isinstance(error, KeysetdError) and error.operation == "txn"
+    assert all(url in str(error) for url in endpoints)
+    assert "refused" in str(error).lower()
+    assert "not-a-real-key" not in str(error)
+    assert s.requests()["txn"] >= 2, "every endpoint tried, more than once while time was left"
+
+
+def test_a_stopped_member_is_a_store_error_within_the_deadline(tmp_path: Path) -> None:
+    """SIGSTOP: the kernel still accepts the connection but nothing answers."""
+    member = EtcdCluster(tmp_path, 1)
+    try:
+        member.start()
+        s = store(member.endpoints, timeout=1.0)
+        s.put("stop/key", b"v")
+        member.members[0].sigstop()
+        start = time.monotonic()
+        with pytest.raises(StoreError, match=r"range .*no answer before the deadline"):
+            s.get("stop/key")
+        assert time.monotonic() - start < 1.5
+        member.members[0].sigcont()
+        entry = s.get("stop/key")
+        assert entry is not None and entry.value == b"v"
+    finally:
+        member.close()
+
+
+def test_config_errors_name_the_setting(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="at least one"):
+        EtcdStore(EtcdSettings(()))
+    with pytest.raises(ConfigError, match="credentials") as caught:
+        EtcdStore(EtcdSettings(("http://user:hunter2@127.0.0.1:2379",)))
+    assert "hunter2" not in str(caught.value)
+    with pytest.raises(ConfigError, match="http"):
+        EtcdStore(EtcdSettings(("unix:///run/etcd.sock",)))
+    with pytest.raises(ConfigError, match=r"TLS files .*missing\.pem"):
+        EtcdStore(EtcdSettings(("https://127.0.0.1:2379",), ca_file=str(tmp_path / "missing.pem")))
+
+
+def test_tls_with_client_certificates(tmp_path: Path) -> None:
+    """etcd requiring client certificates: the store's ca/cert/key pass, no cert is refused."""
+    tls = etcd_tls(tmp_path)
+    cluster = EtcdCluster(tmp_path / "etcd", 1, extra=tls.server_flags())
+    member = cluster.members[0]
+    try:
+        member.start()
+        settings = EtcdSettings(
+            cluster.endpoints,
+            timeout=3.0,
+            ca_file=str(tls.ca_file),
+            cert_file=str(tls.client_cert),
+            key_file=str(tls.client_key),
+        )
+        s = track(EtcdStore(settings))
+        wait_for(lambda: _answers(s), 15, "etcd over TLS")
+        s.put("tls/key", b"v")
+        entry = s.get("tls/key")
+        assert entry is not None and entry.value == b"v"
+        anonymous = track(
+            EtcdStore(EtcdSettings(cluster.endpoints, timeout=1.0, ca_file=str(tls.ca_file)))
+        )
+        with pytest.raises(StoreError) as caught:
+            anonymous.get("tls/key")
+        assert cluster.endpoints[0] in str(caught.value) and "TLS: " in str(caught.value)
+        untrusting = track(EtcdStore(EtcdSettings(cluster.endpoints, timeout=1.0)))
+        with pytest.raises(StoreError, match="TLS: certificate verify failed"):
+            untrusting.get("tls/key")
+    finally:
+        cluster.close()
+
+
+def _answers(s: EtcdStore) -> bool:
+    try:
+        s.get("ready")
+    except StoreError:
+        return False
+    return True
+
+
+# --- a 3-member cluster -------------------------------------------------------------------
+
+
+def _leader_first(cluster: EtcdCluster) -> tuple[EtcdMember, tuple[str, ...]]:
+    """The etcd leader, and the endpoints with its own first (the store's preferred one)."""
+    leader = cluster.leader()
+    rest = tuple(url for url in cluster.endpoints if url != leader.client_url)
+    return leader, (leader.client_url, *rest)
+
+
+def test_cluster_failover_when_the_leader_member_is_killed(etcd_three: EtcdCluster) -> None:
+    leader, endpoints = _leader_first(etcd_three)
+    s = store(endpoints, timeout=5.0)
+    first = s.cas("fleet/state", b"1", 0)
+    assert first.succeeded and first.current is not None
+    lease = s.grant(5)
+    s.put("fleet/ack/a", b"fp", lease=lease)
+
+    leader.kill9()
+    # The client goes on through the other members, across the election of a new leader.
+    second = s.cas("fleet/state", b"2", first.current.mod_revision)
+    assert second.succeeded and second.current is not None
+    assert s.keepalive(lease) > 0
+    assert [e.key for e in s.list("fleet/ack/")] == ["fleet/ack/a"]
+    new_leader = etcd_three.leader()
+    assert new_leader is not leader
+    with pytest.raises(StoreError, match="refused"):
+        store((leader.client_url,), timeout=0.5).get("fleet/state")  # the first endpoint is dead
+
+    # The killed member comes back on its data dir and catches up.
+    leader.start()
+    etcd_three.wait_ready()
+    alone = store((leader.client_url,))
+
+    def caught_up() -> bool:
+        entry = alone.get("fleet/state")
+        return entry is not None and entry.value == b"2"
+
+    wait_for(caught_up, 10, "the restarted member to catch up")
+
+
+def test_cluster_failover_when_a_member_is_stopped(etcd_three: EtcdCluster) -> None:
+    """SIGSTOP the store's preferred member (not the leader): calls go on through the others."""
+    leader = etcd_three.leader()
+    follower = next(m for m in etcd_three.members if m is not leader)
+    endpoints = (
+        follower.client_url,
+        *(u for u in etcd_three.endpoints if u != follower.client_url),
+    )
+    s = store(endpoints, timeout=3.0)
+    s.put("stopped/key", b"1")
+    follower.sigstop()
+    try:
+        start = time.monotonic()
+        s.put("stopped/key", b"2")
+        assert time.monotonic() - start < 3.0
+        # The answering endpoint is preferred now: the next calls do not try the stopped one.
+        before = s.requests().get("range", 0)
+        for _ in range(10):
+            entry = s.get("stopped/key")
+            assert entry is not None and entry.value == b"2"
+        assert s.requests()["range"] - before == 10
+    finally:
+        follower.sigcont()
+
+
+def test_cluster_fully_down_then_back(etcd_three: EtcdCluster) -> None:
+    s = store(etcd_three.endpoints, timeout=1.0)
+    s.put("down/key", b"kept")
+    for member in etcd_three.members:
+        member.kill9()
+    start = time.monotonic()
+    with pytest.raises(StoreError) as caught:
+        s.get("down/key")
+    assert time.monotonic() - start < 1.5
+    assert "no endpoint answered" in str(caught.value)
+    for member in etcd_three.members:
+        member.start()
+    etcd_three.wait_ready()
+    entry = store(etcd_three.endpoints, timeout=5.0).get("down/key")
+    assert entry is not None and entry.value == b"kept"
