@@ -18,6 +18,7 @@ __all__ = [
     "failure_backoff",
     "jittered",
     "next_wait",
+    "plan_wait",
 ]
 
 FAILURE_BACKOFF_INITIAL = 1.0
@@ -63,6 +64,16 @@ def next_wait(
     """
     base = refresh if failures <= 0 else min(refresh, failure_backoff(failures))
     wait = jittered(max(0.0, base), rand)
-    if next_change_at is not None and (failures <= 0 or next_change_at > now):
-        wait = min(wait, max(0.0, next_change_at - now) + PLAN_SLACK)
-    return wait
+    planned = plan_wait(failures, next_change_at, now)
+    return wait if planned is None else min(wait, planned)
+
+
+def plan_wait(failures: int, next_change_at: float | None, now: float) -> float | None:
+    """Seconds until a planned change (activation, end of retention) is due; None: none.
+
+    None too for a change already due while cycles fail: the failure keeps it due,
+    so the failure backoff decides when to try again, not the plan.
+    """
+    if next_change_at is None or (failures > 0 and next_change_at <= now):
+        return None
+    return max(0.0, next_change_at - now) + PLAN_SLACK

@@ -10,7 +10,9 @@ SIGTERM lets the current commit finish before the loop exits.
 
 from __future__ import annotations
 
+import enum
 import logging
+import math
 import signal
 import time
 from types import FrameType
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from keysetd import cancel
 from keysetd.atomic import clean_temp_files
-from keysetd.backoff import next_wait
+from keysetd.backoff import next_wait, plan_wait
 from keysetd.config import Config, load_config
 from keysetd.errors import ConfigError
 from keysetd.log import event
@@ -45,6 +47,14 @@ def one_line(exc: ConfigError) -> str:
     """The error and every problem it lists (each names its key) on one log line."""
     head, *problems = str(exc).splitlines()
     return head + (": " + "; ".join(p.strip() for p in problems) if problems else "")
+
+
+class Wakeup(enum.Enum):
+    """Why the daemon stopped sleeping."""
+
+    DEADLINE = "deadline"  # the refresh, a backoff or a planned change is due
+    EVENT = "event"  # a file event, a revocation, a signal
+    RETRY = "retry"  # owed notifications are due
 
 
 class Daemon:
@@ -139,11 +149,20 @@ class Daemon:
 
     # -- loop ----------------------------------------------------------------
 
-    def _next_wait(self, result: CycleResult) -> float:
-        """Seconds until the next cycle: refresh interval, failure backoff, or a planned change."""
+    def _waits(self, result: CycleResult) -> tuple[float, float | None]:
+        """(seconds until the source is fetched again, until a planned change is due or None)."""
         self.failures = 0 if result.ok else self.failures + 1
         refresh = float(self.config.source.refresh_interval)
-        return next_wait(self.failures, refresh, result.next_change_at, time.time())
+        now = time.time()
+        return (
+            next_wait(self.failures, refresh, None, now),
+            plan_wait(self.failures, result.next_change_at, now),
+        )
+
+    def _next_wait(self, result: CycleResult) -> float:
+        """Seconds until the next cycle: refresh interval, failure backoff, or a planned change."""
+        fetch, planned = self._waits(result)
+        return fetch if planned is None else min(fetch, planned)
 
     def _retry_in(self) -> float | None:
         """Seconds until the owed notifications are due again; None when none are owed."""
@@ -196,23 +215,23 @@ class Daemon:
             path = output.config.path
             clean_temp_files(path if path.is_dir() else path.parent)
 
-    def _sleep(self, deadline: float) -> bool:
-        """Wait until a cycle is due (True: deadline, wake-up, signal) or a notify retry (False)."""
+    def _sleep(self, deadline: float) -> Wakeup:
+        """Wait until a cycle is due (the deadline, a wake-up or a signal) or a notify retry."""
         while not self.stopping and not self.reload_requested:
             if self.watchdog is not None:
                 sd_notify("WATCHDOG=1")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return True
+                return Wakeup.DEADLINE
             retry_in = self._retry_in()
             if retry_in is not None and retry_in <= 0:
-                return False
+                return Wakeup.RETRY
             step = min(remaining, self.watchdog or remaining)
             if retry_in is not None:
                 step = min(step, retry_in)
             if self.wake.wait(step):
-                return True
-        return True
+                return Wakeup.EVENT
+        return Wakeup.EVENT
 
     def run(self) -> int:
         """Cycle until SIGTERM/SIGINT; returns the exit code."""
@@ -228,25 +247,32 @@ class Daemon:
             source=self.pipeline.source.describe(),
             outputs=",".join(o.name for o in self.pipeline.outputs),
         )
-        force, cycle_due, deadline = False, True, 0.0
+        force, fetch, wakeup = False, True, Wakeup.EVENT
+        fetch_at = plan_at = 0.0
         try:
             while not self.stopping:
-                if cycle_due:
+                if wakeup is not Wakeup.RETRY:
                     self.wake.clear()
                     started = self.cycle_started = time.monotonic()
-                    result = self.pipeline.cycle(force=force)
+                    result = self.pipeline.cycle(force=force, fetch=fetch)
                     self.cycle_started = None
                     self._report(result, time.monotonic() - started)
                     force = False
-                    deadline = started + self._next_wait(result)
+                    fetch_in, plan_in = self._waits(result)
+                    if fetch or not result.ok:  # a failed re-plan backs off like any failure
+                        fetch_at = started + fetch_in
+                    plan_at = math.inf if plan_in is None else started + plan_in
                 else:
                     self._retry_notifications()
                 if self.stopping:
                     break
-                cycle_due = self._sleep(deadline)
+                wakeup = self._sleep(min(fetch_at, plan_at))
+                # Woken only because a planned change came due: re-plan, no fetch (the
+                # source was read moments ago; a KMS is not asked twice per rotation).
+                fetch = not (wakeup is Wakeup.DEADLINE and plan_at < fetch_at)
                 if self.reload_requested and not self.stopping:
                     self._reload()
-                    force, cycle_due = True, True
+                    force, fetch, wakeup = True, True, Wakeup.EVENT
         finally:
             sd_notify("STOPPING=1")
             if self.server is not None:

@@ -166,10 +166,15 @@ class Pipeline:
 
     # -- the cycle ---------------------------------------------------------
 
-    def cycle(self, *, force: bool = False) -> CycleResult:
-        """Run one cycle for the current source snapshot."""
+    def cycle(self, *, force: bool = False, fetch: bool = True) -> CycleResult:
+        """Run one cycle for the current source snapshot.
+
+        ``fetch=False`` (a planned change came due, nothing else happened): re-plan the
+        last validated keyset without asking the source; a source that was never read
+        is fetched anyway.
+        """
         try:
-            return self._cycle(force)
+            return self._cycle(force, fetch)
         except OSError as exc:
             # state_dir could not be written (full, read-only): fail the cycle, stay up.
             name = exc.filename2 or exc.filename  # os.replace names the target second
@@ -177,10 +182,12 @@ class Pipeline:
             failure = OutputError("state_dir", str(where), exc.strerror or str(exc))
             return self._failed(failure, "record", self.clock())
 
-    def _cycle(self, force: bool) -> CycleResult:
+    def _cycle(self, force: bool, fetch: bool) -> CycleResult:
         now = self.clock()
         if self.ledger.sync_revocations(now) and self._keyset is not None:
             self._apply_revocations(now)
+        if not fetch and not force and self._keyset is not None:
+            return self._refresh(now)
         try:
             snapshot = self.source.fetch()
         except SourceError as exc:

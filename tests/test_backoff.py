@@ -15,6 +15,7 @@ from keysetd.backoff import (
     PLAN_SLACK,
     failure_backoff,
     next_wait,
+    plan_wait,
 )
 from keysetd.config import load_config
 from keysetd.daemon import Daemon
@@ -171,3 +172,11 @@ def test_consecutive_retry_schedules_of_a_fleet_differ() -> None:
         backlog.schedule(NOW, failed=True, fresh=True, rand=random.Random(seed).random)
         at.append(backlog.retry_at)
     assert all(a != b for a, b in itertools.combinations(at, 2))
+
+
+def test_plan_wait_is_the_time_to_a_change_ahead_and_none_for_a_failing_due_one() -> None:
+    assert plan_wait(0, None, NOW) is None
+    assert plan_wait(0, NOW + 5, NOW) == pytest.approx(5 + PLAN_SLACK)
+    assert plan_wait(0, NOW - 5, NOW) == pytest.approx(PLAN_SLACK)  # due: at once
+    assert plan_wait(3, NOW + 5, NOW) == pytest.approx(5 + PLAN_SLACK)  # still ahead
+    assert plan_wait(3, NOW - 5, NOW) is None  # due and failing: the backoff decides

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import signal
@@ -408,3 +409,38 @@ def test_sighup_with_an_unknown_key_names_it_in_the_log_and_status(
     wait_for(
         lambda: status_json(running, reader)["last_error"] is None, timeout=5, what="error cleared"
     )
+
+
+def _log_time(entry: dict[str, Any]) -> float:
+    stamp = datetime.datetime.strptime(entry["time"], "%Y-%m-%dT%H:%M:%S.%fZ")
+    return stamp.replace(tzinfo=datetime.UTC).timestamp()
+
+
+def test_a_planned_change_is_applied_without_asking_the_source_again(
+    env: Env, keys: dict[str, Any]
+) -> None:
+    """After a change, the retained old key is dropped by a re-plan, not by a second fetch.
+
+    Every source paid for it: a vault_transit source read the transit key twice per
+    rotation, a command source ran its KMS client twice.
+    """
+    fetches = env.root / "fetches"
+    staged = env.root / "staged.json"
+    staged.write_bytes(jwks_doc(keys["es-a"]))
+    script = f'date +%s.%N >> "{fetches}"; exec cat "{staged}"'
+    env.config(
+        source={"type": "command", "argv": ["/bin/sh", "-c", script], "refresh_interval": "1s"}
+    )
+    env.start()
+    wait_for(lambda: kids(env.jwks) == ["es-a"], what="first publish")
+    staged.write_bytes(jwks_doc(keys["es-b"]))  # es-a leaves; retention 0
+    wait_for(lambda: kids(env.jwks) == ["es-b"], timeout=10, what="es-a dropped")
+    published = [e for e in events(env, "published") if "es-b" in e["kids"].split(",")]
+    both, alone = published[0], published[-1]
+    assert set(both["kids"].split(",")) == {"es-a", "es-b"} and alone["kids"] == "es-b"
+    fetched_at = [float(line) for line in fetches.read_text().split()]
+    between = [t for t in fetched_at if _log_time(both) < t < _log_time(alone) - 0.001]
+    assert between == [], "the source was fetched again to apply a planned change"
+    # The refresh still runs on its own schedule.
+    count = len(fetched_at)
+    wait_for(lambda: len(fetches.read_text().split()) >= count + 2, timeout=5, what="refreshes")
