@@ -18,8 +18,6 @@ from benchmarks._common import Row, Workspace, document, key_pool, proc_status, 
 
 __all__ = ["run"]
 
-TARGET_START_S = 0.5
-TARGET_RSS_MB = 40.0
 SETTLE_S = 1.0
 START_TIMEOUT = 20.0
 
@@ -66,18 +64,9 @@ def run(starts: int = 5) -> list[Row]:
     rss = statistics.median(r[1] for r in results) / 1024
     hwm = max(r[2] for r in results) / 1024
     return [
-        Row(
-            f"start to first commit (median of {starts})",
-            f"{first * 1000:.0f} ms",
-            f"<= {TARGET_START_S * 1000:g} ms",
-            first <= TARGET_START_S,
-        ),
-        Row(
-            "VmRSS 1 s after first commit (median)",
-            f"{rss:.1f} MB",
-            f"<= {TARGET_RSS_MB:g} MB",
-            rss <= TARGET_RSS_MB,
-        ),
+        # The targets are relative to OpenBao Agent's figures: see ``peer.py``.
+        Row(f"start to first commit (median of {starts})", f"{first * 1000:.0f} ms"),
+        Row("VmRSS 1 s after first commit (median)", f"{rss:.1f} MB"),
         Row("VmHWM (max)", f"{hwm:.1f} MB"),
     ]
 

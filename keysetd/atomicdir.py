@@ -254,7 +254,6 @@ def discard(dir_fd: int, staged: Staged) -> None:
 def switch(dir_fd: int, staged: Staged, *, label: str, legacy: Callable[[str], bool]) -> None:
     """Point ``..data`` at the staged version (the one atomic step), then tidy up."""
     replace_symlink(dir_fd, DATA, staged.version)
-    os.fsync(dir_fd)
     failpoints.hit("dir.after-switch", label)
     for name in staged.replace:
         # Re-checked: only a symlink or a flat-layout file is ever replaced.
@@ -264,6 +263,8 @@ def switch(dir_fd: int, staged: Staged, *, label: str, legacy: Callable[[str], b
         if _owned(dir_fd, name) or (legacy(name) and _legacy(dir_fd, name)):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(name, dir_fd=dir_fd)
+    # One fsync for the switch and the links: a journalling filesystem makes them
+    # durable in the order they were made, so a power cut leaves a prefix of them.
     os.fsync(dir_fd)
     failpoints.hit("dir.before-prune", label)
     prune(dir_fd)

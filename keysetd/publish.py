@@ -104,14 +104,15 @@ class Publisher:
 
         changed += self._commit_phase(verifiers)
         failpoints.hit("cycle.after-verifier-phase")  # failpoint (tests only)
-        ledger.remember(*mark_published(ledger.records, planned, now))
+        published, published_events = mark_published(ledger.records, planned, now)
+        activating, activated = mark_activating(published, planned, now)
+        # One history write: what verifiers now hold, and the write-ahead for the signer
+        # phase (both kids count as held until its commit; holding early is safe).
+        ledger.remember(activating, published_events)
         # A notifier that follows any signer output waits for the signer phase.
         early = [n for n in pending if interested(n, changed) and not interested(n, signer_names)]
         failures += self._notify(early, planned, changed)
         pending = [n for n in pending if n not in early]
-
-        activating, activated = mark_activating(ledger.records, planned, now)
-        ledger.remember(activating)  # write-ahead: both kids count as held until the commit
         failpoints.hit("cycle.before-signer-phase")  # failpoint (tests only)
         changed += self._commit_phase(signers)
         history, closed = mark_active(ledger.records, planned, now)

@@ -29,8 +29,9 @@ except ImportError:  # not Linux: the watchfiles loop
 
 __all__ = ["Watcher"]
 
-_QUIET_SECONDS = 0.002
-_MAX_QUIET_ROUNDS = 25
+#: A burst of events (a rename, a ``..data`` swap) ends when none follows for this long.
+_QUIET_SECONDS = 0.001  # poll() counts whole milliseconds
+_MAX_QUIET_ROUNDS = 50
 _REARM_SECONDS = 1.0
 #: Kubernetes ConfigMap/Secret volumes swap this symlink to publish a new version.
 _K8S_DATA = "..data"
