@@ -40,7 +40,7 @@ from keysetd.verifier import Verifier
 
 __all__ = ["run"]
 
-TARGET_RATIO = 0.95
+TARGET_RATIO = 0.97
 TARGET_P99_RATIO = 1.5
 BATCH = 200
 ROUNDS = 25
