@@ -12,14 +12,6 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from tenacity import (
-    Retrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_exponential,
-    wait_random,
-)
-
 from keysetd.backoff import FAILURE_BACKOFF_MAX, Random, next_wait
 from keysetd.errors import NotifyError
 from keysetd.extension import Notifier, NotifyEvent
@@ -40,6 +32,16 @@ def interested(notifier: Notifier, changed: Iterable[str]) -> bool:
 
 def notify_once(notifier: Notifier, what: NotifyEvent) -> None:
     """Deliver with exponential backoff and jitter; re-raise the last NotifyError."""
+    # Imported at the first notification, not at start: a daemon without notifiers
+    # (or before its first change) never pays for it.
+    from tenacity import (
+        Retrying,
+        retry_if_exception_type,
+        stop_after_attempt,
+        wait_exponential,
+        wait_random,
+    )
+
     retrying = Retrying(
         stop=stop_after_attempt(max(1, notifier.config.retries + 1)),
         wait=wait_exponential(multiplier=RETRY_INITIAL, max=RETRY_MAX)

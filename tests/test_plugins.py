@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 
 from keysetd import registry as plugin
 from keysetd.errors import PluginError
+from keysetd.sources.file import FileSource
 
 
 @pytest.fixture
@@ -42,9 +44,42 @@ def test_third_party_source_loads_and_is_listed(site: Path) -> None:
 
 
 def test_a_name_registered_twice_is_an_error(site: Path) -> None:
+    register(site, "echo_a-1", "[keysetd.sources]\necho = tests.plugin_fixture:EchoSource\n")
+    register(site, "echo_b-2", "[keysetd.sources]\necho = tests.plugin_fixture:NotAPlugin\n")
+    with pytest.raises(PluginError, match=r"registered more than once.*echo_[ab] "):
+        plugin.load("keysetd.sources", "echo")
+
+
+def test_a_built_in_cannot_be_replaced_and_the_listing_says_so(site: Path) -> None:
     register(site, "rogue-0.1", "[keysetd.sources]\nfile = tests.plugin_fixture:EchoSource\n")
-    with pytest.raises(PluginError, match=r"registered more than once.*rogue 0.1"):
-        plugin.load("keysetd.sources", "file")
+    assert plugin.load("keysetd.sources", "file") is FileSource
+    listed = {(i.name, i.target): i.distribution for i in plugin.available()}
+    assert listed[("file", "tests.plugin_fixture:EchoSource")] == (
+        "rogue 0.1; ignored: the built-in 'file' wins"
+    )
+    assert listed[("file", "keysetd.sources.file:FileSource")].startswith("keysetd ")
+
+
+def test_the_built_in_table_is_what_pyproject_registers() -> None:
+    project = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    assert project["project"]["entry-points"] == plugin.BUILTINS
+
+
+def test_a_config_of_built_ins_does_not_scan_the_installed_distributions(tmp_path: Path) -> None:
+    code = (
+        "import sys; from keysetd.config import load_config; "
+        f"load_config(__import__('pathlib').Path({str(tmp_path / 'c.toml')!r})); "
+        "print('importlib.metadata' in sys.modules)"
+    )
+    (tmp_path / "c.toml").write_text(
+        f'state_dir = "{tmp_path}/state"\n[source]\ntype = "file"\npath = "/x"\n'
+        f'[[outputs]]\ntype = "pem"\npath = "{tmp_path}/pem"\n'
+        '[[notify]]\ntype = "command"\nargv = ["/bin/true"]\n'
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "False"
 
 
 def test_a_plugin_of_the_wrong_shape_is_named(site: Path) -> None:
