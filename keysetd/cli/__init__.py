@@ -1,0 +1,128 @@
+"""Command line: parse, call, map errors to exit codes (0 ok, 1 runtime failure, 2 usage/config).
+
+The commands live by stage, each importing what it needs only when it runs:
+keyset_commands (validate, verify, keygen: no config), daemon_commands (run, once),
+config_commands (check-config, plugins), state_commands (status, plan, evidence),
+revocation_commands (revoke, unrevoke, audit), rotate_command (rotate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from keysetd.cli.config_commands import cmd_check_config, cmd_plugins
+from keysetd.cli.daemon_commands import cmd_once, cmd_run
+from keysetd.cli.exits import EXIT_FAILED, EXIT_USAGE
+from keysetd.cli.keyset_commands import cmd_keygen, cmd_validate, cmd_verify
+from keysetd.cli.revocation_commands import cmd_audit, cmd_revoke, cmd_unrevoke
+from keysetd.cli.rotate_command import cmd_rotate
+from keysetd.cli.state_commands import cmd_evidence, cmd_plan, cmd_status
+from keysetd.errors import ConfigError, KeysetdError
+
+__all__ = ["DAEMON_MODULES", "main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="keysetd",
+        description="Keep JWT keysets where their consumers read them; rotate without downtime.",
+        epilog="Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.",
+    )
+    parser.add_argument("--log-format", choices=["json", "text"], default=None)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(
+        name: str,
+        func: Callable[[argparse.Namespace], int],
+        help_text: str,
+        *,
+        needs_config: bool = True,
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if needs_config:
+            p.add_argument("--config", "-c", help="config file (default: $KEYSETD_CONFIG)")
+        p.set_defaults(func=func)
+        return p
+
+    command("run", cmd_run, "run the daemon")
+    command("once", cmd_once, "run one cycle; exit 0 if outputs are current, 1 if it failed")
+    v = command("validate", cmd_validate, "check a keyset document", needs_config=False)
+    v.add_argument("file", nargs="?", help="keyset file, or - for stdin (default)")
+    v.add_argument("--format", default="auto", choices=["auto", "jwks", "rgs", "pem"])
+    v.add_argument("--hmac-alg", default="HS256", choices=["HS256", "HS384", "HS512"])
+    v.add_argument("--public", action="store_true", help="refuse private members")
+    command("check-config", cmd_check_config, "check the config; exit 2 on violations")
+    s = command("status", cmd_status, "what the daemon publishes now")
+    s.add_argument("--json", action="store_true")
+    command("plugins", cmd_plugins, "list sources, outputs and notifiers", needs_config=False)
+    command("plan", cmd_plan, "what the next cycle would publish, and why")
+    r = command("revoke", cmd_revoke, "break-glass: remove a kid from every output now")
+    r.add_argument("kid")
+    r.add_argument("--reason", default="break-glass")
+    u = command("unrevoke", cmd_unrevoke, "lift a revocation so the source may bring the kid back")
+    u.add_argument("kid")
+    e = command("evidence", cmd_evidence, "write rotation evidence for an auditor")
+    e.add_argument("--event-id", required=True)
+    e.add_argument("--previous-summary", help="summary.json of the previous event")
+    e.add_argument("--workdir", default=".", help="evidence goes to WORKDIR/EVENT_ID/")
+    a = command("audit", cmd_audit, "check the audit log's hash chain")
+    a.add_argument("action", choices=["verify"])
+    rot = command("rotate", cmd_rotate, "add a new key to a file source and make it active")
+    rot.add_argument("--alg", choices=["ES256", "ES384", "ES512", "EdDSA", "RS256", "PS256"])
+    rot.add_argument("--kid")
+    k = command("keygen", cmd_keygen, "print a new private JWK", needs_config=False)
+    k.add_argument(
+        "--alg",
+        default="ES256",
+        choices=["ES256", "ES384", "ES512", "EdDSA", "RS256", "PS256", "HS256", "HS384", "HS512"],
+    )
+    k.add_argument("--kid")
+    ver = command(
+        "verify", cmd_verify, "verify a JWT against a keyset file and say why", needs_config=False
+    )
+    ver.add_argument("jwt", metavar="TOKEN", help="the JWT, or - to read it from stdin")
+    ver.add_argument("--jwks", required=True, help="a jwks, keyset or rgs file")
+    ver.add_argument(
+        "--alg",
+        action="append",
+        help="an alg tokens may use (repeat; default: every alg keysetd knows)",
+        choices=[
+            *("ES256", "ES384", "ES512", "EdDSA", "RS256", "RS384", "RS512"),
+            *("PS256", "PS384", "PS512", "HS256", "HS384", "HS512"),
+        ],
+    )
+    ver.add_argument("--audience", help="required aud (default: aud is not checked)")
+    ver.add_argument("--issuer", help="required iss")
+    ver.add_argument("--leeway", type=float, default=0.0, help="seconds of clock skew allowed")
+    ver.add_argument("--hmac-alg", default="HS256", choices=["HS256", "HS384", "HS512"])
+    return parser
+
+
+#: Top-level modules of the ``daemon`` extra; the verifier and offline commands need none.
+DAEMON_MODULES = frozenset(
+    {"watchfiles", "inotify_simple", "tenacity", "nkeys", "prometheus_client"}
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in DAEMON_MODULES:
+            raise
+        print(
+            f"keysetd: {args.command} needs the daemon's dependencies ({exc.name} is missing):"
+            " pip install 'keysetd[daemon]'",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    except ConfigError as exc:
+        print(f"keysetd: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeysetdError as exc:
+        print(f"keysetd: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return code

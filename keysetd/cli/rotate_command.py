@@ -1,0 +1,65 @@
+"""``rotate``: add a new key to a writable source as its active_kid, by compare-and-swap."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+from keysetd.cli.configured import config_from
+from keysetd.cli.exits import EXIT_FAILED, EXIT_OK
+
+if TYPE_CHECKING:
+    from keysetd.config import Config
+
+__all__ = ["cmd_rotate"]
+
+
+def cmd_rotate(args: argparse.Namespace) -> int:
+    from keysetd.managed import writable_source
+
+    config = config_from(args)
+    source = writable_source(config)  # ConfigError naming a source type keysetd cannot write
+    try:
+        return _rotate(args, config, source)
+    finally:
+        source.close()
+
+
+def _rotate(args: argparse.Namespace, config: Config, source: Any) -> int:
+    """Add a new key to the source as its active_kid (compare-and-swap; signers wait)."""
+    from keysetd.crypto import generate
+    from keysetd.errors import SourceError
+    from keysetd.managed import write_source
+    from keysetd.model import Keyset
+    from keysetd.rotation import new_kid
+    from keysetd.validate import check
+
+    where = source.describe()
+    try:
+        current = source.fetch().data
+    except SourceError as exc:
+        print(f"keysetd: {exc.reason}", file=sys.stderr)
+        return EXIT_FAILED
+    keyset = check(current, config.source.format, hmac_alg=config.policy.hmac_alg, where=where)
+    rotation = config.settings.rotation
+    alg = args.alg or (rotation.alg if rotation else "ES256")
+    key = generate(alg, args.kid or new_kid(rotation.kid_prefix if rotation else "", time.time()))
+    if keyset.get(key.kid) is not None:
+        print(f"keysetd: {key.kid} is already in {where}", file=sys.stderr)
+        return EXIT_FAILED
+    rotated = Keyset((*keyset.keys, key), key.kid)
+    try:
+        written = write_source(source, current, rotated)
+    except OSError as exc:
+        print(f"keysetd: cannot write {where}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if not written:
+        print(
+            f"keysetd: {where} changed while rotating; nothing written, try again", file=sys.stderr
+        )
+        return EXIT_FAILED
+    print(f"added {key.kid} ({alg}) to {where} as active_kid; previous {keyset.active_kid or '-'}")
+    print("verifiers get it at once; signers after policy.activation_delay")
+    return EXIT_OK

@@ -1,0 +1,153 @@
+"""Commands that read state_dir and the source without writing: status, plan, evidence.
+
+``plan`` and ``evidence`` build a pipeline over state_dir as it is; nothing is created.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from keysetd.cli.configured import config_from
+from keysetd.cli.exits import EXIT_FAILED, EXIT_OK
+from keysetd.errors import ConfigError, InvalidKeyset
+
+__all__ = ["cmd_evidence", "cmd_plan", "cmd_status"]
+
+#: A previous evidence summary.json is a few hundred bytes; this bounds a wrong path.
+_SUMMARY_LIMIT = 1 << 20
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from keysetd.status import status_document
+
+    config = config_from(args)
+    doc = status_document(config.state_dir)
+    if args.json:
+        print(json.dumps(doc, indent=2, sort_keys=True))
+    else:
+        # status.json is whatever the daemon (of any version) or a person left there.
+        published = doc.get("published_kids")
+        kids = ", ".join(map(str, published)) if isinstance(published, list) else ""
+        age = doc["lkg_age_seconds"]
+        print(f"fingerprint:    {doc['fingerprint'] or '-'}")
+        print(f"active kid:     {doc['active_kid'] or '-'}")
+        print(f"published kids: {kids or '-'}")
+        print(f"last error:     {doc['last_error'] or 'none'}")
+        print(f"lkg age:        {f'{age:.1f}s' if isinstance(age, int | float) else '-'}")
+        keys = doc.get("keys")
+        for key in keys if isinstance(keys, list) else []:
+            if not isinstance(key, dict):
+                continue
+            until = f" until {_when(key['until'])}" if key.get("until") else ""
+            kid, state = str(key.get("kid", "?")), str(key.get("state", "?"))
+            print(f"  {kid:24} {state:10} {key.get('reason', '')}{until}")
+    if doc["fingerprint"] is None:
+        return EXIT_FAILED
+    return EXIT_OK if doc["last_error"] is None else EXIT_FAILED
+
+
+def _when(at: object) -> str:
+    """A UTC date; any other value (a number past year 9999, NaN, text) without a traceback."""
+    if at is None or isinstance(at, bool) or not isinstance(at, int | float):
+        return "-" if at is None else f"{at!r} (not a time)"
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at))
+    except (OverflowError, OSError, ValueError):
+        return "a time out of range"
+
+
+def _read_only_pipeline(args: argparse.Namespace) -> Any:
+    """A pipeline over state_dir as it is: nothing created or written (plan, evidence)."""
+    from keysetd.pipeline import Pipeline
+    from keysetd.state import StateStore
+
+    config = config_from(args)
+    return Pipeline(config, StateStore(config.state_dir))
+
+
+def _current_keyset(pipeline: Any) -> tuple[Any, str]:
+    """The keyset the source holds now, or the last-known-good when the source fails.
+
+    Raises UntrustedLastKnownGood when the fallback is not the file history recorded.
+    """
+    from keysetd.errors import SourceError
+
+    try:
+        snapshot = pipeline.source.fetch()
+        return pipeline.validate_snapshot(
+            snapshot.data, snapshot.format, snapshot.origin
+        ), "the source"
+    except (SourceError, InvalidKeyset) as exc:
+        lkg = pipeline.state.verified_lkg()
+        if lkg is None:
+            raise
+        print(f"note: {exc}; planning from the last-known-good", file=sys.stderr)
+        keyset = pipeline.validate_snapshot(
+            lkg.data, lkg.format, "last-known-good", refuse_revoked=False
+        )
+        return keyset, "the last-known-good"
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from keysetd.state import UntrustedLastKnownGood
+
+    pipeline = _read_only_pipeline(args)
+    try:
+        keyset, origin = _current_keyset(pipeline)
+    except UntrustedLastKnownGood as exc:
+        print(f"keysetd: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    now = time.time()
+    pipeline.ledger.observe(keyset, now)  # in memory only: plan writes no history
+    planned = pipeline.plan_now(keyset, now)
+    print(f"plan from {origin} at {_when(now)}")
+    print(f"  signers use:   {planned.active_kid or '-'}")
+    print(f"  verifiers get: {', '.join(planned.published_kids) or '-'}")
+    print(f"  fingerprint:   {planned.fingerprint}")
+    for decision in planned.decisions:
+        until = f" (until {_when(decision.until)})" if decision.until else ""
+        print(f"  {decision.kid:24} {decision.state:10} {decision.reason}{until}")
+    if planned.next_change_at is not None:
+        print(f"  next change:   {_when(planned.next_change_at)}")
+    return EXIT_OK
+
+
+def cmd_evidence(args: argparse.Namespace) -> int:
+    from keysetd.evidence import build_evidence, write_evidence
+    from keysetd.readfile import read_limited
+    from keysetd.state import UntrustedLastKnownGood
+
+    pipeline = _read_only_pipeline(args)
+    try:
+        lkg = pipeline.state.verified_lkg()
+    except UntrustedLastKnownGood as exc:
+        print(f"keysetd: {exc}; no evidence written", file=sys.stderr)
+        return EXIT_FAILED
+    if lkg is None:
+        print("keysetd: nothing was published yet: no evidence to write", file=sys.stderr)
+        return EXIT_FAILED
+    keyset = pipeline.validate_snapshot(
+        lkg.data, lkg.format, "last-known-good", refuse_revoked=False
+    )
+    previous = None
+    if args.previous_summary:
+        try:
+            previous = json.loads(read_limited(args.previous_summary, _SUMMARY_LIMIT))
+        except (OSError, ValueError) as exc:
+            print(f"keysetd: cannot read {args.previous_summary}: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+    try:
+        files = build_evidence(pipeline.plan_now(keyset), args.event_id, previous)
+        directory = write_evidence(Path(args.workdir), args.event_id, files)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    except OSError as exc:
+        print(f"keysetd: cannot write evidence: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"evidence written to {directory}: {', '.join(sorted(files))}")
+    return EXIT_OK
