@@ -13,7 +13,7 @@ from pathlib import Path
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from keysetd.cli import DAEMON_MODULES
+from keysetd.extras import DAEMON_MODULES
 from tests.keys import jwk, jwks_doc, public
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,8 +89,11 @@ def test_a_daemon_command_names_the_extra_it_needs(tmp_path: Path) -> None:
         f'[source]\ntype = "file"\npath = "{source}"\n'
         f'[[outputs]]\ntype = "jwks"\npath = "{tmp_path / "jwks.json"}"\n'
     )
-    done = _without_daemon_extra("once", "--config", str(config))
-    assert done.returncode == 2, done.stderr
-    assert "pip install 'keysetd[daemon]'" in done.stderr
-    assert "Traceback" not in done.stderr
+    for command in ("once", "run", "status", "check-config"):
+        done = _without_daemon_extra(command, "--config", str(config))
+        assert done.returncode == 2, (command, done.stderr)
+        assert f"keysetd: {command} needs the daemon's dependencies" in done.stderr
+        assert "pip install 'keysetd[daemon]'" in done.stderr
+        assert "Traceback" not in done.stderr
     assert not (tmp_path / "jwks.json").exists()
+    assert not (tmp_path / "state").exists()

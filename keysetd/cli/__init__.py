@@ -20,6 +20,7 @@ from keysetd.cli.revocation_commands import cmd_audit, cmd_revoke, cmd_unrevoke
 from keysetd.cli.rotate_command import cmd_rotate
 from keysetd.cli.state_commands import cmd_evidence, cmd_plan, cmd_status
 from keysetd.errors import ConfigError, KeysetdError
+from keysetd.extras import DAEMON_MODULES, missing_daemon_module
 
 __all__ = ["DAEMON_MODULES", "main"]
 
@@ -101,24 +102,27 @@ def _parser() -> argparse.ArgumentParser:
 
 
 #: Top-level modules of the ``daemon`` extra; the verifier and offline commands need none.
-DAEMON_MODULES = frozenset(
-    {"watchfiles", "inotify_simple", "tenacity", "nkeys", "prometheus_client"}
-)
+
+
+def _needs_the_daemon_extra(command: str, module: str) -> int:
+    print(
+        f"keysetd: {command} needs the daemon's dependencies ({module} is missing):"
+        " pip install 'keysetd[daemon]'",
+        file=sys.stderr,
+    )
+    return EXIT_USAGE
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if missing := missing_daemon_module(args.command):
+        return _needs_the_daemon_extra(args.command, missing)
     try:
         code: int = args.func(args)
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] not in DAEMON_MODULES:
             raise
-        print(
-            f"keysetd: {args.command} needs the daemon's dependencies ({exc.name} is missing):"
-            " pip install 'keysetd[daemon]'",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
+        return _needs_the_daemon_extra(args.command, exc.name or "?")
     except ConfigError as exc:
         print(f"keysetd: {exc}", file=sys.stderr)
         return EXIT_USAGE
