@@ -125,13 +125,18 @@ def _stage(dir_fd: int, name: str, data: bytes, mode: int, *, durable: bool, lab
     return temp
 
 
-def _commit(dir_fd: int, temp: str, name: str, *, durable: bool, label: str) -> None:
+def _rename_into_place(dir_fd: int, temp: str, name: str) -> None:
+    """``os.replace`` the temp entry onto ``name``; a failed rename removes the temp entry."""
     try:
         os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temp, dir_fd=dir_fd)
         raise
+
+
+def _commit(dir_fd: int, temp: str, name: str, *, durable: bool, label: str) -> None:
+    _rename_into_place(dir_fd, temp, name)
     failpoints.hit("write.after-rename", label)
     if durable:
         os.fsync(dir_fd)
@@ -226,12 +231,7 @@ def replace_symlink(dir_fd: int, name: str, target: str) -> None:
         except FileExistsError:
             if attempt == _TEMP_ATTEMPTS - 1:
                 raise
-    try:
-        os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp, dir_fd=dir_fd)
-        raise
+    _rename_into_place(dir_fd, temp, name)
 
 
 def replace_if_unchanged(path: Path, expected: bytes | None, data: bytes, mode: int) -> bool:

@@ -7,7 +7,6 @@ another valid keyset, and leaves every output as it was.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import signal
@@ -22,6 +21,8 @@ from keysetd.model import canonical_json
 from keysetd.state import KeyRecord, LastKnownGood, StateStore, UntrustedLastKnownGood
 from tests.conftest import Env, wait_for
 from tests.keys import jwk, jwks_doc
+from tests.test_daemon import events as log_events
+from tests.test_read_only_commands import forge_last_known_good
 
 # -- StateStore ------------------------------------------------------------------
 
@@ -104,18 +105,6 @@ def status(env: Env) -> dict[str, Any]:
     return StateStore(env.state).load_status() or {}
 
 
-def log_events(env: Env, name: str) -> list[dict[str, Any]]:
-    found = []
-    for line in env.log().splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(entry, dict) and entry.get("event") == name:
-            found.append(entry)
-    return found
-
-
 def audit_events(env: Env, name: str) -> list[dict[str, Any]]:
     path = StateStore(env.state).audit_path
     return [e for e in map(json.loads, path.read_bytes().splitlines()) if e["event"] == name]
@@ -187,17 +176,7 @@ def test_a_last_known_good_swapped_for_another_valid_keyset_is_refused(published
     env = published
     before = env.snapshot_outputs()
     store = StateStore(env.state)
-    genuine = store.load_lkg()
-    assert genuine is not None
-    other = jwks_doc(jwk("ES256", "intruder"), active="intruder")
-    forged = {
-        "data": base64.b64encode(other).decode(),
-        "format": genuine.format,
-        "origin": genuine.origin,
-        "fetched_at": genuine.fetched_at,
-        "fingerprint": genuine.fingerprint,
-    }
-    store.lkg_path.write_bytes(canonical_json(forged) + b"\n")
+    forge_last_known_good(env)
     assert store.load_lkg() is not None  # well-formed: only the digest tells it apart
 
     proc = restart_with_source_down(env)

@@ -22,6 +22,7 @@ from keysetd.config import load_config
 from keysetd.pipeline import Pipeline
 from tests.conftest import Env, wait_for
 from tests.keys import jwks_doc
+from tests.test_daemon import events
 
 
 @dataclass
@@ -78,18 +79,6 @@ def unused_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def events(env: Env, name: str) -> list[dict[str, Any]]:
-    found = []
-    for line in env.log().splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if entry.get("event") == name:
-            found.append(entry)
-    return found
 
 
 def status(env: Env) -> dict[str, Any]:
