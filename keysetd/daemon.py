@@ -269,7 +269,7 @@ class Daemon:
                 wakeup = self._sleep(min(fetch_at, plan_at))
                 # Woken only because a planned change came due: re-plan, no fetch (the
                 # source was read moments ago; a KMS is not asked twice per rotation).
-                fetch = not (wakeup is Wakeup.DEADLINE and plan_at < fetch_at)
+                fetch = result.fetch_next or not (wakeup is Wakeup.DEADLINE and plan_at < fetch_at)
                 if self.reload_requested and not self.stopping:
                     self._reload()
                     force, fetch, wakeup = True, True, Wakeup.EVENT

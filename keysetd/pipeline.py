@@ -68,6 +68,9 @@ class CycleResult:
     stage: str | None = None
     rules: tuple[str, ...] = ()
     failed_notifiers: tuple[str, ...] = ()
+    #: keysetd just wrote the managed source, or found it moved under a write: the next
+    #: cycle must read it, even when only a planned change woke the daemon.
+    fetch_next: bool = False
 
 
 class Pipeline:
@@ -299,7 +302,10 @@ class Pipeline:
         if self.rotation is None:
             return result
         expected = self._last_data if self._keyset is not None else None
-        return _sooner(result, self.rotation.step(self._keyset, self.history, expected, now))
+        when = self.rotation.step(self._keyset, self.history, expected, now)
+        if when is not None and when <= now:  # the source was written or moved: read it next
+            result = replace(result, fetch_next=True)
+        return _sooner(result, when)
 
     def _apply_revocations(self, now: float) -> None:
         """Publish at once without revoked kids, whatever the source is doing."""

@@ -33,6 +33,7 @@ __all__ = ["Watcher"]
 _QUIET_SECONDS = 0.001  # poll() counts whole milliseconds
 _MAX_QUIET_ROUNDS = 50
 _REARM_SECONDS = 1.0
+_REARM_MAX_SECONDS = 60.0
 #: Kubernetes ConfigMap/Secret volumes swap this symlink to publish a new version.
 _K8S_DATA = "..data"
 
@@ -89,6 +90,7 @@ class Watcher:
         self._inotify: INotify | None = None
         self._wds: dict[int, Path] = {}
         self._warned: set[Path] = set()
+        self._unavailable = False
         self._thread = threading.Thread(target=self._run, name="keysetd-watch", daemon=True)
 
     def start(self) -> None:
@@ -115,7 +117,16 @@ class Watcher:
         self._disarm()
         self._inotify = _inotify()
         if self._inotify is None:
+            if not self._unavailable:
+                self._unavailable = True
+                event(
+                    "watch_unavailable",
+                    logging.WARNING,
+                    error="no inotify descriptor (fs.inotify.max_user_instances used up?); "
+                    "the source is re-read every refresh_interval until one can be had",
+                )
             return
+        self._unavailable = False
         for directory in self.targets:
             try:
                 wd = self._inotify.add_watch(directory, _MASK)
@@ -154,13 +165,21 @@ class Watcher:
             return
         poller = select.poll()
         poller.register(self._stop_r, select.POLLIN)
+        rearm_after = _REARM_SECONDS
         while True:
             inotify = self._inotify
             if inotify is None or not self._wds:
-                if poller.poll(_REARM_SECONDS * 1000):
+                # Nothing watched (a directory went away, or no inotify descriptor could be
+                # had): try again, less often each time it fails; wake the daemon only when
+                # a watch is back, since whatever changed meanwhile was missed.
+                if poller.poll(rearm_after * 1000):
                     return
                 self._arm()
-                self.wake.set()
+                if self._wds:
+                    rearm_after = _REARM_SECONDS
+                    self.wake.set()
+                else:
+                    rearm_after = min(_REARM_MAX_SECONDS, rearm_after * 2)
                 continue
             poller.register(inotify.fileno(), select.POLLIN)
             ready = {fd for fd, _ in poller.poll()}

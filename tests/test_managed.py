@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,9 @@ from keysetd.sources.env import EnvSource, EnvSourceConfig
 from keysetd.sources.file import FileSource, FileSourceConfig
 from keysetd.state import StateStore
 from keysetd.validate import check
-from tests.conftest import Env
+from tests.conftest import Env, wait_for
 from tests.keys import jwk, jwks_doc
+from tests.test_daemon import events as log_events
 
 
 def test_the_file_source_is_writable_and_writes_only_what_it_read(tmp_path: Path) -> None:
@@ -88,3 +90,21 @@ def test_rotate_writes_through_the_capability(env: Env, keys: dict[str, Any]) ->
     gone = env.keysetd("rotate", "-c", str(env.config_path))
     assert gone.returncode == 1 and f"cannot read {env.source}" in gone.stderr
     assert not env.source.exists()
+
+
+def test_a_managed_source_that_is_a_symlink_fails_the_step_without_spinning(env: Env) -> None:
+    """The write would replace the link and the compare could never match: refuse, back off."""
+    real = env.root / "real-keyset.json"
+    real.write_bytes(jwks_doc(jwk("ES256", "es-1"), active="es-1"))
+    env.source.parent.mkdir(parents=True, exist_ok=True)
+    env.source.symlink_to(real)
+    env.config(rotation={"every": "1s"}, policy={"activation_delay": "0s"})
+    env.start()
+    wait_for(lambda: "es-1" in env.jwks.read_text() if env.jwks.exists() else False)
+    deadline = time.monotonic() + 2.5
+    wait_for(lambda: time.monotonic() >= deadline, timeout=5, what="2.5 s of the daemon")
+    failed = log_events(env, "rotation_failed")
+    assert failed and "not a symlink" in failed[0]["error"]
+    assert len(failed) <= 5, len(failed)  # the refresh schedule, not a 10 ms spin
+    assert env.source.is_symlink() and real.read_bytes().count(b"es-1") >= 1
+    assert env.procs[0].poll() is None

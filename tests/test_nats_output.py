@@ -234,6 +234,25 @@ def test_trusted_keys_with_a_reload_notifier_is_a_config_error(env: Env) -> None
     assert 'action = "restart"' in done.stderr
 
 
+def test_a_nats_notifier_include_must_be_a_nats_output(env: Env) -> None:
+    """Else the pre-commit check never matches a rendered file and a broken include goes live."""
+    notifier = {
+        "type": "nats",
+        "config": str(env.root / "nats.conf"),
+        "pidfile": str(env.root / "nats.pid"),
+    }
+    nats_config(env, "users", {**notifier, "include": str(env.root / "elsewhere.conf")})
+    done = env.keysetd("check-config", "--config", str(env.config_path))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "notify.0" in done.stderr and "is not the path of a nats output" in done.stderr
+    # The same file through a symlinked directory and `..` is the output.
+    (env.root / "link").symlink_to(env.out)
+    roundabout = env.root / "link" / ".." / "link" / "nats.conf"
+    nats_config(env, "users", {**notifier, "include": str(roundabout)})
+    done = env.keysetd("check-config", "--config", str(env.config_path))
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_trusted_keys_with_a_systemd_restart_is_accepted(env: Env) -> None:
     nats_config(
         env, "trusted_keys", {"type": "systemd", "unit": "nats-server.service", "action": "restart"}

@@ -19,6 +19,7 @@ with a ``systemd`` notifier, ``action = "restart"``, or a ``command``).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
@@ -65,21 +66,23 @@ class NatsNotifier(Notifier):
 
     @classmethod
     def check_outputs(cls, config: Any, outputs: Sequence[Output]) -> list[str]:
-        """A reload of a trusted_keys include cannot work: say so when the config loads."""
-        include = config.include.absolute()
+        """``include`` must be a nats output of kind users: the one file checked before commit."""
+        include = os.path.realpath(config.include)
         for output in outputs:
             cfg = output.config
-            if (
-                isinstance(cfg, NatsOutputConfig)
-                and cfg.kind == "trusted_keys"
-                and cfg.path.absolute() == include
-            ):
+            if not (isinstance(cfg, NatsOutputConfig) and os.path.realpath(cfg.path) == include):
+                continue
+            if cfg.kind == "trusted_keys":
                 return [
                     f"include {config.include} is a nats output of kind trusted_keys, which "
                     "nats-server cannot reload (it logs 'config reload not supported for "
                     f"TrustedKeys'); {_RESTART_HINT}"
                 ]
-        return []
+            return []
+        return [
+            f"include {config.include} is not the path of a nats output: keysetd checks the "
+            "include it writes with `nats-server -t` before committing it"
+        ]
 
     def __init__(self, config: NatsNotifierConfig) -> None:
         super().__init__(config)
@@ -88,8 +91,8 @@ class NatsNotifier(Notifier):
     def check(self, rendered: Mapping[Path, bytes]) -> None:
         """Run ``nats-server -t`` on the new include in a private copy of the config."""
         include = self.config.include
-        wanted = include.absolute()
-        candidate = next((b for p, b in rendered.items() if p.absolute() == wanted), None)
+        wanted = os.path.realpath(include)  # the config check made sure it is a nats output
+        candidate = next((b for p, b in rendered.items() if os.path.realpath(p) == wanted), None)
         if candidate is None or read_current(include, _INCLUDE_LIMIT) == candidate:
             return  # not a file of this cycle, or unchanged: nothing new reaches the server
         if header_kind(candidate) == "trusted_keys":

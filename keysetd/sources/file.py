@@ -7,6 +7,7 @@ a regular file, so a FIFO or device in its place can never hang the daemon.
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 from typing import ClassVar
 
@@ -54,4 +55,9 @@ class FileSource(WritableSource):
         return not self.config.path.exists()
 
     def replace_if_unchanged(self, expected: bytes | None, data: bytes) -> bool:
-        return replace_if_unchanged(self.config.path, expected, data, self.WRITE_MODE)
+        path = self.config.path
+        if path.is_symlink():  # the write would replace the link, and a compare never matches
+            raise OSError(
+                errno.ELOOP, "a managed source must be a file keysetd owns, not a symlink"
+            )
+        return replace_if_unchanged(path, expected, data, self.WRITE_MODE)

@@ -1,0 +1,50 @@
+"""The watcher when inotify cannot be had: it backs off and never wakes the daemon for nothing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+#: In a child: fill the fd table (RLIMIT_NOFILE lowered), start a Watcher, count wake-ups.
+CHILD = """
+import os, resource, sys, time
+from pathlib import Path
+from keysetd.wake import Wake
+from keysetd.watch import Watcher
+
+source = Path(sys.argv[1])
+wake = Wake()
+watcher = Watcher((source,), wake)  # its stop pipe is made now, before the table is full
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+hoard = []
+while True:
+    try:
+        hoard.append(os.open("/dev/null", os.O_RDONLY))
+    except OSError:
+        break
+watcher.start()  # inotify_init1 fails with EMFILE: nothing is watched
+wakes, deadline = 0, time.monotonic() + 3.5
+while time.monotonic() < deadline:
+    if wake.wait(deadline - time.monotonic()):
+        wakes += 1
+        wake.clear()
+for fd in hoard:
+    os.close(fd)
+watcher.stop()
+print(wakes)
+"""
+
+
+def test_no_inotify_descriptor_means_no_wake_ups_and_one_warning(tmp_path: Path) -> None:
+    source = tmp_path / "keyset.json"
+    source.write_text("{}")
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, str(source)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert done.stdout.strip() == "0"  # before: one wake-up (a full fetch) every second
+    assert done.stderr.count("watch_unavailable") <= 1
