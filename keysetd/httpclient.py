@@ -304,7 +304,7 @@ def _resolve(call: _Call, address: tuple[str, int]) -> list[Any]:
             found.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
         except OSError as exc:
             found.append(exc)
-        except Exception:  # noqa: BLE001 (UnicodeError: a name IDNA refuses, e.g. "a..b")
+        except Exception:  # UnicodeError: a name IDNA refuses ("a..b"); never die silently
             found.append(HttpConnectError("cannot resolve the host"))
         finally:
             done.set()
