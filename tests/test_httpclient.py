@@ -224,9 +224,7 @@ def test_a_non_ascii_digit_content_length_is_read_to_the_close(server: HttpServe
 def test_a_redirect_to_a_broken_url_is_described_without_a_host(server: HttpServer) -> None:
     server.reply = Reply(302, headers={"Location": "http://[x"})
     response = get(server.url())
-    assert response.problem() == (
-        "HTTP 302 redirect not followed (set url to the final address)"
-    )
+    assert response.problem() == ("HTTP 302 redirect not followed (set url to the final address)")
 
 
 def test_reprs_carry_neither_headers_nor_bodies(server: HttpServer) -> None:
