@@ -42,17 +42,43 @@ def check_http_url(url: str, *, allow_credentials: bool = True) -> str:
         _ = parts.port
     except ValueError:
         raise ValueError("url has an invalid port") from None
+    if any(ord(c) <= 32 or ord(c) == 127 for c in url):
+        raise ValueError("url must not contain spaces or control characters")
+    outside_host = parts.netloc.rpartition("@")[0] + parts.path + parts.query + parts.fragment
+    if not outside_host.isascii():
+        raise ValueError("url must be ASCII outside the host name (percent-encode the path)")
+    if not _resolvable(parts.hostname):
+        raise ValueError("url has an invalid host name (an empty label, or one over 63 characters)")
     return url
 
 
+def _resolvable(host: str) -> bool:
+    """An IP address, or a name the resolver can encode (socket encodes names with IDNA)."""
+    try:
+        ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        pass
+    else:
+        return True
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        return False
+    return True
+
+
 def check_headers(headers: dict[str, str], reserved: Collection[str]) -> dict[str, str]:
-    """Header names that are tokens, values without CR/LF/NUL, none keysetd sets itself."""
+    """Header names that are tokens, values of visible ASCII, none keysetd sets itself."""
     for name, value in headers.items():
         if not name or not all(33 <= ord(c) < 127 and c != ":" for c in name):
             # Not quoted: a name this malformed may be a pasted "Authorization: Bearer ...".
             raise ValueError("a header name is not a token (no spaces, ':' or control characters)")
-        if any(c in value for c in "\r\n\0"):
-            raise ValueError(f"header {name} must not contain CR, LF or NUL")
+        if not all(32 <= ord(c) < 127 or c == "\t" for c in value):
+            # Never quoted: the value is often a credential.
+            raise ValueError(
+                f"header {name} must hold only visible ASCII characters and spaces"
+                " (no control characters, line breaks or non-ASCII characters)"
+            )
         if name.lower() in reserved:
             raise ValueError(f"header {name} is set by keysetd")
     return headers

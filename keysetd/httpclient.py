@@ -25,6 +25,10 @@ their keysetd error (``raise SourceError(...) from exc``)::
     ├── HttpTlsError    certificate or handshake refused, ca_file unreadable
     └── HttpTooLarge    a 2xx body over max_body
 
+A request http.client cannot encode (a header value outside latin-1, a control
+character in the url) and an answer it cannot make sense of are HttpFailures
+with a fixed reason: the text of those errors quotes the header or the bytes.
+
 The seam is :class:`Transport`, any ``(Request) -> Response`` callable;
 :func:`send` is the real one.
 """
@@ -70,6 +74,7 @@ _EXCERPT = 200
 _CHUNK = 65536
 #: How often a wait for name resolution looks at the deadline and for a cancel.
 _RESOLVE_POLL = 0.05
+_UNSENDABLE = "the request cannot be sent: the url or a header holds characters HTTP does not allow"
 
 
 class HttpFailure(Exception):
@@ -107,8 +112,9 @@ class Request:
     method: str
     url: str
     timeout: float
-    headers: Mapping[str, str] = field(default_factory=dict)
-    body: bytes | None = None
+    # Not in the repr: they carry tokens (X-Vault-Token, Authorization) and secret ids.
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    body: bytes | None = field(default=None, repr=False)
     max_body: int = MAX_BODY
     ca_file: Path | None = None
     cancellable: bool = False
@@ -120,8 +126,9 @@ class Response:
 
     status: int
     reason: str
-    headers: http.client.HTTPMessage
-    body: bytes
+    # Not in the repr: a login answer's body holds a client token.
+    headers: http.client.HTTPMessage = field(repr=False)
+    body: bytes = field(repr=False)
 
     @property
     def ok(self) -> bool:
@@ -130,7 +137,10 @@ class Response:
     def problem(self) -> str:
         """Why this answer is not a success, for an error message (redacted, short)."""
         if 300 <= self.status < 400:
-            location = urlsplit(self.headers.get("Location") or "").hostname
+            try:
+                location = urlsplit(self.headers.get("Location") or "").hostname
+            except ValueError:  # "http://[x": not a URL, so no host to name
+                location = None
             where = f" to {location}" if location else ""
             return f"HTTP {self.status} redirect{where} not followed (set url to the final address)"
         reason = redact(" ".join(self.reason.split()))[:60]
@@ -179,6 +189,10 @@ def send(request: Request) -> Response:
             raise
         except (OSError, http.client.HTTPException) as exc:
             raise call.failure(exc) from exc
+        except ValueError:  # UnicodeError too; its text may quote a header or the answer
+            if call.sent:
+                raise HttpFailure("the server's answer is malformed") from None
+            raise HttpFailure(_UNSENDABLE) from None
 
 
 # --- one exchange ---------------------------------------------------------------------------
@@ -205,12 +219,16 @@ def _exchange(
         conn = http.client.HTTPConnection(host, port)
     conn.sock = sock  # connected already: http.client only speaks HTTP over it
     sock.settimeout(call.remaining())
-    conn.request(
-        request.method,
-        target,
-        body=request.body,
-        headers={**request.headers, "Connection": "close"},
-    )
+    try:
+        conn.request(
+            request.method,
+            target,
+            body=request.body,
+            headers={**request.headers, "Connection": "close"},
+        )
+    except http.client.InvalidURL:  # its text quotes the url, which may hold a token
+        raise HttpFailure(_UNSENDABLE) from None
+    call.sent = True
     sock.settimeout(call.remaining())
     with contextlib.closing(conn.getresponse()) as response:  # it holds the socket open
         return _answer(call, sock, response, request.max_body)
@@ -224,7 +242,8 @@ def _answer(
     success = 200 <= status < 300
     limit = max_body if success else _EXCERPT_BYTES
     declared = response.getheader("Content-Length")
-    if success and declared is not None and declared.isdigit() and int(declared) > limit:
+    # isascii: "²".isdigit() is True and int("²") raises.
+    if success and declared and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise HttpTooLarge(f"response of {int(declared)} bytes is over max_bytes ({limit})")
     body = _read(call, sock, response, limit)
     call.check()  # an end of body the deadline forced is a timeout, not an answer
@@ -277,7 +296,7 @@ def _resolve(call: _Call, address: tuple[str, int]) -> list[Any]:
         pass
     else:
         return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
-    found: list[list[Any] | OSError] = []
+    found: list[list[Any] | Exception] = []
     done = threading.Event()
 
     def resolve() -> None:
@@ -285,14 +304,18 @@ def _resolve(call: _Call, address: tuple[str, int]) -> list[Any]:
             found.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
         except OSError as exc:
             found.append(exc)
+        except Exception:  # UnicodeError: a name IDNA refuses ("a..b"); never die silently
+            found.append(HttpConnectError("cannot resolve the host"))
         finally:
             done.set()
 
     threading.Thread(target=resolve, name="keysetd-resolve", daemon=True).start()
     while not done.wait(min(call.remaining(), _RESOLVE_POLL)):
         pass
+    if not found:  # the thread died of something it could not catch
+        raise HttpConnectError("cannot resolve the host")
     result = found[0]
-    if isinstance(result, OSError):
+    if isinstance(result, Exception):
         raise result
     return result
 
@@ -319,6 +342,7 @@ class _Call:
         self.expired = False
         self.cancelled = False
         self.connected = False
+        self.sent = False
         self._lock = threading.Lock()
         self._watches: list[socket.socket] = []
         self._owned: list[socket.socket] = []

@@ -174,3 +174,70 @@ def test_the_transport_seam_serves_the_source_and_the_notifier(server: HttpServe
         ("POST", 5.0, False),  # a notification is never cut short by SIGTERM
     ]
     assert [s.path for s in server.requests] == ["/certs", "/reload"]
+
+
+# --- input that http.client or the resolver cannot take (issue 12) --------------------------
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"Authorization": "Bearer s3cr\u2019t-token"}, {"Authorization": "Bearer s3cr3t\n-token"}],
+    ids=["non-latin-1", "line-break"],
+)
+def test_a_header_http_cannot_send_is_a_failure_that_never_quotes_it(
+    server: HttpServer, headers: dict[str, str]
+) -> None:
+    """These once escaped as UnicodeEncodeError / ValueError quoting the value."""
+    error, _ = timed(lambda: get(server.url(), headers=headers))
+    assert type(error) is httpclient.HttpFailure
+    assert error.reason.startswith("the request cannot be sent")
+    assert "s3cr" not in error.reason and "token" not in error.reason
+    assert error.__cause__ is None and error.__suppress_context__
+    assert server.requests == []
+
+
+def test_a_url_with_a_control_character_is_a_failure_that_never_quotes_it(
+    server: HttpServer,
+) -> None:
+    error, _ = timed(lambda: get(server.url("/certs?key=s3cr3t\x01")))
+    assert type(error) is httpclient.HttpFailure
+    assert "s3cr3t" not in error.reason
+
+
+@pytest.mark.parametrize("host", ["a" * 64 + ".example", "a..b.example"])
+def test_a_host_name_idna_refuses_is_a_connect_error(host: str) -> None:
+    """The resolver thread once died of the UnicodeError and ``found[0]`` raised IndexError."""
+    error, elapsed = timed(lambda: get(f"http://{host}/", timeout=2.0))
+    assert isinstance(error, httpclient.HttpConnectError)
+    assert error.reason == "cannot resolve the host"
+    assert elapsed < 2.0
+
+
+def test_a_non_ascii_digit_content_length_is_read_to_the_close(server: HttpServer) -> None:
+    """'²'.isdigit() is True and int('²') raises: the length is ignored, as http.client does."""
+    server.reply = Reply(200, b"x" * 10, {"Content-Length": "\u00b2"}, content_length=False)
+    assert get(server.url()).body == b"x" * 10
+    error, _ = timed(lambda: get(server.url(), max_body=5))
+    assert isinstance(error, httpclient.HttpTooLarge)
+
+
+def test_a_redirect_to_a_broken_url_is_described_without_a_host(server: HttpServer) -> None:
+    server.reply = Reply(302, headers={"Location": "http://[x"})
+    response = get(server.url())
+    assert response.problem() == ("HTTP 302 redirect not followed (set url to the final address)")
+
+
+def test_reprs_carry_neither_headers_nor_bodies(server: HttpServer) -> None:
+    request = Request(
+        "POST",
+        server.url("/login"),
+        timeout=1.0,
+        headers={"Authorization": "Bearer s3cr3t-bearer"},
+        body=b'{"secret_id": "s3cr3t-id"}',
+    )
+    server.reply = Reply(200, b'{"auth": {"client_token": "s3cr3t-client"}}', {"X-T": "s3cr3t-h"})
+    response = httpclient.send(request)
+    assert response.body.startswith(b'{"auth"')
+    for shown in (repr(request), repr(response)):
+        assert "s3cr3t" not in shown, shown
+    assert "POST" in repr(request) and "200" in repr(response)

@@ -210,6 +210,45 @@ def test_header_values_stay_out_of_config_errors() -> None:
     assert "tok3n" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "value", ["Bearer tok3n\u2019x", "Bearer tok3n\x01", "Bearer tok3n\u00e9"], ids=str.__len__
+)
+def test_header_values_must_be_visible_ascii(value: str) -> None:
+    """http.client encodes values as latin-1: U+2019 once crashed every fetch."""
+    with pytest.raises(TableError, match="visible ASCII") as info:
+        JwksUrlSourceConfig(type="jwks_url", url="https://sso.example.com/", headers={"X": value})
+    assert "tok3n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("https://" + "a" * 64 + ".example.com/certs", "invalid host name"),
+        ("https://sso..example.com/certs", "invalid host name"),
+        ("https://sso.example.com/certs?x=a\x01b", "control characters"),
+        ("https://sso.example.com/c\u00e9rts", "ASCII outside the host name"),
+    ],
+)
+def test_urls_the_resolver_or_http_cannot_take_are_refused(url: str, message: str) -> None:
+    with pytest.raises(TableError, match=message):
+        JwksUrlSourceConfig(type="jwks_url", url=url)
+
+
+def test_keysetd_check_config_refuses_a_non_ascii_header_without_echoing_it(env: Env) -> None:
+    config = env.config(
+        source={
+            "type": "jwks_url",
+            "url": "https://sso.example.com/certs",
+            "headers": {"Authorization": "Bearer tok3n\u2019"},
+        },
+        outputs=[{"type": "jwks", "path": str(env.jwks)}],
+    )
+    result = env.keysetd("check-config", "--config", str(config))
+    assert result.returncode == 2, result.stderr
+    assert "visible ASCII" in result.stderr
+    assert "tok3n" not in result.stdout + result.stderr
+
+
 def test_plain_http_warns_unless_loopback(events: Events) -> None:
     source("http://127.0.0.1:1/certs")
     source("http://localhost:1/certs")

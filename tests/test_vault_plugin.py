@@ -39,6 +39,7 @@ from tests.keys import b64u
 from tests.servers import (
     Events,
     Reply,
+    Seen,
     binary,
     free_port,
     http_server,
@@ -1031,3 +1032,141 @@ def test_strict_mode_refuses_an_inline_token_and_plain_http_off_loopback(env: En
     assert "source.token: secrets inline" in done.stderr
     assert "source.address: http:// to vault.example.com" in done.stderr
     assert token not in done.stdout + done.stderr
+
+
+# --- credentials HTTP cannot carry, and one deadline per fetch (issue 12) ------------------------
+
+FIRST, SECOND = "hvs.FIRSTHALFofTheToken", "hvs.SECONDHALFofTheToken"
+
+
+def status_json(env: Env) -> dict[str, Any]:
+    done = env.keysetd("status", "--json", "-c", str(env.config_path))
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def test_a_token_file_holding_two_lines_is_named_and_never_shown_by_keysetd_run(
+    bao: Bao, env: Env
+) -> None:
+    """requests refused the header quoting it repr-escaped ("\\n"), past the redaction: the
+    token reached the log, status.json and the audit log."""
+    token_file = env.root / "token"
+    token_file.write_text(bao.root + "\n")
+    env.config(
+        source={
+            "type": "vault_transit",
+            "address": bao.address,
+            "token_file": str(token_file),
+            "keys": ["jwt-ed"],
+            "timeout": "5s",
+            "refresh_interval": "200ms",
+        },
+        outputs=[{"type": "jwks", "path": str(env.jwks)}],
+    )
+    proc = env.start()
+    wait_for(env.jwks.exists, timeout=20, what="first publish")
+    before = env.snapshot_outputs()
+    token_file.write_text(f"{FIRST}\n{SECOND}\n")
+    error = wait_for(lambda: status_json(env)["last_error"], timeout=20, what="an error")
+    shown = {
+        "error": error,
+        "status.json": (env.state / "status.json").read_text(),
+        "log": env.log(),
+        "audit.jsonl": (env.state / "audit.jsonl").read_text(),
+    }
+    for where, text in shown.items():
+        for half in (FIRST, SECOND, "FIRSTHALF", "SECONDHALF"):
+            assert half not in text, f"{half} in {where}"
+    assert f"token_file {token_file} holds whitespace, control or non-ASCII" in error, error
+    assert proc.poll() is None, env.log()[-3000:]
+    assert env.snapshot_outputs() == before
+
+
+@pytest.mark.parametrize(
+    "content",
+    [f"{FIRST}\n{SECOND}", f"{FIRST} {SECOND}", f"{FIRST}\u2019{SECOND}", f"{FIRST}\x00"],
+    ids=["newline", "space", "non-ascii", "nul"],
+)
+def test_a_token_file_that_cannot_be_a_header_is_refused_by_name(
+    bao: Bao, make_source: Callable[..., VaultTransitSource], tmp_path: Path, content: str
+) -> None:
+    """U+2019 once escaped as a UnicodeEncodeError and stopped the daemon."""
+    token_file = tmp_path / "token"
+    token_file.write_text(content)
+    source = make_source(address=bao.address, token_file=str(token_file), keys=["jwt-ed"])
+    with pytest.raises(SourceError) as caught:
+        source.fetch()
+    assert f"token_file {token_file} holds whitespace" in caught.value.reason
+    for shown in (str(caught.value), repr(caught.value)):
+        assert "FIRSTHALF" not in shown and "SECONDHALF" not in shown
+
+
+def test_an_inline_token_or_namespace_that_cannot_be_a_header_is_a_config_error() -> None:
+    for table in ({"token": f"{FIRST}\n{SECOND}"}, {"token": "x", "namespace": "team\u2019s"}):
+        with pytest.raises(TableError) as caught:
+            VaultTransitConfig.parse(
+                {"type": "vault_transit", "address": "https://vault:8200", **table}
+            )
+        assert "visible ASCII" in str(caught.value)
+        assert "FIRSTHALF" not in str(caught.value) and "SECONDHALF" not in str(caught.value)
+
+
+def test_a_login_answer_whose_client_token_cannot_be_a_header_is_refused(
+    make_source: Callable[..., VaultTransitSource], tmp_path: Path
+) -> None:
+    answer = {"auth": {"client_token": f"{FIRST}\n{SECOND}", "lease_duration": 60}}
+    (tmp_path / "secret-id").write_text("a-secret-id")
+    with http_server() as server:
+        server.reply = Reply(200, json.dumps(answer).encode(), {"Content-Type": "application/json"})
+        source = make_source(
+            address=server.url(""),
+            auth="approle",
+            role_id="r",
+            secret_id_file=str(tmp_path / "secret-id"),
+            keys=["jwt-ec"],
+        )
+        with pytest.raises(SourceError) as caught:
+            source.fetch()
+        paths = [seen.path for seen in server.requests]
+    assert "log in (approle): the answer's client token holds whitespace" in caught.value.reason
+    assert "FIRSTHALF" not in str(caught.value) and "SECONDHALF" not in str(caught.value)
+    assert paths == ["/v1/auth/approle/login"]  # the token was never sent
+
+
+def slow_proxy(bao: Bao, delay: float) -> Callable[[Seen], Reply]:
+    """Forward each request to ``bao``, answer ``delay`` seconds after it came."""
+
+    def respond(seen: Seen) -> Reply:
+        forwarded = urllib.request.Request(
+            f"{bao.address}{seen.path}",
+            data=seen.body or None,
+            method=seen.method,
+            headers={k: v for k, v in seen.headers.items() if k.lower().startswith("x-vault")},
+        )
+        try:
+            with urllib.request.urlopen(forwarded, timeout=10) as reply:
+                status, body = reply.status, reply.read()
+        except urllib.error.HTTPError as exc:
+            status, body = exc.code, exc.read()
+            exc.close()
+        return Reply(status, body, {"Content-Type": "application/json"}, delay=delay)
+
+    return respond
+
+
+def test_timeout_bounds_the_whole_fetch_not_each_call(
+    bao: Bao, make_source: Callable[..., VaultTransitSource]
+) -> None:
+    """A lookup and three reads at 0.5 s each: 2 s of calls, each well within the 1.5 s
+    timeout. With a timeout per call this fetch took ~5 timeouts against a slow server."""
+    with http_server() as server:
+        server.respond = slow_proxy(bao, 0.5)
+        source = make_source(address=server.url(""), token=bao.root, keys=KEYS, timeout="1.5s")
+        started = time.monotonic()
+        with pytest.raises(SourceError, match=r"timed out after 1.5s"):
+            source.fetch()
+        elapsed = time.monotonic() - started
+        assert elapsed < 1.5 + 0.5, elapsed
+        # The next fetch has a deadline of its own: with time enough, the keys come.
+        server.respond = slow_proxy(bao, 0.1)
+        assert document(source)["active_kid"] == "jwt-ec-v3"

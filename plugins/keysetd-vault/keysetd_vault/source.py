@@ -6,9 +6,12 @@ active kid is the latest version of the first key. Tokens come from config, a
 token file, AppRole or Kubernetes login; a renewable token is renewed past half
 its TTL, and a login token that cannot be renewed or was refused is replaced by
 one new login per fetch. Every call goes through keysetd's HTTP client (see
-``keysetd_vault.transport``), so ``timeout`` bounds each call as a whole; every
+``keysetd_vault.transport``), so ``timeout`` bounds the whole fetch; every
 hvac/HTTP failure becomes a ``SourceError`` that names the source and the fault,
-never a token.
+never a token. A credential (config, file or login answer) holding whitespace, a
+control or a non-ASCII character is refused by name before it reaches a header:
+the errors of HTTP libraries quote a header they refuse, in a form no redaction
+recognises.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from keysetd.plugin import (
     non_empty,
     read_limited,
 )
-from keysetd_vault.transport import session
+from keysetd_vault.transport import DeadlineAdapter, session
 
 __all__ = ["KEY_TYPES", "VaultTransitConfig", "VaultTransitSource"]
 
@@ -91,6 +94,17 @@ def _address(value: str) -> str:
     if parts.username or parts.password or parts.query or parts.fragment:
         raise ValueError("must not carry credentials, a query or a fragment")
     return value.rstrip("/")
+
+
+def _visible(text: str) -> bool:
+    """Only printable ASCII, no space: what a token, secret id or JWT is made of."""
+    return all(33 <= ord(c) < 127 for c in text)
+
+
+def _namespace(value: str) -> str:
+    if not _visible(value):
+        raise ValueError("must hold only visible ASCII characters (it is sent as a header)")
+    return value
 
 
 def _mount(value: str) -> str:
@@ -136,13 +150,19 @@ class VaultTransitConfig(SourceConfig):
     kubernetes_role: str | None = None
     jwt_file: Path = _KUBERNETES_JWT
     auth_mount: Annotated[str, _mount] | None = None
-    namespace: str | None = None
+    namespace: Annotated[str, _namespace] | None = None
     ca_file: Path | None = None
     rsa_alg: Literal["RS256", "PS256"] = "RS256"
     kid_format: Annotated[str, _kid_format] = "{name}-v{version}"
 
     def __post_init__(self) -> None:
         token_given = self.token is not None or self.token_file is not None
+        if self.token is not None and not _visible(self.token.reveal()):
+            # Never quoted: it is the credential.
+            raise ValueError(
+                "token must hold only visible ASCII characters"
+                " (no spaces, line breaks, control or non-ASCII characters)"
+            )
         if self.auth == "token":
             if (self.token is None) == (self.token_file is None):
                 raise ValueError("auth = 'token' needs exactly one of token and token_file")
@@ -193,6 +213,7 @@ class VaultTransitSource(Source):
         super().__init__(config)
         self.config: VaultTransitConfig = config
         self._client: Any = None
+        self._adapter: DeadlineAdapter | None = None
         self._lease: _Lease | None = None
         # Values that must never reach a message: tokens, secret ids, Kubernetes JWTs. The
         # newest few only (insertion order): a daemon that logs in for months keeps no log.
@@ -205,6 +226,7 @@ class VaultTransitSource(Source):
 
     def close(self) -> None:
         client, self._client, self._lease = self._client, None, None
+        self._adapter = None
         if client is not None:
             client.adapter.close()
 
@@ -212,6 +234,8 @@ class VaultTransitSource(Source):
 
     def fetch(self) -> Snapshot:
         client = self._connect()
+        assert self._adapter is not None
+        self._adapter.begin()  # one deadline for every call of this fetch
         logged_in = self._authenticate(client)
         retry = self._can_login and not logged_in
         try:
@@ -238,13 +262,14 @@ class VaultTransitSource(Source):
         if self._client is None:
             config = self.config
             # TLS is always verified (against ca_file when given, else the system store),
-            # and each call ends at the timeout, however slowly the server answers.
+            # and the fetch ends at the timeout, however slowly the server answers.
+            self._adapter = DeadlineAdapter(timeout=float(config.timeout), ca_file=config.ca_file)
             self._client = hvac.Client(
                 url=config.address,
                 token="",  # never VAULT_TOKEN or ~/.vault-token: the config says where it is
                 timeout=config.timeout,
                 namespace=config.namespace,
-                session=session(float(config.timeout), config.ca_file),
+                session=session(self._adapter),
                 # A redirect would carry X-Vault-Token to wherever it points.
                 allow_redirects=False,
             )
@@ -385,6 +410,11 @@ class VaultTransitSource(Source):
         token = auth.get("client_token")
         if not isinstance(token, str) or not token:
             raise self._error(f"log in ({config.auth}): the answer holds no client token")
+        if not _visible(token):
+            raise self._error(
+                f"log in ({config.auth}): the answer's client token holds whitespace,"
+                " control or non-ASCII characters"
+            )
         self._remember(token)
         client.token = token
         self._lease = _Lease.of(auth.get("lease_duration"), None, auth.get("renewable"), now)
@@ -406,6 +436,12 @@ class VaultTransitSource(Source):
             raise self._error(f"cannot read {key} {path}: {reason}") from None
         if not text:
             raise self._error(f"{key} {path} is empty")
+        if not _visible(text):
+            # Never quoted, and not a header: the HTTP libraries' errors would quote it.
+            raise self._error(
+                f"{key} {path} holds whitespace, control or non-ASCII characters inside its"
+                " secret (the file must hold exactly one, surrounding whitespace aside)"
+            )
         self._remember(text)
         return text
 
@@ -425,8 +461,12 @@ class VaultTransitSource(Source):
             raise self._error(f"{action}: cannot connect ({exc.reason})") from exc
         except HttpFailure as exc:
             raise self._error(f"{action}: {exc.reason}") from exc
+        except requests.exceptions.InvalidHeader:  # its text quotes the header: a token
+            raise self._error(f"{action}: a header holds characters HTTP does not allow") from None
         except requests.exceptions.RequestException as exc:  # a URL requests cannot prepare
             raise self._error(f"{action}: {type(exc).__name__} ({_cause(exc)})") from exc
+        except ValueError as exc:  # UnicodeError too: its text may quote what it refused
+            raise self._error(f"{action}: {type(exc).__name__} preparing the call") from None
 
     def _data(self, action: str, reply: Any) -> Any:
         data = reply.get("data") if isinstance(reply, dict) else None
