@@ -207,7 +207,7 @@ def test_a_foreign_file_at_a_kid_name_fails_the_cycle_with_every_output_old(env:
     keys = [jwk("ES256", "f0"), jwk("ES256", "f1")]
     env.write_source(jwks_doc(keys[0], active="f0"))
     env.config(outputs=env.outputs_with_pem())
-    pipeline = Pipeline(load_config(env.config_path, environ={}))
+    pipeline = Pipeline.open(load_config(env.config_path, environ={}))
     assert pipeline.cycle().ok
     (env.pem / "f1.pem").write_bytes(b"an operator's file\n")
     before = outputs_bytes(env)
