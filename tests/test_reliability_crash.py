@@ -4,12 +4,13 @@ Three kinds of round, each changing the source to the next generation first:
 
 - a named failpoint: ``keysetd run`` starts with ``_KEYSETD_FAILPOINT`` armed at one
   point of the commit sequence and kills itself there;
-- "startup": a fresh daemon is killed at a random instant of its first cycle;
+- "startup": a fresh daemon is killed at a random instant of its start-up and first cycle;
 - "live": a daemon already running and converged sees the change through its watcher
   and is killed at a random instant of change-and-publish.
 
 After each kill every output is whole and holds the old generation or the new one
-(never a mix, never an older one), the signer's active kid is in every verifier output
+(one or the other within each output, never an older one; outputs may differ when the
+kill fell between two commits), the signer's active kid is in every verifier output
 and in history as published, the pem directory shows one whole set, history, LKG and
 status load and the audit chain verifies. A restart without a failpoint then cleans the
 crash's temp files, converges on the new generation and exits 0 on SIGTERM.
