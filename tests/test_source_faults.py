@@ -25,7 +25,7 @@ from keysetd.backoff import next_wait
 from tests.conftest import Env, wait_for
 from tests.keys import jwks_doc
 from tests.servers import HttpServer, Reply, Seen, free_port
-from tests.test_aws_kms_plugin import REGION, fake_aws, new_alias, new_key, running_moto
+from tests.test_aws_kms_plugin import REGION, fake_aws, new_alias, new_key
 from tests.test_operations import get
 from tests.test_vault_plugin import Bao
 
@@ -166,7 +166,7 @@ def jwks_url_daemon(env: Env, provider: Provider, **settings: Any) -> Daemon:
     source = {
         "type": "jwks_url",
         "url": provider.url,
-        "refresh_interval": "500ms",
+        "refresh_interval": "200ms",
         "timeout": "500ms",
         **settings.pop("source", {}),
     }
@@ -319,7 +319,7 @@ def test_command_fault_keeps_outputs_and_heals_by_itself(
     source = {
         "type": "command",
         "argv": ["/bin/sh", str(script), str(mode), str(env.source)],
-        "refresh_interval": "500ms",
+        "refresh_interval": "200ms",
         "timeout": "1s",
     }
     daemon = run_daemon(env, source)
@@ -354,7 +354,7 @@ def test_vault_transit_sealed_then_unsealed(env: Env, tmp_path: Path) -> None:
             "address": bao.address,
             "token": bao.root,
             "keys": ["jwt-ec"],
-            "refresh_interval": "500ms",
+            "refresh_interval": "200ms",
             "timeout": "2s",
         }
         daemon = run_daemon(env, source, outputs=[{"type": "jwks", "path": str(env.jwks)}])
@@ -376,11 +376,11 @@ def test_vault_transit_sealed_then_unsealed(env: Env, tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def moto_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A moto_server of this test's own (KMS on loopback), and an AWS environment for keysetd."""
+def moto_url(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The session's moto_server (KMS on loopback; this test makes keys of its own), and an
+    AWS environment for keysetd."""
     fake_aws(monkeypatch)
-    with running_moto(tmp_path / "moto.log") as url:
-        yield url
+    return moto_server
 
 
 def test_aws_kms_key_disabled_then_enabled(env: Env, moto_url: str) -> None:
@@ -394,7 +394,7 @@ def test_aws_kms_key_disabled_then_enabled(env: Env, moto_url: str) -> None:
             "endpoint_url": moto_url,
             "key_ids": [first["KeyId"], second["KeyId"]],
             "active": alias,
-            "refresh_interval": "500ms",
+            "refresh_interval": "200ms",
             "timeout": "5s",
         }
         daemon = run_daemon(env, source, outputs=[{"type": "jwks", "path": str(env.jwks)}])
