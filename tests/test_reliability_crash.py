@@ -253,11 +253,11 @@ def check_old_or_new(ws: Workspace) -> str:
     """Each output holds the previous generation (converged before the round) or the new one,
     whole: never a mix of the two, never an older one. Returns "old", "new" or "old and new"
     (the kill landed between two outputs' commits)."""
-    shapes = {}
+    shapes: dict[str, tuple[str, frozenset[str]]] = {}
     for age, gen in (("old", ws.generation - 1), ("new", ws.generation)):
-        kids = ws.kids(gen)
-        shapes[age] = (kids[0], frozenset(kids))
-    found = set()
+        names = ws.kids(gen)
+        shapes[age] = (names[0], frozenset(names))
+    found: set[str] = set()
     for name, (active, kids) in generations(ws).items():
         ages = [
             a
