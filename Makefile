@@ -57,20 +57,24 @@ pytest: $(STAMP) system-deps
 test: lint typecheck pytest
 
 # The reliability harness at full size (tests/RELIABILITY.md): 500 kill -9 rounds at named
-# failpoints, a 20,000-cycle soak, >= 100,000 Hypothesis examples (7 targets x 15,000) and
-# atheris over the decoders. Every part stops by itself: a round/cycle budget in seconds,
-# an example count, a run count and -max_total_time. `make test` runs the small subset.
+# failpoints and random instants, a 20,000-cycle soak, >= 100,000 Hypothesis examples (7
+# targets x 15,000), atheris over the decoders, and the planner's rotation properties at
+# 5,000 sequences. Every part stops by itself: a round/cycle budget in seconds, an example
+# count, a run count and -max_total_time. `make test` runs the small subset.
 STRESS_ROUNDS ?= 500
 SOAK_CYCLES   ?= 20000
 FUZZ_EXAMPLES ?= 15000
 ATHERIS_RUNS  ?= 2000000
+PLAN_EXAMPLES ?= 5000
 
 stress: $(STAMP)
 	@$(BIN)/python -m pip install -q atheris || echo "stress: atheris did not install; its test skips"
 	STRESS_ROUNDS=$(STRESS_ROUNDS) STRESS_BUDGET_SECONDS=1500 \
 	SOAK_CYCLES=$(SOAK_CYCLES) SOAK_BUDGET_SECONDS=900 \
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) ATHERIS_RUNS=$(ATHERIS_RUNS) ATHERIS_SECONDS=300 \
-		$(BIN)/pytest -q -s --timeout=3600 --hypothesis-show-statistics tests/test_reliability_*.py
+	PLAN_EXAMPLES=$(PLAN_EXAMPLES) \
+		$(BIN)/pytest -q -s --timeout=3600 --hypothesis-show-statistics \
+		tests/test_reliability_*.py tests/test_plan_properties.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py

@@ -195,4 +195,13 @@ def keys() -> dict[str, dict[str, Any]]:
     }
 
 
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One real moto_server (KMS on loopback) for the session; each test makes its own keys."""
+    from tests.test_aws_kms_plugin import running_moto  # boto and moto only when asked for
+
+    with running_moto(tmp_path_factory.mktemp("moto") / "moto.log") as url:
+        yield url
+
+
 __all__ = ["Env", "is_dead", "jwk", "jwks_doc", "wait_for"]

@@ -90,11 +90,10 @@ def fake_aws(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(name, value)
 
 
-@pytest.fixture(scope="session")
-def moto_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One moto_server for the session."""
-    with running_moto(tmp_path_factory.mktemp("moto") / "moto.log") as url:
-        yield url
+@pytest.fixture
+def moto_url(moto_server: str) -> str:
+    """The session's moto_server (tests/conftest.py)."""
+    return moto_server
 
 
 @pytest.fixture(autouse=True)

@@ -6,11 +6,15 @@ observe; plan; verifier commit; mark_published; signer commit; mark_active;
 remember the signer keyset) and records every plan, so each guarantee of
 DESIGN.md section 6 is checked over the whole timeline, the crash window
 between the two commits included.
+
+``make test`` runs ``PLAN_EXAMPLES`` (default 200) sequences for the guarantees and
+3/8 of that for the settling and revocation properties; ``make stress`` runs more.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -356,6 +360,9 @@ def check_nothing_kept_without_reason(cycles: list[Cycle], policy: Policy) -> No
 
 # -- the tests -------------------------------------------------------------------------
 
+EXAMPLES = int(os.environ.get("PLAN_EXAMPLES", "200"))
+FEWER = max(1, EXAMPLES * 3 // 8)
+
 
 def simulate(policy: Policy, start: float, script: list[Step]) -> Sim:
     sim = Sim(policy, start)
@@ -364,7 +371,7 @@ def simulate(policy: Policy, start: float, script: list[Step]) -> Sim:
     return sim
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=EXAMPLES, deadline=None)
 @given(scenarios())
 def test_rotation_guarantees_hold_for_any_sequence(
     scenario: tuple[Policy, float, list[Step]],
@@ -374,7 +381,7 @@ def test_rotation_guarantees_hold_for_any_sequence(
     check_timeline(sim.cycles, policy)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=FEWER, deadline=None)
 @given(scenarios())
 def test_following_next_change_at_settles(scenario: tuple[Policy, float, list[Step]]) -> None:
     """With the source unchanged, waking at each next_change_at reaches a plan with none.
@@ -396,7 +403,7 @@ def test_following_next_change_at_settles(scenario: tuple[Policy, float, list[St
     check_timeline(sim.cycles, policy)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=FEWER, deadline=None)
 @given(scenarios(), st.sampled_from(KIDS))
 def test_revoked_kid_is_nowhere(scenario: tuple[Policy, float, list[Step]], kid: str) -> None:
     """Revoking any kid removes it from both sets in the very next plan, whatever came before."""

@@ -104,8 +104,8 @@ def test_rotate_command_adds_an_active_key(env: Env, keys: dict[str, Any]) -> No
 def test_managed_rotation_under_live_signing_loses_no_token(env: Env) -> None:
     """A signer thread signs with the signer output, a verifier thread checks the jwks output."""
     env.config(
-        policy={"activation_delay": "400ms", "retention": "1500ms"},
-        rotation={"every": "1500ms", "alg": "ES256"},
+        policy={"activation_delay": "300ms", "retention": "1s"},
+        rotation={"every": "1s", "alg": "ES256"},
     )
     env.start()
     wait_for(env.signer.exists, what="first managed key")
@@ -154,6 +154,7 @@ def test_managed_rotation_under_live_signing_loses_no_token(env: Env) -> None:
     assert failures == [], failures[:5]
     assert len(used) >= 4, used
     assert verified[0] >= 1000, verified[0]
+    print(f"rotation under live signing: {len(used)} keys, {verified[0]} tokens verified")
 
 
 def test_evidence_after_a_rotation(env: Env, keys: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-import time
+import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +25,7 @@ from keysetd.backoff import next_wait
 from tests.conftest import Env, wait_for
 from tests.keys import jwks_doc
 from tests.servers import HttpServer, Reply, Seen, free_port
-from tests.test_aws_kms_plugin import REGION, fake_aws, new_alias, new_key, running_moto
+from tests.test_aws_kms_plugin import REGION, fake_aws, new_alias, new_key
 from tests.test_operations import get
 from tests.test_vault_plugin import Bao
 
@@ -166,7 +166,7 @@ def jwks_url_daemon(env: Env, provider: Provider, **settings: Any) -> Daemon:
     source = {
         "type": "jwks_url",
         "url": provider.url,
-        "refresh_interval": "500ms",
+        "refresh_interval": "200ms",
         "timeout": "500ms",
         **settings.pop("source", {}),
     }
@@ -246,43 +246,45 @@ def test_readyz_turns_503_once_the_last_known_good_passes_max_staleness(
 # --- the outage request rate ---------------------------------------------------------------------
 # The schedule itself (1 s doubling, capped at refresh_interval and 60 s, jittered; one success
 # resets it; any failure count) is checked without a clock in test_backoff.py. Here only: a real
-# daemon keeps to it during an outage and recovers by itself.
+# daemon keeps to its first two steps during an outage and recovers by itself.
 
-REFRESH = 2.0
-WINDOW = 4.0
+#: Far above the first backoff steps (1 s, 2 s), so a retry at the refresh interval shows.
+REFRESH = 10.0
+#: Scheduling and loaded-machine slack around a computed wait, in seconds.
+SLACK = 0.1
 
 
-def most_requests(refresh: float, window: float) -> int:
-    """Requests the schedule allows in ``window`` from the first failed one, at its shortest."""
-    count, elapsed = 1, 0.0
-    while (elapsed := elapsed + next_wait(count, refresh, None, 0.0, lambda: 0.0)) <= window:
-        count += 1
-    return count
+def backoff_range(failures: int) -> tuple[float, float]:
+    """The shortest and longest wait after ``failures`` failed cycles, jitter at its extremes."""
+    low = next_wait(failures, REFRESH, None, 0.0, lambda: 0.0)
+    high = next_wait(failures, REFRESH, None, 0.0, lambda: 1.0)
+    return low - SLACK, high + 1.0
 
 
 def test_an_outage_is_retried_at_the_backoff_then_recovers(
     env: Env, provider: Provider, keys: dict[str, dict[str, Any]]
 ) -> None:
     provider.serve(jwks_doc(public(keys["es-a"])))
-    daemon = jwks_url_daemon(env, provider, source={"refresh_interval": "2s", "timeout": "1s"})
+    daemon = jwks_url_daemon(env, provider, source={"refresh_interval": "10s", "timeout": "1s"})
     daemon.published("es-a")
     before = env.snapshot_outputs()
     provider.serve(b"upstream down", 503)
+    env.procs[-1].send_signal(signal.SIGHUP)  # a cycle now, not at the 10 s refresh
 
-    first: float = wait_for(lambda: provider.hits_since(0, 503), REFRESH + 2, what="a 503")[0]
-    allowed = most_requests(REFRESH, WINDOW)
-    assert allowed == 3  # at 0, ~1 s, ~3 s
-
-    def window_over() -> bool:
-        assert len(provider.hits_since(first)) <= allowed, provider.hits_since(first)
-        return time.monotonic() >= first + WINDOW
-
-    wait_for(window_over, timeout=WINDOW + 1, what="the outage window")
-    outage = [t for t in provider.hits_since(first) if t <= first + WINDOW]
-    assert 2 <= len(outage) <= allowed, outage  # it keeps trying, and no faster than allowed
+    first = wait_for(lambda: provider.hits_since(0, 503), 5, what="a 503")[0]
+    second = wait_for(lambda: provider.hits_since(first, 503)[1:], 5, what="a retry")[0]
+    daemon.failing("HTTP 503")
     assert env.snapshot_outputs() == before
-    provider.serve(jwks_doc(public(keys["es-b"])))
-    daemon.published("es-b", timeout=REFRESH + 3)
+    provider.serve(jwks_doc(public(keys["es-b"])))  # no signal: the retry schedule finds it
+    daemon.published("es-b", timeout=5)
+    recovery = provider.hits_since(second, 200)[0]
+
+    assert provider.hits_since(first) == [first, second, *provider.hits_since(recovery)]
+    low, high = backoff_range(1)
+    assert low <= second - first <= high, (first, second)  # 1 s: not a spin, not the refresh
+    low, high = backoff_range(2)
+    assert low <= recovery - second <= high, (second, recovery)  # doubled to 2 s
+    assert daemon.cli_status()["published_kids"] == ["es-b"]
 
 
 # --- command ------------------------------------------------------------------------------------
@@ -317,7 +319,7 @@ def test_command_fault_keeps_outputs_and_heals_by_itself(
     source = {
         "type": "command",
         "argv": ["/bin/sh", str(script), str(mode), str(env.source)],
-        "refresh_interval": "500ms",
+        "refresh_interval": "200ms",
         "timeout": "1s",
     }
     daemon = run_daemon(env, source)
@@ -352,7 +354,7 @@ def test_vault_transit_sealed_then_unsealed(env: Env, tmp_path: Path) -> None:
             "address": bao.address,
             "token": bao.root,
             "keys": ["jwt-ec"],
-            "refresh_interval": "500ms",
+            "refresh_interval": "200ms",
             "timeout": "2s",
         }
         daemon = run_daemon(env, source, outputs=[{"type": "jwks", "path": str(env.jwks)}])
@@ -374,11 +376,11 @@ def test_vault_transit_sealed_then_unsealed(env: Env, tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def moto_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A moto_server of this test's own (KMS on loopback), and an AWS environment for keysetd."""
+def moto_url(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The session's moto_server (KMS on loopback; this test makes keys of its own), and an
+    AWS environment for keysetd."""
     fake_aws(monkeypatch)
-    with running_moto(tmp_path / "moto.log") as url:
-        yield url
+    return moto_server
 
 
 def test_aws_kms_key_disabled_then_enabled(env: Env, moto_url: str) -> None:
@@ -392,7 +394,7 @@ def test_aws_kms_key_disabled_then_enabled(env: Env, moto_url: str) -> None:
             "endpoint_url": moto_url,
             "key_ids": [first["KeyId"], second["KeyId"]],
             "active": alias,
-            "refresh_interval": "500ms",
+            "refresh_interval": "200ms",
             "timeout": "5s",
         }
         daemon = run_daemon(env, source, outputs=[{"type": "jwks", "path": str(env.jwks)}])
