@@ -166,7 +166,13 @@ _ED_SQRT_M1 = pow(2, (_ED_P - 1) // 4, _ED_P)
 
 
 def _ed25519_on_curve(encoded: bytes) -> bool:
-    """RFC 8032 5.1.3 point decoding (one exponentiation): True when it names a curve point."""
+    """RFC 8032 5.1.3 point decoding (one exponentiation): True when it names a curve point.
+
+    Written here because cryptography loads any 32 bytes as a public key, and the
+    maintained check (libsodium through PyNaCl) is not a dependency of the verifier-only
+    install. Pinned by the RFC 8032 vectors and cross-checked against libsodium in
+    tests/test_crypto.py.
+    """
     p = _ED_P
     y = int.from_bytes(encoded, "little")
     sign, y = y >> 255, y & ((1 << 255) - 1)

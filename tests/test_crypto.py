@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import jwt
@@ -12,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, rsa, x25
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from keysetd import crypto
 from keysetd.crypto import (
     HMAC_MIN_BYTES,
     KeyMaterialError,
@@ -148,3 +150,43 @@ def test_load_errors_carry_a_rule_and_no_material() -> None:
     with pytest.raises(KeyMaterialError) as caught:
         load_public(Key(kid="h", kty="oct", alg="HS256", public=(), private=(("k", "AQAB"),)))
     assert caught.value.rule == "invalid-key"
+
+
+#: RFC 8032 section 7.1, TEST 1-3 and TEST SHA(abc): published Ed25519 public keys.
+RFC8032_PUBLIC_KEYS = (
+    "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a",
+    "3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c",
+    "fc51cd8e6218a1a38da47ed00230f0580816ed13ba3303ac5deb911548908025",
+    "ec172b93ad5e563bf4932c70e1245034c35467ef2efd4d64ebf819683467e2bf",
+)
+_P = 2**255 - 19
+
+
+def test_ed25519_point_check_accepts_the_rfc_8032_keys() -> None:
+    for text in RFC8032_PUBLIC_KEYS:
+        assert crypto._ed25519_on_curve(bytes.fromhex(text)), text
+
+
+def test_ed25519_point_check_refuses_what_rfc_8032_decoding_refuses() -> None:
+    """y >= p (non-canonical), and x = 0 with the sign bit set (5.1.3 step 4)."""
+    for y in (_P, _P + 1, 2**255 - 1):
+        assert not crypto._ed25519_on_curve(y.to_bytes(32, "little"))
+    one = (1).to_bytes(32, "little")  # y = 1 is the identity (x = 0): valid, sign 0 only
+    assert crypto._ed25519_on_curve(one)
+    assert not crypto._ed25519_on_curve(one[:31] + bytes([0x80]))
+
+
+def test_ed25519_point_check_agrees_with_libsodium() -> None:
+    """libsodium (PyNaCl) is stricter: it also wants the prime-order subgroup. So every point
+    it accepts must decode here, and nothing refused here may pass there."""
+    import nacl.bindings
+
+    rng = random.Random(8032)
+    agreed = 0
+    for _ in range(3000):
+        raw = rng.randbytes(32)
+        ours = crypto._ed25519_on_curve(raw)
+        theirs = nacl.bindings.crypto_core_ed25519_is_valid_point(raw)
+        assert ours or not theirs, raw.hex()
+        agreed += ours == theirs
+    assert agreed > 1000
