@@ -321,7 +321,20 @@ class Unrevoke:
     kid: str
 
 
-Step = Source | Cycle | Lead | Stop | Expire | Advance | Revoke | Unrevoke
+@dataclass(frozen=True, slots=True)
+class Rotate:
+    """What a rotation does to the source: add the next kid, make the newest active, or drop
+    the oldest (kids cycle through the pool, as managed rotation's do)."""
+
+    move: str  # add | activate | drop
+
+
+@dataclass(frozen=True, slots=True)
+class CycleAll:
+    """Every started replica refreshes once, in order (a quiet fleet catching up)."""
+
+
+Step = Source | Cycle | Lead | Stop | Expire | Advance | Revoke | Unrevoke | Rotate | CycleAll
 
 
 @st.composite
@@ -333,16 +346,23 @@ def sources(draw: st.DrawFn) -> Source:
 
 def steps(horizon: int) -> st.SearchStrategy[Step]:
     replica = st.integers(0, len(REPLICAS) - 1)
+    cycle = st.builds(Cycle, replica)
+    advance = st.builds(Advance, st.integers(0, horizon).map(float))
     return st.one_of(
+        st.builds(Rotate, st.sampled_from(["add", "activate", "drop"])),
+        st.builds(Rotate, st.sampled_from(["add", "activate", "drop"])),
         sources(),
-        st.builds(Cycle, replica),
-        st.builds(Cycle, replica),
-        st.builds(Cycle, replica),
+        cycle,
+        cycle,
+        cycle,
+        st.just(CycleAll()),
+        st.just(CycleAll()),
         st.just(Lead()),
         st.builds(Stop, replica),
         st.builds(Expire, replica),
-        st.builds(Advance, st.integers(0, horizon).map(float)),
-        st.builds(Advance, st.integers(0, horizon).map(float)),
+        advance,
+        advance,
+        advance,
         st.builds(Revoke, st.sampled_from(KIDS)),
         st.builds(Unrevoke, st.sampled_from(KIDS)),
     )
@@ -354,7 +374,7 @@ def scenarios(draw: st.DrawFn) -> tuple[Policy, list[Step]]:
     retention = draw(st.sampled_from([0, 1, 4, 10]))
     horizon = 2 * max(delay, retention, 1)
     first = draw(sources())
-    rest = draw(st.lists(steps(horizon), max_size=45))
+    rest = draw(st.lists(steps(horizon), max_size=60))
     return Policy(float(delay), float(retention)), [first, Cycle(0), *rest]
 
 
@@ -392,6 +412,13 @@ class Fleet:
     def run(self, step: Step) -> None:
         if isinstance(step, Source):
             self.source = keyset(step.kids, step.active)
+        elif isinstance(step, Rotate):
+            self.rotate(step.move)
+        elif isinstance(step, CycleAll):
+            for replica in self.replicas:
+                if replica.started:
+                    self.cycle(replica)
+                    self.check()
         elif isinstance(step, Advance):
             self.now += step.seconds
         elif isinstance(step, Revoke):
@@ -412,6 +439,24 @@ class Fleet:
         elif isinstance(step, Cycle):
             self.cycle(self.replicas[step.index])
         self.check()
+
+    def rotate(self, move: str) -> None:
+        source = self.source or Keyset(())
+        kids = list(source.kids)
+        if move == "add":
+            newest = max((KIDS.index(k) for k in kids), default=-1)
+            kid = KIDS[(newest + 1) % len(KIDS)]
+            if kid not in kids:
+                kids.append(kid)
+        elif move == "activate" and kids:
+            active = max(kids, key=KIDS.index)
+            self.source = keyset(tuple(kids), active)
+            return
+        elif move == "drop" and len(kids) > 1:
+            oldest = min((k for k in kids if k != source.active_kid), key=KIDS.index, default=None)
+            if oldest is not None:
+                kids.remove(oldest)
+        self.source = keyset(tuple(kids), source.active_kid if source.active_kid in kids else None)
 
     def leader(self) -> Replica | None:
         live = [r for r in self.replicas if r.running and r.rid in self.acks]
