@@ -64,10 +64,8 @@ def fleet_history(now: float, *kids: str, active: str | None = None) -> Records:
     records = observe({}, keyset(tuple(kids), active), 0.0)
     out: Records = {}
     for kid, record in records.items():
-        record = replace(record, first_published=0.0)
-        if kid == active:
-            record = replace(record, active_from=0.0)
-        out[kid] = record
+        published = replace(record, first_published=0.0)
+        out[kid] = replace(published, active_from=0.0) if kid == active else published
     return out
 
 
