@@ -399,6 +399,10 @@ class Fleet:
     replicas: list[Replica] = field(default_factory=lambda: [Replica(r) for r in REPLICAS])
     #: Per kid: since when some replica's verifier outputs have held it without a gap.
     published_since: dict[str, float] = field(default_factory=dict)
+    #: Per replica and kid: since when its verifier outputs have held it without a gap.
+    held_since: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: Kids some replica has signed with since they were last published nowhere.
+    ever_signed: set[str] = field(default_factory=set)
     #: Per kid: the last time a replica whose signer outputs are in use held it.
     last_signed: dict[str, float] = field(default_factory=dict)
     #: Per replica: kids revoked since its last cycle. Its signer outputs may still hold one
@@ -488,6 +492,11 @@ class Fleet:
         )
         check_plan(planned, self.revocations)
         before = replica.signer.active_kid if replica.signer is not None else None
+        own = self.acks.get(replica.rid)
+        if planned.signing_kid not in (None, before):
+            assert own is not None and own.holds(planned.signing_kid), (
+                f"{replica.rid} starts signing {planned.signing_kid} before acknowledging it"
+            )
         if (shrunk := ack_before_commit(self.acks.get(replica.rid), planned.plan.verifier)) and (
             replica.rid in self.acks
         ):
@@ -501,7 +510,7 @@ class Fleet:
         self.unseen_revocations.pop(replica.rid, None)
         if planned.plan.signer.active is not None:
             replica.previous_signer = planned.plan.signer
-        self.check_activation(before, planned.signing_kid)
+        self.check_activation(before, planned.signing_kid, replica)
         self.check()
         new = acknowledge(
             replica.rid, planned.plan.verifier, planned.signing_kid, self.now, replica.last_ack
@@ -550,16 +559,38 @@ class Fleet:
             self.published_since.setdefault(kid, self.now)
         for kid in set(self.published_since) - held:
             del self.published_since[kid]
+            self.ever_signed.discard(kid)
+        for replica in self.replicas:
+            mine = set(replica.verifier.kids) if replica.verifier is not None else set()
+            since = self.held_since.setdefault(replica.rid, {})
+            for kid in mine:
+                since.setdefault(kid, self.now)
+            for kid in set(since) - mine:
+                del since[kid]
+        for replica in self.in_use():
+            if replica.signer is not None and replica.signer.active_kid is not None:
+                self.ever_signed.add(replica.signer.active_kid)
 
-    def check_activation(self, before: str | None, after: str | None) -> None:
+    def check_activation(self, before: str | None, after: str | None, replica: Replica) -> None:
         """Signers move to a kid only activation_delay after it was first published anywhere,
-        unless they had no usable kid (bootstrap, revocation) to keep."""
+        unless they had no usable kid (bootstrap, revocation) to keep; and a kid nobody has
+        signed with yet, only once every live replica has published it that long."""
         if after is None or after == before or before is None or before in self.revocations:
             return
         since = self.published_since.get(after, self.now)
-        assert self.now - since >= self.policy.activation_delay, (
+        delay = self.policy.activation_delay
+        assert self.now - since >= delay, (
             f"signers moved {before} -> {after} at {self.now}, published only since {since}"
         )
+        if after in self.ever_signed:  # updated by check(), which has not run since the commit
+            return
+        for other in self.replicas:
+            if other.rid not in self.acks or other is replica:
+                continue
+            held = self.held_since.get(other.rid, {}).get(after, self.now)
+            assert self.now - held >= delay, (
+                f"{replica.rid} moved to {after} at {self.now}; {other.rid} holds it since {held}"
+            )
 
 
 def check_plan(planned: FleetPlan, revocations: dict[str, Revocation]) -> None:
