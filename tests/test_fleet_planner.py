@@ -343,27 +343,27 @@ def sources(draw: st.DrawFn) -> Source:
 
 
 def steps(horizon: int) -> st.SearchStrategy[Step]:
+    """Weighted toward what rotation looks like: source moves, refreshes and time passing."""
     replica = st.integers(0, len(REPLICAS) - 1)
+    rotate = st.builds(Rotate, st.sampled_from(["add", "activate", "drop"]))
     cycle = st.builds(Cycle, replica)
     advance = st.builds(Advance, st.integers(0, horizon).map(float))
-    return st.one_of(
-        st.builds(Rotate, st.sampled_from(["add", "activate", "drop"])),
-        st.builds(Rotate, st.sampled_from(["add", "activate", "drop"])),
+    rare = st.one_of(
         sources(),
-        cycle,
-        cycle,
-        cycle,
-        st.just(CycleAll()),
-        st.just(CycleAll()),
-        st.just(Lead()),
-        st.builds(Stop, replica),
-        st.builds(Expire, replica),
-        advance,
-        advance,
-        advance,
         st.builds(Revoke, st.sampled_from(KIDS)),
         st.builds(Unrevoke, st.sampled_from(KIDS)),
     )
+    leases = st.one_of(st.builds(Stop, replica), st.builds(Expire, replica))
+    weighted: list[st.SearchStrategy[Step]] = [
+        *[rotate] * 3,
+        *[cycle] * 5,
+        *[st.just(CycleAll())] * 2,
+        st.just(Lead()),
+        *[advance] * 3,
+        leases,
+        rare,
+    ]
+    return st.one_of(weighted)
 
 
 @st.composite
@@ -372,7 +372,7 @@ def scenarios(draw: st.DrawFn) -> tuple[Policy, list[Step]]:
     retention = draw(st.sampled_from([0, 1, 4, 10]))
     horizon = 2 * max(delay, retention, 1)
     first = draw(sources())
-    rest = draw(st.lists(steps(horizon), max_size=60))
+    rest = draw(st.lists(steps(horizon), min_size=30, max_size=80))
     return Policy(float(delay), float(retention)), [first, Cycle(0), *rest]
 
 
@@ -386,6 +386,8 @@ class Replica:
     previous_signer: Keyset | None = None
     fetched: Keyset | None = None
     last_ack: Ack | None = None
+    #: Lost its lease while stopped: its outputs are stale until its next signer commit.
+    stale: bool = False
 
 
 @dataclass(slots=True)
@@ -436,6 +438,7 @@ class Fleet:
             replica = self.replicas[step.index]
             if replica.started and not replica.running:
                 self.acks.pop(replica.rid, None)
+                replica.stale = True
         elif isinstance(step, Lead):
             self.lead()
         elif isinstance(step, Cycle):
@@ -471,7 +474,7 @@ class Fleet:
         history = self.history
         if leader.fetched is not None:
             history = observe(history, leader.fetched, self.now)
-        self.history = follow_acks(history, self.acks, self.now)[0]
+        self.history = follow_acks(history, self.acks, self.now, self.revocations)[0]
 
     def cycle(self, replica: Replica) -> None:
         replica.started = replica.running = True
@@ -492,8 +495,9 @@ class Fleet:
         )
         check_plan(planned, self.revocations)
         before = replica.signer.active_kid if replica.signer is not None else None
+        kept = replica.previous_signer.active_kid if replica.previous_signer else None
         own = self.acks.get(replica.rid)
-        if planned.signing_kid not in (None, before):
+        if planned.signing_kid not in (None, kept):
             assert own is not None and own.holds(planned.signing_kid), (
                 f"{replica.rid} starts signing {planned.signing_kid} before acknowledging it"
             )
@@ -507,6 +511,7 @@ class Fleet:
         self.history = open_signing(self.history, planned, self.now)
         self.check()
         replica.signer = planned.plan.signer
+        replica.stale = False
         self.unseen_revocations.pop(replica.rid, None)
         if planned.plan.signer.active is not None:
             replica.previous_signer = planned.plan.signer
@@ -522,8 +527,16 @@ class Fleet:
     # -- the guarantees, after every step and between the steps of a cycle ------------------
 
     def in_use(self) -> list[Replica]:
-        """Replicas whose signer outputs count: running, or stopped with the lease alive."""
-        return [r for r in self.replicas if r.started and (r.running or r.rid in self.acks)]
+        """Replicas whose signer outputs count: running, or stopped with the lease alive.
+
+        Not one that lost its lease while stopped, until its first signer commit after it
+        resumed: what its files held meanwhile is the cost of the stop (the fleet went on).
+        """
+        return [
+            r
+            for r in self.replicas
+            if r.started and not r.stale and (r.running or r.rid in self.acks)
+        ]
 
     def check(self) -> None:
         live = [r for r in self.replicas if r.rid in self.acks]

@@ -106,7 +106,8 @@ class _Fleet:
     previous_kid: str | None
     #: Kids some live replica signs with (their acks say so).
     signed: frozenset[str]
-    #: Kids in use fleet-wide: signed, held open in history, or this replica's previous kid.
+    #: Kids in use fleet-wide: signed, held open in history, or this replica's previous kid
+    #: (none: a new fleet, or every kid revoked; the first kid then waits for no delay).
     in_use: frozenset[str]
     policy: Policy
     now: float
@@ -127,7 +128,10 @@ class _Fleet:
         missing = tuple(sorted(rid for rid, ack in self.acks.items() if not ack.holds(kid)))
         if missing:
             return _Gate(f"not acknowledged yet by {', '.join(missing)}", missing)
-        if self.in_use and kid not in self.in_use:
+        # A kid new to signing waits; one a live replica signs (or this one did) does not. A
+        # kid history holds open but nobody signs may have been unpublished (revoked, then
+        # lifted): it waits too.
+        if self.in_use and kid not in self.signed and kid != self.previous_kid:
             since = max((ack.kids[kid] for ack in self.acks.values()), default=self.now)
             eligible = since + self.policy.activation_delay
             if self.now < eligible:
@@ -353,7 +357,10 @@ def open_signing(history: Records, planned: FleetPlan, now: float) -> Records:
 
 
 def follow_acks(
-    history: Records, acks: Mapping[str, Ack], now: float
+    history: Records,
+    acks: Mapping[str, Ack],
+    now: float,
+    revocations: Mapping[str, Revocation] | None = None,
 ) -> tuple[Records, list[Event]]:
     """The leader's refresh: bring first publication, retirement and signing in line with
     the live acks.
@@ -362,15 +369,19 @@ def follow_acks(
     retired once no live replica holds it (its delay then starts anew). A kid a live replica
     signs with is held open; a held kid nobody signs is closed (``active_until``: retention
     starts) unless it is the newest one, so a fleet that withheld signing still waits the
-    activation delay for the next kid. A revoked kid is closed at once.
+    activation delay for the next kid. ``revocations`` are applied first (``apply_revocations``):
+    a revoked kid is closed at once.
     """
+    events: list[Event] = []
+    if revocations is not None:
+        revoked_at = {kid: r.at for kid, r in revocations.items()}
+        history, events = apply_revocations(history, revoked_at, now)
     held_since: dict[str, float] = {}
     for ack in acks.values():
         for kid, since in ack.kids.items():
             held_since[kid] = min(since, held_since.get(kid, since))
     signing = {ack.signing for ack in acks.values() if ack.signing is not None}
     updated = dict(history)
-    events: list[Event] = []
     for kid, record in history.items():
         new = record
         if kid in held_since:
