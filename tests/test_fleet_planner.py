@@ -20,6 +20,8 @@ at time t stays in every live replica's verifier outputs until t + retention.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 from dataclasses import dataclass, field, replace
 
@@ -37,10 +39,20 @@ from keysetd.fleet.planner import (
     open_signing,
     plan_replica,
 )
-from keysetd.fleet.state import Ack, Revocation
+from keysetd.fleet.state import (
+    Ack,
+    FleetDocumentError,
+    Revocation,
+    decode_ack,
+    decode_history,
+    decode_revocations,
+    encode_ack,
+    encode_history,
+    encode_revocations,
+)
 from keysetd.history import Records, observe
 from keysetd.model import Key, Keyset
-from keysetd.plan import Policy
+from keysetd.plan import Decision, Policy
 
 KIDS = tuple(f"k{i}" for i in range(5))
 POOL: dict[str, Key] = {kid: generate("ES256", kid) for kid in KIDS}
@@ -70,6 +82,17 @@ def fleet_history(now: float, *kids: str, active: str | None = None) -> Records:
 
 
 POLICY = Policy(activation_delay=10.0, retention=20.0)
+
+
+def decision(planned: FleetPlan, kid: str) -> Decision:
+    found = planned.plan.decision(kid)
+    assert found is not None, f"no decision for {kid}"
+    return found
+
+
+def signing(fleet: Fleet, index: int) -> str | None:
+    signer = fleet.replicas[index].signer
+    return signer.active_kid if signer is not None else None
 
 
 def run(
@@ -102,8 +125,8 @@ def test_a_new_kid_waits_for_every_live_ack() -> None:
     planned = run(source, history, acks, "r0", 100.0, "k0")
     assert planned.signing_kid == "k0"
     assert planned.waiting_for == ("r1",)
-    assert planned.plan.decision("k1").state == "pending"
-    assert "r1" in planned.plan.decision("k1").reason
+    assert decision(planned, "k1").state == "pending"
+    assert "r1" in decision(planned, "k1").reason
     assert {"k0", "k1"} <= set(planned.plan.verifier.kids)
     acks["r1"] = ack("r1", {"k0": 0, "k1": 50}, "k0")
     assert run(source, history, acks, "r0", 100.0, "k0").signing_kid == "k1"
@@ -119,8 +142,8 @@ def test_all_acked_but_the_delay_not_passed() -> None:
     }
     planned = run(source, history, acks, "r0", 100.0, "k0")
     assert planned.signing_kid == "k0"
-    decision = planned.plan.decision("k1")
-    assert decision.state == "pending" and decision.until == 106.0
+    pending = decision(planned, "k1")
+    assert pending.state == "pending" and pending.until == 106.0
     assert planned.plan.next_change_at == 106.0
     assert run(source, history, acks, "r0", 106.0, "k0").signing_kid == "k1"
 
@@ -191,7 +214,7 @@ def test_nobody_drops_a_kid_a_live_replica_signs_with() -> None:
     acks = {"r1": ack("r1", {"k0": 0, "k1": 0}, "k0")}
     planned = run(keyset(("k1",), "k1"), history, acks, "r0", 500.0, None)
     assert "k0" in planned.plan.verifier.kids
-    assert planned.plan.decision("k0").state == "retained"
+    assert decision(planned, "k0").state == "retained"
 
 
 def test_revoked_kids_are_nowhere_even_before_history_says_so() -> None:
@@ -212,7 +235,7 @@ def test_revoked_kids_are_nowhere_even_before_history_says_so() -> None:
     assert "k1" not in planned.plan.signer.kids
     # As the single-replica plan: k0 was never signed with; no kid is usable, none is chosen.
     assert planned.signing_kid is None
-    assert planned.plan.decision("k1").state == "revoked"
+    assert decision(planned, "k1").state == "revoked"
     assert history["k1"].revoked is None, "the planner never mutates what it is given"
 
 
@@ -652,17 +675,17 @@ def test_the_fleet_rotates_once_a_stopped_replica_expires(delay: float) -> None:
         fleet.run(Advance(delay))
         fleet.run(Cycle(0))
         fleet.run(Cycle(1))
-    assert fleet.replicas[0].signer.active_kid == "k0", "r2 is live and lacks k1"
+    assert signing(fleet, 0) == "k0", "r2 is live and lacks k1"
     fleet.run(Expire(2))
     for _ in range(2):
         fleet.run(Advance(delay))
         fleet.run(Cycle(0))
         fleet.run(Cycle(1))
-    assert [fleet.replicas[i].signer.active_kid for i in (0, 1)] == ["k1", "k1"]
+    assert [signing(fleet, 0), signing(fleet, 1)] == ["k1", "k1"]
     fleet.run(Cycle(2))
-    assert fleet.replicas[2].signer.active_kid == "k0", "came back: keeps its kid one cycle"
+    assert signing(fleet, 2) == "k0", "came back: keeps its kid one cycle"
     fleet.run(Cycle(2))
-    assert fleet.replicas[2].signer.active_kid == "k1"
+    assert signing(fleet, 2) == "k1"
 
 
 def test_follow_acks_reopens_a_closed_kid_a_replica_signs_again() -> None:
@@ -680,10 +703,10 @@ def test_follow_acks_reopens_a_closed_kid_a_replica_signs_again() -> None:
 
 
 def test_signers_previous_kid_stays_published_through_the_signer_commit() -> None:
-    """r0 signed with k0, which has left its source and the history: while it withholds or
-    moves on, its verifier outputs keep k0 until the signer commit has replaced it."""
+    """r0 comes back signing k0, which left its source and the history, and r1 lacks it: r0
+    withholds, and its verifier outputs keep k0 until the signer commit has replaced it."""
     source = keyset(("k1",), "k1")
-    acks = {"r0": ack("r0", {"k0": 0}, "k0"), "r1": ack("r1", {"k0": 0}, "k0")}
+    acks = {"r1": ack("r1", {"k1": 0}, None)}
     planned = plan_replica(
         source,
         {},
@@ -693,6 +716,145 @@ def test_signers_previous_kid_stays_published_through_the_signer_commit() -> Non
         now=100.0,
         previous_signer=keyset(("k0",), "k0"),
     )
-    assert planned.signing_kid == "k0"
-    assert planned.plan.verifier.get("k0") is not None
-    assert not planned.plan.verifier.get("k0").has_private or "k0" in source.kids
+    assert planned.signing_kid is None
+    kept = planned.plan.verifier.get("k0")
+    assert kept is not None and not kept.has_private
+
+
+# -- the shared documents ----------------------------------------------------------------------
+
+
+def test_documents_round_trip_canonically() -> None:
+    history = fleet_history(0, "k0", "k1", active="k1")
+    raw = encode_history(history)
+    assert decode_history(raw) == history
+    assert encode_history(dict(reversed(history.items()))) == raw, "same records, same bytes"
+    revoked = {"k0": Revocation(12.5, "leaked in a log")}
+    assert decode_revocations(encode_revocations(revoked)) == revoked
+    acked = acknowledge("r0", keyset(("k0", "k1"), "k1"), "k1", 7.0)
+    decoded = decode_ack(encode_ack(acked))
+    assert decoded == acked and decoded.kids == {"k0": 7.0, "k1": 7.0}
+    # The shape of state_dir/history.json: a local history reads as a fleet one.
+    assert json.loads(raw)["keys"]["k1"]["active_from"] == 0.0
+
+
+def _mangled(raw: bytes, *path: str, value: object) -> bytes:
+    doc = json.loads(raw)
+    node = doc
+    for part in path[:-1]:
+        node = node[part]
+    if value is KeyError:
+        del node[path[-1]]
+    else:
+        node[path[-1]] = value
+    return json.dumps(doc).encode()
+
+
+SECRET = "d-private-member-value"
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "named"),
+    [
+        (("version",), 2, "fleet history.version"),
+        (("keys",), [], "fleet history.keys: not a JSON object"),
+        (("keys", "k0", "first_seen"), "yesterday", "fleet history.keys.k0.first_seen"),
+        (("keys", "k0", "first_seen"), KeyError, "fleet history.keys.k0.first_seen: missing"),
+        (("keys", "k0", "active_from"), float("nan"), "keys.k0.active_from: not a finite time"),
+        (("keys", "k0", "active_until"), True, "fleet history.keys.k0.active_until"),
+        (("keys", "k0", "kid"), "k9", "fleet history.keys.k0.kid: does not match"),
+        (("keys", "k0", "material"), 5, "fleet history.keys.k0.material"),
+        (("keys", "k0", "public_jwk", "d"), SECRET, "keys.k0.public_jwk: holds private"),
+        (("keys", "k0", "public_jwk", "x"), 5, "fleet history.keys.k0.public_jwk.x"),
+        (("keys", "k0", "extra"), SECRET, "fleet history.keys.k0: unknown field 'extra'"),
+        (("lkg_sha256",), "00", "fleet history: unknown field 'lkg_sha256'"),
+    ],
+)
+def test_a_malformed_history_is_refused_by_name(
+    path: tuple[str, ...], value: object, named: str
+) -> None:
+    raw = _mangled(encode_history(fleet_history(0, "k0", active="k0")), *path, value=value)
+    with pytest.raises(FleetDocumentError, match="fleet history") as info:
+        decode_history(raw)
+    assert named in str(info.value)
+    assert SECRET not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "named"),
+    [
+        (("replica_id",), "", "fleet ack.replica_id"),
+        (("kids",), ["k0"], "fleet ack of r0.kids: not a JSON object"),
+        (("kids", "k0"), -1, "fleet ack of r0.kids.k0: not a finite time"),
+        (("signing",), "k9", "fleet ack of r0.signing: a kid its verifier outputs do not hold"),
+        (("at",), None, "fleet ack of r0.at"),
+        (("fingerprint",), 3, "fleet ack of r0.fingerprint"),
+        (("version",), "1", "fleet ack.version"),
+    ],
+)
+def test_a_malformed_ack_is_refused_by_name(
+    path: tuple[str, ...], value: object, named: str
+) -> None:
+    raw = _mangled(
+        encode_ack(acknowledge("r0", keyset(("k0",), "k0"), "k0", 1.0)), *path, value=value
+    )
+    with pytest.raises(FleetDocumentError) as info:
+        decode_ack(raw)
+    assert named in str(info.value)
+
+
+def test_malformed_revocations_are_refused_by_name() -> None:
+    good = encode_revocations({"k0": Revocation(1.0)})
+    for path, value, named in [
+        (("revoked", "k0", "at"), "now", "fleet revocations.revoked.k0.at"),
+        (("revoked", "k0", "reason"), 1, "fleet revocations.revoked.k0.reason"),
+        (("revoked",), None, "fleet revocations.revoked"),
+    ]:
+        with pytest.raises(FleetDocumentError) as info:
+            decode_revocations(_mangled(good, *path, value=value))
+        assert named in str(info.value)
+
+
+@pytest.mark.parametrize("raw", [b"", b"\xff\xfe", b"[]", b"null", b"{}", b"[" * 100_000, b"1e999"])
+def test_garbage_is_a_document_error(raw: bytes) -> None:
+    for decode in (decode_history, decode_revocations, decode_ack):
+        with pytest.raises(FleetDocumentError):
+            decode(raw)
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(
+    st.sampled_from(["history", "ack", "revocations"]),
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "version",
+                "keys",
+                "revoked",
+                "replica_id",
+                "at",
+                "kids",
+                "signing",
+                "fingerprint",
+                "k0",
+            ]
+        ),
+        JSON,
+    ),
+)
+def test_any_json_decodes_or_is_a_document_error(kind: str, doc: dict[str, object]) -> None:
+    """A value another version or a hand wrote: decoded, or refused by name, nothing else."""
+    doc.setdefault("version", 1)
+    raw = json.dumps(doc).encode()
+    decode = {"history": decode_history, "ack": decode_ack, "revocations": decode_revocations}
+    with contextlib.suppress(FleetDocumentError):
+        decode[kind](raw)
