@@ -15,9 +15,11 @@ The fleet then adds three rules on top:
   started, or came back after its lease expired) may keep only the kid it already signed with.
   Failing the preferred kid it falls back to the kid it signed with, then to the kids the fleet
   holds; failing all, it withholds signing: no key is better than one a verifier lacks;
-- **a kid new to the fleet waits for every replica's consumers**: when some kid is already in
-  use, a kid nobody signs yet is used only ``activation_delay`` after the latest time a live
-  replica began publishing it (the acks carry those times), on top of ``plan``'s delay;
+- **a kid new to signing waits for every replica's consumers**: when some kid is in use, a kid
+  no live replica signs (and this one did not) is used only ``activation_delay`` after the
+  latest time a live replica began publishing it (the acks carry those times), on top of
+  ``plan``'s delay from the shared ``first_published``. A brand-new fleet's first kid waits
+  for no delay, as in ``plan``;
 - **nobody stops publishing what a live replica signs with**: every kid a live ack names as
   its signing kid, and this replica's own previous signing kid, stay in the verifier set.
 
