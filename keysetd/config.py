@@ -16,11 +16,13 @@ import json
 import os
 import re
 import shlex
+import socket
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from keysetd.errors import ConfigError, PluginError
 from keysetd.extension import (
@@ -32,14 +34,26 @@ from keysetd.extension import (
     Source,
     SourceConfig,
 )
+from keysetd.httpcheck import check_http_url
 from keysetd.readfile import read_limited
 from keysetd.registry import load
-from keysetd.schema import Table, TableError
-from keysetd.units import MAX_TIMEOUT, Duration, PositiveDuration, RotationPeriod, between
+from keysetd.schema import Before, Table, TableError, matches, non_empty
+from keysetd.units import (
+    MAX_TIMEOUT,
+    Duration,
+    PositiveDuration,
+    RotationPeriod,
+    between,
+    parse_duration,
+)
+
+if TYPE_CHECKING:
+    from keysetd.fleet.etcd import EtcdSettings
 
 __all__ = [
     "DEFAULT_MAX_STALENESS",
     "Config",
+    "FleetSettings",
     "PolicySettings",
     "RotationSettings",
     "ServerSettings",
@@ -82,6 +96,80 @@ class RotationSettings(Table):
     kid_prefix: str = ""
 
 
+def _default_replica_id() -> str:
+    """The hostname: a pod's name under Kubernetes, so unique within a Deployment's fleet.
+
+    Characters an etcd key component should not hold become "-" (defaults are not checked).
+    """
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname()).lstrip("._-")[:253]
+    return name or "keysetd"
+
+
+def _endpoint_list(value: object) -> object:
+    """A list, or one string of comma-separated URLs (``KEYSETD_FLEET__ENDPOINTS=a,b``)."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def _endpoint(url: str) -> str:
+    """An etcd client URL: http(s), a host, no credentials, path, query or fragment."""
+    check_http_url(url)
+    parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not hold credentials (use cert_file and key_file)")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError("must be scheme://host:port only (no path, query or fragment)")
+    return url
+
+
+#: How long a replica's acknowledgement outlives its last keepalive: 2s to 5m.
+LeaseTtl = Annotated[float, Before(parse_duration), between(2.0, 300.0)]
+Endpoints = Annotated[list[Annotated[str, _endpoint]], Before(_endpoint_list), non_empty]
+#: An etcd key prefix: starts with "/", no trailing "/", printable ASCII without spaces.
+Prefix = Annotated[str, matches(r"/[A-Za-z0-9._~:@+=-]+(/[A-Za-z0-9._~:@+=-]+)*")]
+#: One etcd key component: a hostname or pod name.
+ReplicaId = Annotated[str, matches(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")]
+
+
+class FleetSettings(Table):
+    """Fleet mode: replicas share one rotation state in etcd (absent: each replica alone)."""
+
+    store: Literal["etcd"] = "etcd"
+    endpoints: Endpoints
+    prefix: Prefix = "/keysetd"
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    replica_id: ReplicaId = field(default_factory=_default_replica_id)
+    lease_ttl: LeaseTtl = 10.0
+
+    def __post_init__(self) -> None:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (a client certificate)")
+
+    @property
+    def timeout(self) -> float:
+        """One store call's deadline: at most half the lease, so a keepalive beats its expiry."""
+        return min(5.0, self.lease_ttl / 2)
+
+    def key(self, *parts: str) -> str:
+        """The etcd key ``<prefix>/<part>/...``."""
+        return "/".join((self.prefix, *parts))
+
+    def store_settings(self) -> EtcdSettings:
+        """What ``keysetd.fleet.EtcdStore`` takes (imported here: fleet mode only)."""
+        from keysetd.fleet.etcd import EtcdSettings
+
+        return EtcdSettings(
+            endpoints=tuple(self.endpoints),
+            timeout=self.timeout,
+            ca_file=str(self.ca_file) if self.ca_file else None,
+            cert_file=str(self.cert_file) if self.cert_file else None,
+            key_file=str(self.key_file) if self.key_file else None,
+        )
+
+
 class Settings(Table):
     """The schema of the config file; plugin tables stay raw until their plugin validates them."""
 
@@ -93,6 +181,7 @@ class Settings(Table):
     source: dict[str, Any]
     policy: PolicySettings = PolicySettings()
     rotation: RotationSettings | None = None
+    fleet: FleetSettings | None = None
     outputs: list[dict[str, Any]] = field(default_factory=list)
     notify: list[dict[str, Any]] = field(default_factory=list)
 
