@@ -434,7 +434,13 @@ def test_a_planned_change_is_applied_without_asking_the_source_again(
     env.start()
     wait_for(lambda: kids(env.jwks) == ["es-a"], what="first publish")
     staged.write_bytes(jwks_doc(keys["es-b"]))  # es-a leaves; retention 0
-    wait_for(lambda: kids(env.jwks) == ["es-b"], timeout=10, what="es-a dropped")
+
+    def dropped() -> bool:  # the log line follows the commit
+        return kids(env.jwks) == ["es-b"] and any(
+            e["kids"] == "es-b" for e in events(env, "published")
+        )
+
+    wait_for(dropped, timeout=10, what="es-a dropped")
     published = [e for e in events(env, "published") if "es-b" in e["kids"].split(",")]
     both, alone = published[0], published[-1]
     assert set(both["kids"].split(",")) == {"es-a", "es-b"} and alone["kids"] == "es-b"
