@@ -115,9 +115,11 @@ class Publisher:
         pending = [n for n in pending if n not in early]
         failpoints.hit("cycle.before-signer-phase")  # failpoint (tests only)
         changed += self._commit_phase(signers)
+        failures += self._notify([n for n in pending if interested(n, changed)], planned, changed)
+        # After the notifiers: the write-ahead above already holds both kids, so a crash
+        # before this write only holds them longer; consumers are told one write sooner.
         history, closed = mark_active(ledger.records, planned, now)
         ledger.remember(history, activated + closed)
-        failures += self._notify([n for n in pending if interested(n, changed)], planned, changed)
         self.backlog.schedule(self._clock(), failed=bool(failures), fresh=True, rand=self._rand)
         self._keep_signer(planned.signer)  # the signer files already hold it; no hurry
         return Delivery(tuple(changed), tuple(failures))
