@@ -221,8 +221,8 @@ class Daemon:
             if self.watchdog is not None:
                 sd_notify("WATCHDOG=1")
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return Wakeup.DEADLINE
+            if remaining <= 0:  # a file event that came meanwhile still counts as one
+                return Wakeup.EVENT if self.wake.wait(0) else Wakeup.DEADLINE
             retry_in = self._retry_in()
             if retry_in is not None and retry_in <= 0:
                 return Wakeup.RETRY
@@ -252,7 +252,8 @@ class Daemon:
         try:
             while not self.stopping:
                 if wakeup is not Wakeup.RETRY:
-                    self.wake.clear()
+                    if fetch:  # a re-plan reads no file: a pending wake-up waits for a fetch
+                        self.wake.clear()
                     started = self.cycle_started = time.monotonic()
                     result = self.pipeline.cycle(force=force, fetch=fetch)
                     self.cycle_started = None
