@@ -51,8 +51,9 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy keysetd $(foreach p,$(PLUGINS),$(p)/$(subst -,_,$(notdir $(p))))
 
+# Two workers, a test file each at a time (its module fixtures stay on one worker).
 pytest: $(STAMP) system-deps
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist loadfile
 
 test: lint typecheck pytest
 
