@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -30,8 +30,6 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPri
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.conftest import wait_for
-
-S = TypeVar("S", bound=http.server.HTTPServer)
 
 
 def free_port() -> int:
@@ -80,19 +78,6 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: 
         raise AssertionError(f"{exc}; its log:\n{log.read_text(errors='replace')}") from None
 
 
-@contextmanager
-def serving(httpd: S) -> Iterator[S]:
-    """``httpd`` served from a thread for the block, then shut down and closed."""
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        yield httpd
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
-
-
 # --- one configurable HTTP(S) server ----------------------------------------------------------
 
 
@@ -114,32 +99,36 @@ class Reply:
     content_length: bool = True
 
 
-@dataclass(frozen=True)
+@dataclass
 class Seen:
-    """One request as the server read it; ``at`` is its time.monotonic() on arrival."""
+    """One request as the server read it; ``at`` is its time.monotonic() on arrival,
+    ``status`` the status it was answered (0 until the server chose its reply)."""
 
     method: str
     path: str
     headers: Any  # http.client.HTTPMessage: case-insensitive names
     body: bytes
     at: float
+    status: int = 0
 
 
 class HttpServer:
     """A real HTTP(S) server on 127.0.0.1 that records requests and answers ``reply``.
 
+    ``tls`` serves HTTPS with that server context; ``port`` 0 binds a free port.
     ``routes`` answers by path (the query dropped), ``respond`` (when set) decides
-    from the request; the reply may be changed between requests. ``stop`` and
-    ``start`` again keep the port, as a provider that goes down and comes back.
+    from the request; the reply may be changed between requests. ``requests`` holds
+    every request, with the status it got. ``stop`` and ``start`` again keep the
+    port, as a provider that goes down and comes back.
     """
 
-    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None, port: int = 0) -> None:
         self.tls = tls
         self.reply = Reply()
         self.routes: dict[str, Reply] = {}
         self.respond: Callable[[Seen], Reply] | None = None
         self.requests: list[Seen] = []
-        self.port = 0
+        self.port = port
         self._release = threading.Event()
         self._httpd: _Httpd | None = None
         self._thread: threading.Thread | None = None
@@ -223,6 +212,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         owner = self.server.owner
         owner.requests.append(seen)
         reply = owner.answer(seen)
+        seen.status = reply.status
         if reply.delay and owner.pause(reply.delay):
             return
         lines = [f"HTTP/1.1 {reply.status} {_phrase(reply.status)}"]

@@ -10,15 +10,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 
 from tests.conftest import Env, wait_for
 from tests.keys import jwk, jwks_doc
-from tests.servers import serving
+from tests.servers import Reply, http_server
 
 
 def kids(path: Path) -> list[str]:
@@ -255,28 +254,14 @@ def test_verifiers_are_committed_and_notified_before_signers(
     assert (seen / "signer-at-jwks-notify").read_bytes() == old_signer
 
 
-class _Recorder(BaseHTTPRequestHandler):
-    bodies: ClassVar[list[dict[str, Any]]] = []
-
-    def do_POST(self) -> None:
-        length = int(self.headers["Content-Length"])
-        type(self).bodies.append(json.loads(self.rfile.read(length)))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 def test_http_notifier_posts_to_a_real_server(env: Env, keys: dict[str, Any]) -> None:
-    _Recorder.bodies.clear()
-    with serving(ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)) as server:
-        url = f"http://127.0.0.1:{server.server_address[1]}/-/reload"
+    with http_server() as server:
+        server.reply = Reply(204)
         env.write_source(jwks_doc(keys["es-a"], active="es-a"))
-        env.config(notify=[{"type": "http", "url": url}])
+        env.config(notify=[{"type": "http", "url": server.url("/-/reload")}])
         env.start()
-        wait_for(lambda: _Recorder.bodies, what="webhook")
-        body = _Recorder.bodies[0]
+        wait_for(lambda: server.hits(path="/-/reload"), what="webhook")
+        body = json.loads(server.hits()[0].body)
         assert body["active_kid"] == "es-a"
         assert sorted(body["outputs"]) == ["jwks", "keyset"]
         assert len(body["fingerprint"]) == 64

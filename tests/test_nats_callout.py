@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import http.server
 import json
 import os
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -42,7 +40,16 @@ from nats.aio.client import Client
 from keysetd.errors import ConfigError
 from keysetd.verifier import Verifier
 from tests.conftest import KEYSETD, render_toml, wait_for
-from tests.servers import Events, free_port, keysetd_events, stop, wait_for_port
+from tests.servers import (
+    Events,
+    HttpServer,
+    Reply,
+    Seen,
+    free_port,
+    keysetd_events,
+    stop,
+    wait_for_port,
+)
 from tests.test_nats_output import nats_server_bin
 
 CERTS_PATH = "/realms/app/protocol/openid-connect/certs"
@@ -95,34 +102,21 @@ class Realm:
     def __init__(self) -> None:
         self.published: list[RealmKey] = []
         self.signing: RealmKey | None = None
-        #: Certs documents served so far: a refresh of keysetd's jwks_url source is one more.
-        self.served = 0
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.port = self._server.server_address[1]
-        self.base = f"http://127.0.0.1:{self.port}/realms/app"
-        self.certs_url = f"http://127.0.0.1:{self.port}{CERTS_PATH}"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
+        self._server = HttpServer()
+        self._server.respond = self._certs
+        self._server.start()
+        self.base = self._server.url("/realms/app")
+        self.certs_url = self._server.url(CERTS_PATH)
 
-    def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:
-        realm = self
+    @property
+    def served(self) -> int:
+        """Certs documents served so far: a refresh of keysetd's jwks_url source is one more."""
+        return len(self._server.requests)
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                body = json.dumps({"keys": [k.public_jwk() for k in realm.published]}).encode()
-                self.send_response(200 if self.path == CERTS_PATH else 404)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-                realm.served += 1
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        return Handler
+    def _certs(self, seen: Seen) -> Reply:
+        body = json.dumps({"keys": [k.public_jwk() for k in self.published]}).encode()
+        status = 200 if seen.path == CERTS_PATH else 404
+        return Reply(status, body, {"Content-Type": "application/json"})
 
     def token(
         self,
@@ -151,9 +145,7 @@ class Realm:
         return jwt.encode(body, key.private, algorithm=key.alg, headers={"kid": key.kid})
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._server.stop()
 
 
 # --- the stack --------------------------------------------------------------------------------

@@ -7,13 +7,6 @@ all), then comes back; a real ``keysetd run``; no source change in between.
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -22,63 +15,20 @@ from keysetd.config import load_config
 from keysetd.pipeline import Pipeline
 from tests.conftest import Env, wait_for
 from tests.keys import jwks_doc
+from tests.servers import HttpServer, Reply, free_port
 from tests.test_daemon import events
 
 
-@dataclass
-class Consumer:
-    """What the consumer answers now, and every POST it got: (monotonic time, status, body)."""
-
-    status: int = 503
-    posts: list[tuple[float, int, dict[str, Any]]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def answered(self, status: int) -> list[dict[str, Any]]:
-        with self.lock:
-            return [body for _, code, body in self.posts if code == status]
+def consumer(status: int, port: int = 0) -> HttpServer:
+    """A webhook consumer on 127.0.0.1 (``port`` 0: any free one) that answers ``status``."""
+    server = HttpServer(port=port)
+    server.reply = Reply(status)
+    return server
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    consumer: Consumer
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        consumer = self.server.consumer
-        with consumer.lock:
-            status = consumer.status
-            consumer.posts.append((time.monotonic(), status, body))
-        self.send_response(status)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-@contextmanager
-def listening(consumer: Consumer, port: int = 0) -> Iterator[int]:
-    """Serve ``consumer`` on 127.0.0.1 (``port`` 0: any free one); yields the port."""
-    server = _Server(("127.0.0.1", port), _Handler)
-    server.consumer = consumer
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-
-
-def unused_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+def answered(server: HttpServer, status: int) -> list[dict[str, Any]]:
+    """The JSON bodies of the POSTs ``server`` answered with ``status``."""
+    return [json.loads(r.body) for r in server.hits() if r.method == "POST" and r.status == status]
 
 
 def status(env: Env) -> dict[str, Any]:
@@ -96,19 +46,18 @@ def test_a_consumer_back_from_503_is_told_without_a_source_change(
 ) -> None:
     """The loop retries on its own at the backoff (~1 s, then ~2 s: the whole schedule is
     checked without a clock in test_backoff.py) and delivers once the consumer is back."""
-    consumer = Consumer(status=503)
-    with listening(consumer) as port:
-        configure(env, keys, port)
+    with consumer(503) as server:
+        configure(env, keys, server.port)
         source = env.source.read_bytes()
         env.start()
         # The cycle's delivery fails, then the loop retries on its own ~1 s later.
-        wait_for(lambda: len(consumer.answered(503)) >= 2, timeout=10, what="a retry")
-        consumer.status = 204
+        wait_for(lambda: len(answered(server, 503)) >= 2, timeout=10, what="a retry")
+        server.reply = Reply(204)
         wait_for(lambda: events(env, "notify_retry") and events(env, "notify_failed"), 5, "logs")
         errors = wait_for(lambda: status(env)["notify_errors"], 5, what="notify_errors")
         assert "web" in errors[0], errors
-        delivered = wait_for(lambda: consumer.answered(204), timeout=10, what="the delivery")
-        times = [t for t, _, _ in consumer.posts]
+        delivered = wait_for(lambda: answered(server, 204), timeout=10, what="the delivery")
+        times = [r.at for r in server.hits()]
         assert len(times) == 3, times  # failed, failed, delivered: no retry in between
         assert times[1] - times[0] >= 0.8 and times[2] - times[1] >= 1.6, times  # doubling
         assert env.source.read_bytes() == source
@@ -116,20 +65,19 @@ def test_a_consumer_back_from_503_is_told_without_a_source_change(
         assert delivered[0]["active_kid"] == "es-a"
         wait_for(lambda: status(env)["notify_errors"] == [], timeout=5, what="status clear")
         assert status(env)["notify_retry_at"] is None
-        assert len(consumer.answered(204)) == 1  # delivered once: nothing is owed any more
+        assert len(answered(server, 204)) == 1  # delivered once: nothing is owed any more
 
 
 def test_a_consumer_that_was_not_listening_is_told_once_it_starts(
     env: Env, keys: dict[str, Any]
 ) -> None:
-    port = unused_port()
+    port = free_port()
     configure(env, keys, port)
     env.start()
     wait_for(lambda: events(env, "notify_failed"), timeout=10, what="a failed delivery")
     assert "refused" in events(env, "notify_failed")[0]["error"].lower()
-    consumer = Consumer(status=200)
-    with listening(consumer, port):  # the retry ~1 s after the failure finds it
-        delivered = wait_for(lambda: consumer.answered(200), timeout=10, what="the delivery")
+    with consumer(200, port) as server:  # the retry ~1 s after the failure finds it
+        delivered = wait_for(lambda: answered(server, 200), timeout=10, what="the delivery")
         assert delivered[0]["fingerprint"] == status(env)["fingerprint"]
         assert sorted(delivered[0]["outputs"]) == ["jwks", "keyset"]
 
@@ -138,9 +86,8 @@ def test_a_consumer_that_was_not_listening_is_told_once_it_starts(
 def test_once_exits_non_zero_when_a_notifier_failed(
     env: Env, keys: dict[str, Any], answer: int, code: int
 ) -> None:
-    consumer = Consumer(status=answer)
-    with listening(consumer) as port:
-        configure(env, keys, port)
+    with consumer(answer) as server:
+        configure(env, keys, server.port)
         done = env.keysetd("once", "-c", str(env.config_path))
     assert done.returncode == code, done.stderr
     assert env.signer.exists()  # the outputs stand either way

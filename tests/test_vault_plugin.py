@@ -7,7 +7,6 @@ API's TokenReview endpoint it consults is a stand-in (KubeApi), served on loopba
 from __future__ import annotations
 
 import base64
-import http.server
 import json
 import logging
 import os
@@ -45,7 +44,6 @@ from tests.servers import (
     http_server,
     keysetd_events,
     loopback_tls,
-    serving,
     stop,
 )
 
@@ -601,30 +599,17 @@ class KubeApi:
         }
 
 
-class _KubeApiServer(http.server.ThreadingHTTPServer):
-    api: KubeApi
+def tokenreviews(api: KubeApi) -> Callable[[Seen], Reply]:
+    """kube-apiserver's answer: ``api``'s review at TOKENREVIEWS, 404 anywhere else."""
 
-
-class _KubeApiHandler(http.server.BaseHTTPRequestHandler):
-    server: _KubeApiServer
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(min(int(self.headers.get("Content-Length") or 0), 1 << 20))
-        if self.path != TOKENREVIEWS:
+    def respond(seen: Seen) -> Reply:
+        if seen.path != TOKENREVIEWS:
             code, reply = 404, {"kind": "Status", "status": "Failure", "code": 404}
         else:
-            code, reply = self.server.api.review(
-                self.headers.get("Authorization"), json.loads(body)
-            )
-        data = json.dumps(reply).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+            code, reply = api.review(seen.headers.get("Authorization"), json.loads(seen.body))
+        return Reply(code, json.dumps(reply).encode(), {"Content-Type": "application/json"})
+
+    return respond
 
 
 def enable_kubernetes_auth(bao: Bao, kube: KubeApi, mount: str) -> None:
@@ -659,13 +644,12 @@ def kubernetes_role(bao: Bao, mount: str, role: str, account: ServiceAccount) ->
 def kube(bao: Bao, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeApi]:
     """The TokenReview stand-in, and kubernetes auth at ``kubernetes`` with role ``keysetd``."""
     tls = loopback_tls(tmp_path_factory.mktemp("kube"))
-    server = _KubeApiServer(("127.0.0.1", 0), _KubeApiHandler)
-    server.socket = tls.context.wrap_socket(server.socket, server_side=True)
-    server.api = KubeApi(url=f"https://127.0.0.1:{server.server_address[1]}", ca_pem=tls.ca_pem)
-    with serving(server):
-        enable_kubernetes_auth(bao, server.api, "kubernetes")
+    with http_server(tls.context) as server:
+        api = KubeApi(url=server.url(""), ca_pem=tls.ca_pem)
+        server.respond = tokenreviews(api)
+        enable_kubernetes_auth(bao, api, "kubernetes")
         kubernetes_role(bao, "kubernetes", "keysetd", KEYSETD_SA)
-        yield server.api
+        yield api
 
 
 @pytest.fixture
