@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import KEYSETD, Env
-from tests.keys import jwks_doc
+from tests.keys import jwk, jwks_doc, public
 
 
 def test_once_publishes_and_exits_0(env: Env, keys: dict[str, Any]) -> None:
@@ -109,3 +109,21 @@ def test_console_script_is_installed() -> None:
     )
     assert done.returncode == 0
     assert "usage: keysetd" in done.stdout and "check-config" in done.stdout
+
+
+def test_a_reader_that_closes_the_pipe_is_no_traceback(tmp_path: Path) -> None:
+    """`keysetd validate big.json | head -1` (or `status | head`): quiet, as cat is."""
+    one = public(jwk("ES256", "k"))
+    doc = {"keys": [{**one, "kid": f"key-{i:05d}-{'x' * 60}"} for i in range(3000)]}
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps(doc))  # ~100 lines of output per 64 KiB pipe buffer: it fills
+    done = subprocess.run(
+        f"{sys.executable} -m keysetd validate {big} | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.stdout.startswith(str(big)), done.stdout
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr

@@ -9,6 +9,7 @@ revocation_commands (revoke, unrevoke, audit), rotate_command (rotate).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -129,4 +130,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeysetdError as exc:
         print(f"keysetd: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except BrokenPipeError:
+        return _reader_went_away()
+    try:
+        sys.stdout.flush()  # what is still buffered meets the closed pipe here
+    except BrokenPipeError:
+        return _reader_went_away()
     return code
+
+
+def _reader_went_away() -> int:
+    """``keysetd status | head``: the reader closed the pipe; stop quietly, as cat does.
+
+    stdout is pointed at /dev/null so the interpreter's own flush at exit raises nothing.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_FAILED
