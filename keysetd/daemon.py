@@ -151,12 +151,18 @@ class Daemon:
 
     def _waits(self, result: CycleResult) -> tuple[float, float | None]:
         """(seconds until the source is fetched again, until a planned change is due or None)."""
-        self.failures = 0 if result.ok else self.failures + 1
+        if not result.ok:
+            self.failures += 1
+        elif result.fetched:  # a re-plan that worked says nothing of the source
+            self.failures = 0
         refresh = float(self.config.source.refresh_interval)
         now = time.time()
+        # A source that fails to answer must not hold a due activation or end of retention
+        # back: only a failing commit of the change itself backs the change off.
+        commit_failures = 0 if result.stage == "fetch" else self.failures
         return (
             next_wait(self.failures, refresh, None, now),
-            plan_wait(self.failures, result.next_change_at, now),
+            plan_wait(commit_failures, result.next_change_at, now),
         )
 
     def _next_wait(self, result: CycleResult) -> float:
@@ -262,7 +268,7 @@ class Daemon:
                     fetch_in, plan_in = self._waits(result)
                     if fetch or not result.ok:  # a failed re-plan backs off like any failure
                         fetch_at = started + fetch_in
-                    plan_at = math.inf if plan_in is None else started + plan_in
+                    plan_at = math.inf if plan_in is None else time.monotonic() + plan_in
                 else:
                     self._retry_notifications()
                 if self.stopping:

@@ -71,6 +71,8 @@ class CycleResult:
     #: keysetd just wrote the managed source, or found it moved under a write: the next
     #: cycle must read it, even when only a planned change woke the daemon.
     fetch_next: bool = False
+    #: False for a re-plan that did not ask the source (it says nothing of its health).
+    fetched: bool = True
 
 
 class Pipeline:
@@ -190,7 +192,7 @@ class Pipeline:
         if self.ledger.sync_revocations(now) and self._keyset is not None:
             self._apply_revocations(now)
         if not fetch and not force and self._keyset is not None:
-            return self._refresh(now)
+            return self._refresh(now, fetched=False)
         try:
             snapshot = self.source.fetch()
         except SourceError as exc:
@@ -243,8 +245,12 @@ class Pipeline:
         when = self.clock() if now is None else now
         return plan(keyset, self.ledger.records, self.policy, when, self.publisher.signer)
 
-    def _refresh(self, now: float) -> CycleResult:
-        """Same bytes as last time: re-plan (time may have passed) and restore drifted files."""
+    def _refresh(self, now: float, *, fetched: bool = True) -> CycleResult:
+        """Same bytes as last time: re-plan (time may have passed) and restore drifted files.
+
+        ``fetched=False``: no fetch happened (a planned change came due); the result says
+        so, and the source's health in status stays what the last fetch found.
+        """
         assert self._keyset is not None
         published = self._published
         try:
@@ -259,7 +265,7 @@ class Pipeline:
                 result = self._publish_plan(planned, now)
         except KeysetdError as exc:
             return self._failed(exc, "commit", now)
-        result = replace(result, unchanged_source=True)
+        result = replace(result, unchanged_source=True, fetched=fetched)
         self._record_success(now, result)
         return self._manage(result, now)
 
@@ -278,7 +284,11 @@ class Pipeline:
 
     def _record_success(self, now: float, result: CycleResult) -> None:
         self.recorder.success(
-            now, self._published, changed=bool(result.changed), backlog=self.backlog
+            now,
+            self._published,
+            changed=bool(result.changed),
+            backlog=self.backlog,
+            fetched=result.fetched,
         )
 
     def retry_notifications(self) -> list[NotifyError]:
@@ -314,6 +324,9 @@ class Pipeline:
             self._publish_plan(self.plan_now(self._keyset, now), now)
         except KeysetdError as exc:
             event("revocation_failed", logging.ERROR, error=str(exc))
+            # Forget the plan that still holds the kid: the rest of this cycle re-plans,
+            # fails like any commit, and the failure backoff tries the revocation again.
+            self._published = None
 
     # -- failure and last-known-good ----------------------------------------
 

@@ -103,12 +103,22 @@ class Recorder:
         return status
 
     def success(
-        self, now: float, published: Plan | None, *, changed: bool, backlog: Backlog
+        self,
+        now: float,
+        published: Plan | None,
+        *,
+        changed: bool,
+        backlog: Backlog,
+        fetched: bool = True,
     ) -> None:
-        self.recovered()
+        """A cycle that published. ``fetched=False``: a re-plan that did not ask the source,
+        so the source's health (last error, last-known-good age) stays as the last fetch
+        left it: a planned change during an outage must not make /readyz look fresh."""
         status = self._base(published)
-        status.update(last_error=self.reload_error, last_success_at=now, lkg_fetched_at=now)
-        status["reload_error"] = self.reload_error
+        if fetched:
+            self.recovered()
+            status.update(last_error=self.reload_error, last_success_at=now, lkg_fetched_at=now)
+            status["reload_error"] = self.reload_error
         status.update(notify_errors=backlog.errors, notify_retry_at=backlog.retry_at)
         if changed:
             status["last_change_at"] = now

@@ -77,6 +77,8 @@ _MASK = (
     else 0
 )
 _GONE = flags.DELETE_SELF | flags.MOVE_SELF | flags.IGNORED if INotify is not None else 0
+#: The kernel dropped events: anything may have changed.
+_OVERFLOW = flags.Q_OVERFLOW if INotify is not None else 0
 
 
 class Watcher:
@@ -149,13 +151,17 @@ class Watcher:
             self._inotify = None
         self._wds.clear()
 
+    def _matters(self, wd: int, name: str) -> bool:
+        directory = self._wds.get(wd)
+        return directory is not None and name in self.targets[directory]
+
     def _relevant(self, events: list[tuple[int, int, int, str]]) -> tuple[bool, bool]:
         """(something we watch changed, a watched directory itself went away)."""
         changed = gone = False
         for wd, mask, _cookie, name in events:
             if mask & _GONE:
                 gone = changed = True
-            elif (directory := self._wds.get(wd)) is not None and name in self.targets[directory]:
+            elif mask & _OVERFLOW or self._matters(wd, name):  # overflow: events were dropped
                 changed = True
         return changed, gone
 

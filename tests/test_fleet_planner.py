@@ -808,6 +808,7 @@ def test_malformed_revocations_are_refused_by_name() -> None:
     for path, value, named in [
         (("revoked", "k0", "at"), "now", "fleet revocations.revoked.k0.at"),
         (("revoked", "k0", "reason"), 1, "fleet revocations.revoked.k0.reason"),
+        (("revoked", "k0", "at"), 10**400, "fleet revocations.revoked.k0.at"),
         (("revoked",), None, "fleet revocations.revoked"),
     ]:
         with pytest.raises(FleetDocumentError) as info:

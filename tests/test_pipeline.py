@@ -233,3 +233,48 @@ def test_a_failure_that_lasts_is_counted_in_the_audit_log_every_hour(
     cycle.close()  # nothing more owed
     assert len(audit_lines(env)) == 4
     assert verify(env.state / "audit.jsonl").ok
+
+
+def test_a_replan_during_an_outage_keeps_the_sources_health(env: Env, keys: dict[str, Any]) -> None:
+    """A planned change applied without a fetch must not make the last-known-good look fresh."""
+    now = [1_800_000_000.0]
+    env.write_source(jwks_doc(keys["es-a"], active="es-a"))
+    cycle = Pipeline.open(
+        load_config(env.config(policy={"activation_delay": "1h"})), clock=lambda: now[0]
+    )
+    assert cycle.cycle().ok
+    env.write_source(jwks_doc(keys["es-a"], keys["es-b"], active="es-b"))  # waits 1 h
+    first = cycle.cycle()
+    assert first.ok and first.next_change_at == now[0] + 3600
+    fetched_at = cycle.status["lkg_fetched_at"]
+    env.source.unlink()  # the source goes away
+    now[0] += 1800
+    failed = cycle.cycle()
+    assert not failed.ok and failed.stage == "fetch"
+    now[0] += 1801  # the activation is due: applied by a re-plan, no fetch
+    replanned = cycle.cycle(fetch=False)
+    assert replanned.ok and not replanned.fetched
+    assert cycle.status["active_kid"] == "es-b"
+    assert cycle.status["lkg_fetched_at"] == fetched_at  # still 3601 s old
+    assert cycle.status["last_error"] is not None  # the source is still down
+    assert "failure_repeated" not in [e["event"] for e in audit_lines(env)]  # not "recovered"
+
+
+def test_a_revocation_that_cannot_be_published_is_retried_not_forgotten(
+    env: Env, keys: dict[str, Any]
+) -> None:
+    """The publish of a break-glass revocation fails: the kid must not come back."""
+    env.write_source(jwks_doc(keys["es-a"], keys["es-b"], active="es-b"))
+    cycle = pipeline(env)
+    assert cycle.cycle().ok
+    env.keysetd("revoke", "es-a", "--reason", "leaked", "-c", str(env.config_path))
+    away = env.out.with_name("out-away")
+    env.out.rename(away)  # the output directory is gone: nothing can be written
+    try:
+        blocked = cycle.cycle()
+    finally:
+        away.rename(env.out)
+    assert not blocked.ok
+    assert "es-a" in [k["kid"] for k in json.loads(env.jwks.read_bytes())["keys"]]
+    assert cycle.cycle().ok
+    assert "es-a" not in [k["kid"] for k in json.loads(env.jwks.read_bytes())["keys"]]

@@ -107,7 +107,10 @@ def _load(raw: bytes, what: str) -> dict[str, Any]:
 def _time(value: object, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise FleetDocumentError(f"{where}: not a number")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        raise FleetDocumentError(f"{where}: not a finite time >= 0") from None
     if not math.isfinite(number) or number < 0:
         raise FleetDocumentError(f"{where}: not a finite time >= 0")
     return number
