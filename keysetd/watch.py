@@ -145,6 +145,23 @@ class Watcher:
             self._wds[wd] = directory
             self._warned.discard(directory)
 
+    def _add_missing(self) -> bool:
+        """Watch the directories not watched yet; True when one of them is now."""
+        assert self._inotify is not None
+        watched = set(self._wds.values())
+        added = False
+        for directory in self.targets:
+            if directory in watched:
+                continue
+            try:
+                wd = self._inotify.add_watch(directory, _MASK)
+            except OSError:
+                continue
+            self._wds[wd] = directory
+            self._warned.discard(directory)
+            added = True
+        return added
+
     def _disarm(self) -> None:
         if self._inotify is not None:
             self._inotify.close()
@@ -188,9 +205,19 @@ class Watcher:
                     rearm_after = min(_REARM_MAX_SECONDS, rearm_after * 2)
                 continue
             poller.register(inotify.fileno(), select.POLLIN)
-            ready = {fd for fd, _ in poller.poll()}
+            # A directory that does not exist yet (or went away) is looked for again on a
+            # backoff, while the others stay watched.
+            missing = len(self._wds) < len(self.targets)
+            ready = {fd for fd, _ in poller.poll(rearm_after * 1000 if missing else None)}
             if self._stop_r in ready:
                 return
+            if not ready:
+                if self._add_missing():
+                    rearm_after = _REARM_SECONDS
+                    self.wake.set()
+                else:
+                    rearm_after = min(_REARM_MAX_SECONDS, rearm_after * 2)
+                continue
             events = list(inotify.read(timeout=0))
             # A writer's events come in bursts: let the burst finish (bounded), then wake once.
             for _ in range(_MAX_QUIET_ROUNDS):
