@@ -10,22 +10,7 @@ import pytest
 from keysetd.config import FleetSettings, load_config
 from keysetd.errors import ConfigError
 from keysetd.fleet.etcd import EtcdSettings, EtcdStore
-
-BASE = """
-state_dir = "{state}"
-[source]
-type = "file"
-path = "/etc/keysetd/keyset.json"
-[[outputs]]
-type = "jwks"
-path = "/run/keysetd/jwks.json"
-"""
-
-
-def config(tmp_path: Path, extra: str = "") -> Path:
-    path = tmp_path / "keysetd.toml"
-    path.write_text(BASE.format(state=tmp_path / "state") + extra)
-    return path
+from tests.test_config import base as config
 
 
 def problems(tmp_path: Path, extra: str, environ: dict[str, str] | None = None) -> tuple[str, ...]:

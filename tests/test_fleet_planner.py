@@ -53,6 +53,7 @@ from keysetd.fleet.state import (
 from keysetd.history import Records, observe
 from keysetd.model import Key, Keyset
 from keysetd.plan import Decision, Policy
+from tests.test_plan_properties import Advance, Revoke, Unrevoke
 
 KIDS = tuple(f"k{i}" for i in range(5))
 POOL: dict[str, Key] = {kid: generate("ES256", kid) for kid in KIDS}
@@ -325,21 +326,6 @@ class Expire:
     """A stopped replica's lease runs out: its ack disappears."""
 
     index: int
-
-
-@dataclass(frozen=True, slots=True)
-class Advance:
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class Revoke:
-    kid: str
-
-
-@dataclass(frozen=True, slots=True)
-class Unrevoke:
-    kid: str
 
 
 @dataclass(frozen=True, slots=True)
