@@ -20,7 +20,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from keysetd.backoff import Random
 from keysetd.commit import Rendered, render_outputs
@@ -46,6 +46,9 @@ from keysetd.publish import Delivery, Publisher
 from keysetd.record import Recorder, failure_entry
 from keysetd.state import LastKnownGood, StateStore
 from keysetd.validate import check, weak_secrets
+
+if TYPE_CHECKING:
+    from keysetd.fleet.member import FleetMember
 
 __all__ = ["CycleResult", "Pipeline"]
 
@@ -103,6 +106,10 @@ class Pipeline:
         self.notifiers: tuple[Notifier, ...] = config.build_notifiers()
         self.recorder = Recorder(state, self.source, self.outputs, clock)
         self.ledger = Ledger(state, self.recorder)
+        self.fleet: FleetMember | None = None
+        if config.settings.fleet is not None:
+            self.fleet = _fleet_member(config, self.policy, state, self.needs_active, clock)
+            self.recorder.fleet = self.fleet.status
         self.publisher = Publisher(
             self.outputs,
             self.notifiers,
@@ -112,6 +119,7 @@ class Pipeline:
             clock=clock,
             rand=rand,
             backlog=backlog,
+            fleet=self.fleet,
         )
         self.lkg = Keeper(state, self.recorder)
         self.rotation: ManagedRotation | None = None
@@ -165,7 +173,12 @@ class Pipeline:
         return self.publisher.backlog
 
     def close(self) -> None:
-        """Close the source; write the count of repeated failures still owed to the audit log."""
+        """Close the source; write the count of repeated failures still owed to the audit log.
+
+        In fleet mode the replica leaves the fleet (its lease is revoked) first.
+        """
+        if self.fleet is not None:
+            self.fleet.close()
         self.source.close()
         self.recorder.close()
 
@@ -179,7 +192,11 @@ class Pipeline:
         is fetched anyway.
         """
         try:
-            return self._cycle(force, fetch)
+            if self.fleet is None:
+                return self._cycle(force, fetch)
+            self.fleet.sync()
+            # Re-read the fleet each period: acks, revocations and leases change there.
+            return _sooner(self._cycle(force, fetch), self.clock() + self.fleet.period)
         except OSError as exc:
             # state_dir could not be written (full, read-only): fail the cycle, stay up.
             name = exc.filename2 or exc.filename  # os.replace names the target second
@@ -243,6 +260,10 @@ class Pipeline:
     def plan_now(self, keyset: Keyset, now: float | None = None) -> Plan:
         """What outputs would get for ``keyset`` now (``keysetd plan`` and the cycle)."""
         when = self.clock() if now is None else now
+        if self.fleet is not None:
+            planned = self.fleet.plan(keyset, when, self.publisher.signer)
+            self.ledger.records = planned.view  # the shared history as this replica saw it
+            return planned.plan
         return plan(keyset, self.ledger.records, self.policy, when, self.publisher.signer)
 
     def _refresh(self, now: float, *, fetched: bool = True) -> CycleResult:
@@ -254,8 +275,10 @@ class Pipeline:
         assert self._keyset is not None
         published = self._published
         try:
-            due = published is None or (
-                published.next_change_at is not None and now >= published.next_change_at
+            due = (
+                published is None
+                or self.fleet is not None  # the fleet's documents may have moved: always
+                or (published.next_change_at is not None and now >= published.next_change_at)
             )
             planned = self.plan_now(self._keyset, now) if due else published
             assert planned is not None
@@ -308,8 +331,11 @@ class Pipeline:
     # -- managed keys, revocation ---------------------------------------------
 
     def _manage(self, result: CycleResult, now: float) -> CycleResult:
-        """With ``[rotation]``, write the owned source's next content (compare-and-swap)."""
-        if self.rotation is None:
+        """With ``[rotation]``, write the owned source's next content (compare-and-swap).
+
+        In fleet mode only the elected leader rotates: one write for the fleet.
+        """
+        if self.rotation is None or (self.fleet is not None and not self.fleet.leading):
             return result
         expected = self._last_data if self._keyset is not None else None
         when = self.rotation.step(self._keyset, self.history, expected, now)
@@ -374,6 +400,16 @@ class Pipeline:
             return False
         self.lkg.republished(lkg, result.fingerprint, result.changed)
         return True
+
+
+def _fleet_member(
+    config: Config, policy: Policy, state: StateStore, signs: bool, clock: Clock
+) -> FleetMember:
+    """Fleet mode's member (imported only then: the etcd client stays out of other daemons)."""
+    from keysetd.fleet.member import FleetMember
+
+    assert config.settings.fleet is not None
+    return FleetMember(config.settings.fleet, policy, state, signs=signs, clock=clock)
 
 
 def _result(planned: Plan, delivery: Delivery) -> CycleResult:

@@ -13,6 +13,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from keysetd import failpoints
 from keysetd.backoff import Random
@@ -29,6 +30,9 @@ from keysetd.model import Keyset
 from keysetd.plan import Plan
 from keysetd.record import Recorder
 from keysetd.state import StateStore
+
+if TYPE_CHECKING:
+    from keysetd.fleet.member import FleetMember
 
 __all__ = ["Delivery", "Publisher"]
 
@@ -55,8 +59,11 @@ class Publisher:
         clock: Callable[[], float] = time.time,
         rand: Random = random.random,
         backlog: Backlog | None = None,
+        fleet: FleetMember | None = None,
     ) -> None:
         self.outputs = tuple(outputs)
+        #: Fleet mode: acks and the shared write-ahead around the commit (else None).
+        self.fleet = fleet
         self.notifiers = tuple(notifiers)
         self._state = state
         self._ledger = ledger
@@ -101,7 +108,10 @@ class Publisher:
         signer_names = {r.output.name for r in signers}
         pending = list(self.notifiers)
         ledger = self._ledger
+        fleet = self.fleet
 
+        if fleet is not None:  # the ack shrinks before the outputs drop what it lists
+            fleet.before_verifiers(planned)
         changed += self._commit_phase(verifiers)
         failpoints.hit("cycle.after-verifier-phase")  # failpoint (tests only)
         published, published_events = mark_published(ledger.records, planned, now)
@@ -114,6 +124,8 @@ class Publisher:
         failures += self._notify(early, planned, changed)
         pending = [n for n in pending if n not in early]
         failpoints.hit("cycle.before-signer-phase")  # failpoint (tests only)
+        if fleet is not None:  # the fleet holds the kid open before any signer uses it
+            fleet.before_signers(planned, now)
         changed += self._commit_phase(signers)
         failures += self._notify([n for n in pending if interested(n, changed)], planned, changed)
         # After the notifiers: the write-ahead above already holds both kids, so a crash
@@ -122,7 +134,16 @@ class Publisher:
         ledger.remember(history, activated + closed)
         self.backlog.schedule(self._clock(), failed=bool(failures), fresh=True, rand=self._rand)
         self._keep_signer(planned.signer)  # the signer files already hold it; no hurry
+        if fleet is not None:
+            fleet.acknowledge(planned, now, verifiers_told=self._verifiers_told(verifiers))
         return Delivery(tuple(changed), tuple(failures))
+
+    def _verifiers_told(self, verifiers: Sequence[Rendered]) -> bool:
+        """No notifier that follows a verifier output is owed a delivery."""
+        names = [r.output.name for r in verifiers]
+        return not any(
+            n.name in self.backlog.failed for n in self.notifiers if interested(n, names)
+        )
 
     def retry(self) -> list[NotifyError]:
         """Deliver again what the backlog owes, each notifier the event it failed on.

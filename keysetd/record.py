@@ -59,6 +59,8 @@ class Recorder:
         self.status: dict[str, Any] = state.load_status() or {}
         #: Why the last SIGHUP reload was refused; shown as last_error until one succeeds.
         self.reload_error: str | None = None
+        #: Fleet mode: this replica's view of the fleet, shown under ``fleet`` in status.
+        self.fleet: Callable[[], dict[str, Any]] | None = None
 
     # -- audit -----------------------------------------------------------------
 
@@ -96,6 +98,8 @@ class Recorder:
                 for d in published.decisions
             ]
             status["next_change_at"] = published.next_change_at
+        if self.fleet is not None:
+            status["fleet"] = self.fleet()
         status["source"] = self._source.describe()
         status["outputs"] = {
             o.name: {"path": str(o.config.path), "role": o.role.value} for o in self._outputs

@@ -157,6 +157,11 @@ class StateStore:
         return self.directory / "revocations.json"
 
     @property
+    def fleet_path(self) -> Path:
+        """Fleet mode: the shared history and revocations as last read from etcd."""
+        return self.directory / "fleet.json"
+
+    @property
     def audit_path(self) -> Path:
         return self.directory / "audit.jsonl"
 
@@ -297,6 +302,15 @@ class StateStore:
 
     def save_signer(self, document: bytes) -> None:
         write_atomic(self.signer_path, document, STATE_MODE)
+
+    def load_fleet(self) -> bytes | None:
+        try:
+            return self._read_bytes(self.fleet_path)
+        except OSError:
+            return None
+
+    def save_fleet(self, document: bytes) -> None:
+        write_atomic(self.fleet_path, document, STATE_MODE)
 
     def load_revocations(self) -> dict[str, dict[str, Any]]:
         """kid -> {"at": time, "reason": text}; written by ``keysetd revoke``."""

@@ -50,4 +50,8 @@ def readiness(doc: dict[str, Any], max_staleness: float) -> tuple[bool, str]:
     age = doc.get("lkg_age_seconds")
     if age is None or age > max_staleness:
         return False, f"last good fetch {age}s ago, older than max_staleness {max_staleness:g}s"
+    fleet = doc.get("fleet")
+    if isinstance(fleet, dict) and fleet.get("store") != "ok":
+        # Serving is what readiness is about: outputs stay, only rotation waits for etcd.
+        return True, "ready; fleet store unreachable: serving last-known-good, no rotation"
     return True, "ready"

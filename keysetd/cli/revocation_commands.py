@@ -9,9 +9,13 @@ import argparse
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from keysetd.cli.configured import config_from
 from keysetd.cli.exits import EXIT_FAILED, EXIT_OK
+
+if TYPE_CHECKING:
+    from keysetd.config import Config
 
 __all__ = ["cmd_audit", "cmd_revoke", "cmd_unrevoke"]
 
@@ -28,7 +32,10 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     AuditLog(state.audit_path).append(
         "revoked", kid=args.kid, reason=args.reason, known=known, by=_operator()
     )
-    print(f"revoked {args.kid}: a running keysetd removes it from every output within a second")
+    if not _in_fleet(config, args.kid, args.reason, lift=False):
+        return EXIT_FAILED
+    where = "every replica" if config.settings.fleet is not None else "a running keysetd"
+    print(f"revoked {args.kid}: {where} removes it from every output within a second")
     if not known:
         print(f"note: {args.kid} was never published here; it is refused if it appears")
     return EXIT_OK
@@ -46,8 +53,30 @@ def cmd_unrevoke(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     state.update_revocations(args.kid, None)
     AuditLog(state.audit_path).append("unrevoked", kid=args.kid, by=_operator())
+    if not _in_fleet(config, args.kid, "", lift=True):
+        return EXIT_FAILED
     print(f"lifted the revocation of {args.kid}; the source may bring it back")
     return EXIT_OK
+
+
+def _in_fleet(config: Config, kid: str, reason: str, *, lift: bool) -> bool:
+    """Fleet mode: the same change in the shared revocations (one compare-and-swap)."""
+    fleet = config.settings.fleet
+    if fleet is None:
+        return True
+    from keysetd.errors import StoreError
+    from keysetd.fleet.etcd import EtcdStore
+    from keysetd.fleet.member import revoke_in_fleet
+
+    store = EtcdStore(fleet.store_settings())
+    try:
+        revoke_in_fleet(store, fleet, kid, reason, lift=lift)
+    except StoreError as exc:
+        print(f"keysetd: {exc}; applied on this replica only", file=sys.stderr)
+        return False
+    finally:
+        store.close()
+    return True
 
 
 def _operator() -> str:

@@ -46,9 +46,27 @@ def cmd_status(args: argparse.Namespace) -> int:
             until = f" until {_when(key['until'])}" if key.get("until") else ""
             kid, state = str(key.get("kid", "?")), str(key.get("state", "?"))
             print(f"  {kid:24} {state:10} {key.get('reason', '')}{until}")
+        _print_fleet(doc.get("fleet"))
     if doc["fingerprint"] is None:
         return EXIT_FAILED
     return EXIT_OK if doc["last_error"] is None else EXIT_FAILED
+
+
+def _print_fleet(fleet: object) -> None:
+    """Fleet mode: the store, the leader, and each live replica's acknowledged fingerprint."""
+    if not isinstance(fleet, dict):
+        return
+    store = "ok" if fleet.get("store") == "ok" else f"unreachable ({fleet.get('error')})"
+    print(f"fleet:          replica {fleet.get('replica_id')}, store {store}")
+    print(f"  leader        {fleet.get('leader') or '-'}")
+    replicas = fleet.get("replicas")
+    for rid, ack in sorted(replicas.items()) if isinstance(replicas, dict) else []:
+        if isinstance(ack, dict):
+            fingerprint = str(ack.get("fingerprint") or "-")[:16]
+            print(f"  {rid!s:24} acked {fingerprint:16} signing {ack.get('signing') or '-'}")
+    waiting = fleet.get("waiting_for")
+    if isinstance(waiting, list) and waiting:
+        print(f"  waiting for   {', '.join(map(str, waiting))}")
 
 
 def _when(at: object) -> str:

@@ -1,0 +1,400 @@
+"""One replica of a fleet: its lease, its view of the shared documents, its acks, its lead.
+
+The pipeline calls, per cycle: ``sync`` (one range read of the whole prefix; a keepalive
+every third of the lease; a campaign only when this replica's election key is missing),
+``plan`` (the leader first folds its source and the live acks into the shared history, one
+compare-and-swap when it changed), then around the commit ``before_verifiers`` (shrink this
+replica's ack before dropping kids), ``before_signers`` (hold the new signing kid open in the
+shared history) and ``acknowledge`` (after the verifier notifiers: at most one write per
+change). See ``keysetd.fleet.planner`` for the rules, ``tests/test_fleet_planner.py`` for
+the guarantees.
+
+When etcd does not answer, the replica plans from the last snapshot it read (kept in
+``state_dir/fleet.json`` so a restart during an outage has it) with no live ack, itself
+included: it keeps the kid it signs with, moves no signer and writes nothing; status says
+so. Its lease runs out meanwhile, so the others stop counting it; when the store answers
+again it takes a new lease and catches up (acknowledges) before it may sign a new kid.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from keysetd.errors import StoreError
+from keysetd.fleet.etcd import Entry, EtcdStore, LeaseNotFound
+from keysetd.fleet.planner import (
+    FleetPlan,
+    ack_before_commit,
+    ack_changed,
+    acknowledge,
+    follow_acks,
+    open_signing,
+    plan_replica,
+)
+from keysetd.fleet.state import (
+    Ack,
+    FleetDocumentError,
+    Revocation,
+    decode_ack,
+    decode_history,
+    decode_revocations,
+    encode_ack,
+    encode_history,
+    encode_revocations,
+)
+from keysetd.history import Records, observe
+from keysetd.log import event
+from keysetd.model import Keyset
+from keysetd.plan import Plan, Policy
+
+if TYPE_CHECKING:
+    from keysetd.config import FleetSettings
+    from keysetd.state import StateStore
+
+__all__ = ["FleetMember", "Snapshot", "revoke_in_fleet"]
+
+#: How often a replica reads the shared documents when nothing else wakes it: a revocation
+#: or another replica's ack reaches it within this (and a lease keepalive is due by ttl/3).
+SYNC_PERIOD = 1.0
+#: Compare-and-swap attempts before a write gives up for this cycle (it is retried next).
+CAS_ATTEMPTS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The shared documents as one range read found them (revisions for compare-and-swap)."""
+
+    history: Records = field(default_factory=dict)
+    history_revision: int = 0
+    revocations: Mapping[str, Revocation] = field(default_factory=dict)
+    acks: Mapping[str, Ack] = field(default_factory=dict)
+    #: Election keys: (create revision, key, replica id), oldest first.
+    candidates: tuple[tuple[int, str, str], ...] = ()
+
+    @property
+    def leader(self) -> str | None:
+        return self.candidates[0][2] if self.candidates else None
+
+
+class FleetMember:
+    """This replica's side of fleet mode; every store error leaves it planning from a snapshot."""
+
+    def __init__(
+        self,
+        settings: FleetSettings,
+        policy: Policy,
+        state: StateStore,
+        *,
+        signs: bool,
+        store: EtcdStore | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.replica_id = settings.replica_id
+        self.policy = policy
+        self._state = state
+        self._signs = signs
+        self._store = store if store is not None else EtcdStore(settings.store_settings())
+        self._clock = clock
+        self._ttl = max(1, math.ceil(settings.lease_ttl))
+        self._lease = 0
+        self._renewed = 0.0
+        self._ack: Ack | None = None
+        self.snapshot = _load_snapshot(state)
+        #: Why the store is not usable now (None: the last sync worked).
+        self.error: str | None = "not synced yet"
+        self.unreachable_since: float | None = None
+        self._pending: FleetPlan | None = None
+        self._saved = self.snapshot
+
+    @property
+    def period(self) -> float:
+        return min(SYNC_PERIOD, self._ttl / 3)
+
+    @property
+    def leading(self) -> bool:
+        return self.error is None and self.snapshot.leader == self.replica_id
+
+    @property
+    def store(self) -> EtcdStore:
+        return self._store
+
+    def _key(self, *parts: str) -> str:
+        return self.settings.key(*parts)
+
+    # -- reading the fleet ----------------------------------------------------------------
+
+    def sync(self) -> None:
+        """Renew the lease when due and read every shared document; a failure is kept."""
+        try:
+            self._renew()
+            entries = self._store.list(self._key(""))
+            snapshot = self._parse(entries)
+            if not any(c[1] == self._election_key for c in snapshot.candidates):
+                snapshot = self._campaign(snapshot)
+        except (StoreError, FleetDocumentError) as exc:
+            self._unreachable(str(exc))
+            return
+        if self.error is not None:
+            event("fleet_synced", replica=self.replica_id, leader=snapshot.leader)
+        self.error, self.unreachable_since = None, None
+        self.snapshot = snapshot
+        self._save()
+
+    def _unreachable(self, message: str) -> None:
+        if self.error is None or self.unreachable_since is None:
+            event("fleet_unreachable", logging.ERROR, replica=self.replica_id, error=message)
+            self.unreachable_since = self._clock()
+        self.error = message
+
+    @property
+    def _election_key(self) -> str:
+        return self._key("election", f"{self._lease:x}")
+
+    def _renew(self) -> None:
+        """A lease for this replica; kept alive every third of its TTL; a lost one replaced."""
+        now = time.monotonic()
+        if self._lease and now - self._renewed < self._ttl / 3:
+            return
+        if self._lease:
+            try:
+                alive = self._store.keepalive(self._lease) > 0
+            except LeaseNotFound:
+                alive = False
+            if alive:
+                self._renewed = now
+                return
+            # Expired (stopped, partitioned): the ack and candidacy went with it. Catch up.
+            event("fleet_lease_lost", logging.WARNING, replica=self.replica_id)
+            self._ack = None
+        self._lease = self._store.grant(self._ttl)
+        self._renewed = now
+
+    def _campaign(self, snapshot: Snapshot) -> Snapshot:
+        """Stand for leader once per lease (create-if-absent); the snapshot with our key."""
+        result = self._store.cas(self._election_key, self.replica_id.encode(), 0, lease=self._lease)
+        if result.current is None:
+            raise StoreError("campaign", "etcd", "the lease expired while standing")
+        mine = (result.current.create_revision, self._election_key, self.replica_id)
+        candidates = tuple(sorted((*snapshot.candidates, mine)))
+        return Snapshot(
+            snapshot.history,
+            snapshot.history_revision,
+            snapshot.revocations,
+            snapshot.acks,
+            candidates,
+        )
+
+    def _parse(self, entries: list[Entry]) -> Snapshot:
+        history: Records = {}
+        history_revision = 0
+        revocations: dict[str, Revocation] = {}
+        acks: dict[str, Ack] = {}
+        candidates: list[tuple[int, str, str]] = []
+        acks_prefix, election_prefix = self._key("acks", ""), self._key("election", "")
+        for entry in entries:
+            if entry.key == self._key("history"):
+                history, history_revision = decode_history(entry.value), entry.mod_revision
+            elif entry.key == self._key("revocations"):
+                revocations = decode_revocations(entry.value)
+            elif entry.key.startswith(acks_prefix):
+                rid = entry.key[len(acks_prefix) :]
+                try:
+                    acks[rid] = decode_ack(entry.value)
+                except FleetDocumentError as exc:
+                    # A live replica whose ack cannot be read holds nothing we know of: new
+                    # kids wait for it (as for any replica that has not acknowledged them).
+                    event("fleet_ack_refused", logging.WARNING, replica=rid, error=str(exc))
+                    acks[rid] = Ack(rid, 0.0, "", {}, None)
+            elif entry.key.startswith(election_prefix):
+                value = entry.value.decode("utf-8", "replace")
+                candidates.append((entry.create_revision, entry.key, value))
+        return Snapshot(history, history_revision, revocations, acks, tuple(sorted(candidates)))
+
+    # -- planning -------------------------------------------------------------------------
+
+    def plan(self, keyset: Keyset, now: float, previous_signer: Keyset | None) -> FleetPlan:
+        """This replica's plan; the leader first brings the shared history up to date."""
+        if self.leading:
+            self._lead(keyset, now)
+        snapshot = self.snapshot
+        acks = snapshot.acks if self.error is None else {}
+        planned = plan_replica(
+            keyset,
+            snapshot.history,
+            acks,
+            replica_id=self.replica_id,
+            policy=self.policy,
+            now=now,
+            previous_signer=previous_signer,
+            revocations=snapshot.revocations,
+        )
+        self._pending = planned
+        return planned
+
+    def _lead(self, keyset: Keyset, now: float) -> None:
+        """Observe the leader's source into the shared history and follow the live acks."""
+        snapshot = self.snapshot
+        history = observe(snapshot.history, keyset, now)
+        history, events = follow_acks(history, snapshot.acks, now, snapshot.revocations)
+        if history == snapshot.history:
+            return
+        try:
+            result = self._store.cas(
+                self._key("history"), encode_history(history), snapshot.history_revision
+            )
+        except StoreError as exc:
+            self._unreachable(str(exc))
+            return
+        if not result.succeeded:  # another writer moved it: the next sync reads it
+            return
+        for entry in events:
+            event(entry["event"], replica=self.replica_id, **_fields(entry))
+        self.snapshot = _with_history(snapshot, history, result.revision)
+
+    # -- around the commit ----------------------------------------------------------------
+
+    def before_verifiers(self, planned: Plan) -> None:
+        """Shrink this replica's ack before its verifier outputs drop kids it lists."""
+        if self.error is not None or not self._lease:
+            return
+        shrunk = ack_before_commit(self._ack, planned.verifier)
+        if shrunk is not None:
+            self._write_ack(shrunk)
+
+    def before_signers(self, planned: Plan, now: float) -> None:
+        """Hold the kid signers move to open in the shared history (write-ahead)."""
+        fleet_plan = self._pending
+        if fleet_plan is None or fleet_plan.plan is not planned or fleet_plan.opens is None:
+            return
+        if self.error is not None:
+            # Planned without live acks: only the kid signers already hold can be chosen.
+            return
+        snapshot = self.snapshot
+        for _ in range(CAS_ATTEMPTS):
+            updated = open_signing(snapshot.history, fleet_plan, now)
+            if updated is snapshot.history:
+                return
+            result = self._store.cas(
+                self._key("history"), encode_history(updated), snapshot.history_revision
+            )
+            if result.succeeded:
+                self.snapshot = _with_history(snapshot, updated, result.revision)
+                return
+            current = result.current
+            history = decode_history(current.value) if current is not None else {}
+            revision = current.mod_revision if current is not None else 0
+            snapshot = _with_history(snapshot, history, revision)
+        raise StoreError("txn", "etcd", "the shared history kept moving; signers not moved")
+
+    def acknowledge(self, planned: Plan, now: float, *, verifiers_told: bool) -> None:
+        """After the commit: which kids the verifier outputs hold (only once consumers were
+        told) and the kid signers use; written only when that changed."""
+        if self.error is not None or not self._lease or not verifiers_told:
+            return
+        signing = planned.signer.active_kid if self._signs else None
+        ack = acknowledge(self.replica_id, planned.verifier, signing, now, self._ack)
+        if ack_changed(self._ack, ack):
+            self._write_ack(ack)
+
+    def _write_ack(self, ack: Ack) -> None:
+        try:
+            self._store.put(self._key("acks", self.replica_id), encode_ack(ack), self._lease)
+        except LeaseNotFound:
+            self._lease, self._ack = 0, None  # expired: the next sync takes a new one
+            raise
+        self._ack = ack
+
+    # -- what status shows ----------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        snapshot = self.snapshot
+        return {
+            "replica_id": self.replica_id,
+            "store": "ok" if self.error is None else "unreachable",
+            "error": self.error,
+            "unreachable_since": self.unreachable_since,
+            "leader": snapshot.leader,
+            "leading": self.leading,
+            "replicas": {
+                rid: {"fingerprint": ack.fingerprint, "signing": ack.signing, "at": ack.at}
+                for rid, ack in sorted(snapshot.acks.items())
+            },
+            "waiting_for": list(self._pending.waiting_for) if self._pending else [],
+            "catching_up": bool(self._pending and self._pending.catching_up),
+        }
+
+    def close(self) -> None:
+        """Leave the fleet at once (revoke the lease: ack and candidacy go with it)."""
+        if self._lease:
+            try:
+                self._store.revoke(self._lease)
+            except StoreError as exc:
+                event("fleet_leave_failed", logging.WARNING, error=str(exc))
+        self._lease = 0
+        self._store.close()
+
+    def _save(self) -> None:
+        """Keep the snapshot in state_dir for a restart while etcd is down (on change only)."""
+        if self.snapshot == self._saved:
+            return
+        self._state.save_fleet(_snapshot_document(self.snapshot))
+        self._saved = self.snapshot
+
+
+def revoke_in_fleet(
+    store: EtcdStore, settings: FleetSettings, kid: str, reason: str, *, lift: bool = False
+) -> bool:
+    """Add (or lift) a revocation in the shared document; True when it changed."""
+    key = settings.key("revocations")
+    for _ in range(CAS_ATTEMPTS * 3):
+        current = store.get(key)
+        revoked = dict(decode_revocations(current.value)) if current is not None else {}
+        if lift:
+            if revoked.pop(kid, None) is None:
+                return False
+        elif kid in revoked:
+            return False
+        else:
+            revoked[kid] = Revocation(time.time(), reason)
+        revision = current.mod_revision if current is not None else 0
+        if store.cas(key, encode_revocations(revoked), revision).succeeded:
+            return True
+    raise StoreError("txn", "etcd", "the revocations kept moving; try again")
+
+
+def _fields(entry: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in entry.items() if k not in ("event", "fleet")}
+
+
+def _with_history(snapshot: Snapshot, history: Records, revision: int) -> Snapshot:
+    return Snapshot(history, revision, snapshot.revocations, snapshot.acks, snapshot.candidates)
+
+
+def _snapshot_document(snapshot: Snapshot) -> bytes:
+    doc = {
+        "history": json.loads(encode_history(snapshot.history)),
+        "revocations": json.loads(encode_revocations(snapshot.revocations)),
+    }
+    return json.dumps(doc, sort_keys=True).encode()
+
+
+def _load_snapshot(state: StateStore) -> Snapshot:
+    """The snapshot a previous run kept; an unreadable one is as good as none."""
+    raw = state.load_fleet()
+    if raw is None:
+        return Snapshot()
+    try:
+        doc = json.loads(raw)
+        history = decode_history(json.dumps(doc["history"]).encode())
+        revocations = decode_revocations(json.dumps(doc["revocations"]).encode())
+    except (ValueError, KeyError, TypeError) as exc:
+        event("fleet_snapshot_refused", logging.WARNING, error=type(exc).__name__)
+        return Snapshot()
+    return Snapshot(history, 0, revocations)
