@@ -2,14 +2,15 @@
 
 Every replica reads its own copy of the managed source file, as pods read a mounted Secret:
 the elected leader alone rotates its copy, and a propagator thread copies what it wrote to
-the others, each after its own random lag (0.2-1.5 s, longer than ``activation_delay``, as a
-kubelet's volume refresh is). Without fleet mode that lag alone fails verifications. Each
-replica writes its own jwks (verifier) and keyset (signer) outputs; its verifier consumer is a
-command notifier that loads the jwks (a copy) 0-0.8 s after it is told, by replica. A checker thread reads every
-replica's files in a loop, signs a token with each replica's signer keyset and verifies it
-against what every replica's verifier consumer loaded, as a fleet of issuers and verifiers would: the count of
-failed verifications is the figure that must stay 0. Bounded: each test has a rotation count
-and a wall-clock limit; every process is stopped at the end (SIGCONT first).
+the others, each after its own random lag (0.2-1.5 s, as a kubelet's volume refresh lags).
+Each replica writes its own jwks (verifier) and keyset (signer) outputs; its verifier
+consumer is a command notifier that loads a copy of the jwks 0-0.8 s after it is told.
+
+A checker thread signs a token with each replica's signer keyset and verifies it against what
+every replica's verifier consumer loaded, in a loop, as a fleet of issuers and verifiers
+would: the count of failed verifications must stay 0 (planning from this replica's ack alone
+fails it: the slow consumers lack the new kid). Bounded: each test has a rotation count and a
+wall-clock limit; every process is stopped at the end (SIGCONT first).
 """
 
 from __future__ import annotations
