@@ -174,8 +174,31 @@ def test_an_expired_lease_stops_counting() -> None:
 
 
 def test_a_late_joiner_publishes_what_the_fleet_signs_before_it_signs() -> None:
-    """r2 starts while the fleet signs k1, its source still on k0: it publishes k1 (history
-    holds it), signs nothing until its own ack is counted, then signs k1."""
+    """r2 starts while the fleet signs k1: it publishes k1 (history holds it), signs nothing
+    until its own ack is counted, then signs k1 once its source holds k1's private key."""
+    history = fleet_history(0, "k0", "k1", active="k1")
+    acks = {
+        "r0": ack("r0", {"k0": 0, "k1": 0}, "k1"),
+        "r1": ack("r1", {"k0": 0, "k1": 0}, "k1"),
+    }
+    source = keyset(("k0", "k1"), "k1")
+    first = run(source, history, acks, "r2", 100.0, None)
+    assert first.catching_up
+    assert first.signing_kid is None, "a replica with no ack of its own signs nothing new"
+    assert "k1" in first.plan.verifier.kids
+    acks["r2"] = acknowledge("r2", first.plan.verifier, None, 100.0)
+    assert acks["r2"].holds("k1")
+    second = run(source, history, acks, "r2", 101.0, None)
+    assert second.signing_kid == "k1", "in use fleet-wide: no delay for the joiner"
+    assert not second.catching_up
+    signing_key = second.plan.signer.active
+    assert signing_key is not None and signing_key.has_private
+
+
+def test_a_late_joiner_without_the_fleets_private_key_withholds_signing() -> None:
+    """r2's source is still on k0 while the fleet signs k1: r2 knows k1 only from history's
+    public JWK. It publishes k1 but withholds signing rather than hand signers a public key,
+    and signs with k0 (its own, private) only after k0's activation delay."""
     history = fleet_history(0, "k0", "k1", active="k1")
     acks = {
         "r0": ack("r0", {"k0": 0, "k1": 0}, "k1"),
@@ -183,14 +206,34 @@ def test_a_late_joiner_publishes_what_the_fleet_signs_before_it_signs() -> None:
     }
     stale = keyset(("k0",), "k0")
     first = run(stale, history, acks, "r2", 100.0, None)
-    assert first.catching_up
-    assert first.signing_kid is None, "a replica with no ack of its own signs nothing new"
-    assert "k1" in first.plan.verifier.kids
+    assert first.signing_kid is None and "k1" in first.plan.verifier.kids
     acks["r2"] = acknowledge("r2", first.plan.verifier, None, 100.0)
-    assert acks["r2"].holds("k1")
-    second = run(stale, history, acks, "r2", 101.0, None)
-    assert second.signing_kid == "k1", "in use fleet-wide: no delay for the joiner"
-    assert not second.catching_up
+    for now in (101.0, 105.0):
+        withheld = run(stale, history, acks, "r2", now, None)
+        assert withheld.signing_kid is None, "k1's public half is nothing to sign with"
+        assert withheld.plan.signer.active is None and withheld.opens is None
+        published = withheld.plan.verifier.get("k1")
+        assert published is not None and not published.has_private
+        assert all(k.has_private for k in withheld.plan.signer), "signers get private keys"
+    # k0 was published fleet-wide long ago, but r2 began publishing it only at 100.
+    assert decision(run(stale, history, acks, "r2", 101.0, None), "k0").until == 110.0
+    moved = run(stale, history, acks, "r2", 110.0, None)
+    assert moved.signing_kid == "k0"
+    signing_key = moved.plan.signer.active
+    assert signing_key is not None and signing_key.has_private
+
+
+def test_a_public_only_source_is_planned_as_plan_plans_it() -> None:
+    """Nothing private anywhere (a JWKS URL source): there is nothing to withhold from signers;
+    the kid the fleet signs is chosen as before, as the single-replica plan would."""
+    history = fleet_history(0, "k0", "k1", active="k1")
+    acks = {"r0": ack("r0", {"k0": 0, "k1": 0}, "k1")}
+    public = Keyset(tuple(POOL[k].without_private() for k in ("k0", "k1")), "k1")
+    acks["r2"] = ack("r2", {"k0": 100, "k1": 100})
+    planned = plan_replica(
+        public, history, acks, replica_id="r2", policy=POLICY, now=101.0, previous_signer=None
+    )
+    assert planned.signing_kid == "k1"
 
 
 def test_a_replica_coming_back_keeps_its_kid_only_while_every_live_replica_holds_it() -> None:
@@ -623,6 +666,9 @@ def check_plan(planned: FleetPlan, revocations: dict[str, Revocation]) -> None:
     assert not (verifier | signer) & set(revocations)
     if plan.active_kid is not None:
         assert plan.active_kid in verifier
+        # Every source here holds private keys: signers never get a public half to sign with.
+        active = plan.signer.active
+        assert active is not None and active.has_private, f"{active} has no private half"
     assert plan.fingerprint == plan.verifier.fingerprint()
 
 

@@ -14,7 +14,9 @@ The fleet then adds three rules on top:
   if every live acknowledgement lists it, its own included; a replica with no ack yet (it just
   started, or came back after its lease expired) may keep only the kid it already signed with.
   Failing the preferred kid it falls back to the kid it signed with, then to the kids the fleet
-  holds; failing all, it withholds signing: no key is better than one a verifier lacks;
+  holds; failing all, it withholds signing: no key is better than one a verifier lacks. It
+  signs only with a private key it holds, never a public half history kept (unless its source
+  is public-only: there is nothing to sign with, and it is planned as ``plan`` plans it);
 - **a kid new to signing waits for every replica's consumers**: when some kid is in use, a kid
   no live replica signs (and this one did not) is used only ``activation_delay`` after the
   latest time a live replica began publishing it (the acks carry those times), on top of
@@ -113,6 +115,9 @@ class _Fleet:
     in_use: frozenset[str]
     policy: Policy
     now: float
+    #: The source (or the last signer keyset) holds private keys: signers get only those. A
+    #: public-only source has nothing to sign with; it is planned as ``plan`` plans it.
+    signs: bool
 
     def key(self, kid: str) -> Key | None:
         """A kid's key: from the source, else the last signer keyset, else history's public."""
@@ -165,6 +170,7 @@ def _fleet(
     in_use = signed | (frozenset(held_kids(records)) - revoked)
     if previous_kid is not None:
         in_use |= {previous_kid}
+    private = (*keyset, *(previous_signer or ()))
     return _Fleet(
         acks=acks,
         replica_id=replica_id,
@@ -176,12 +182,18 @@ def _fleet(
         in_use=in_use,
         policy=policy,
         now=now,
+        signs=any(key.has_private for key in private),
     )
 
 
 def _choose(fleet: _Fleet, wanted: str | None) -> tuple[Key | None, dict[str, _Gate]]:
     """The first usable of: what the single-replica plan wants, this replica's previous kid,
-    the kids history holds open (newest first), the kids other replicas sign with."""
+    the kids history holds open (newest first), the kids other replicas sign with.
+
+    Usable: not revoked, not gated, and with its private half here (an HMAC key's secret is
+    its private half). A kid this replica knows only from history's public JWK (a late joiner
+    whose source lacks it) is one it cannot sign with, whatever the fleet does.
+    """
     records = fleet.records
     held = sorted(held_kids(records), key=lambda k: -(records[k].active_from or 0.0))
     revoked = _revoked(records)
@@ -193,6 +205,9 @@ def _choose(fleet: _Fleet, wanted: str | None) -> tuple[Key | None, dict[str, _G
         seen.add(kid)
         key = fleet.key(kid)
         if key is None:
+            continue
+        if fleet.signs and not key.has_private:
+            gates[kid] = _Gate("no private key for it here: its source lacks it")
             continue
         gate = fleet.gate(kid)
         if gate is None:
