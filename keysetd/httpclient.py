@@ -10,8 +10,8 @@ requests adapter. One request per connection (``Connection: close``), and:
 - a 2xx body over ``max_body`` is an error; other answers keep only an excerpt;
 - redirects are answers, never followed; no proxy is used (environment
   variables are not read);
-- TLS is verified against the system store or ``ca_file``; there is no switch
-  to turn that off;
+- TLS is verified against the system store or ``ca_file`` (or a caller's own
+  context, ``tls``: client certificates); there is no switch to turn that off;
 - with ``cancellable``, SIGTERM (:mod:`keysetd.cancel`) ends the exchange at once.
 
 Failures are :class:`HttpFailure`, whose ``reason`` is safe to show (never a
@@ -118,6 +118,8 @@ class Request:
     max_body: int = MAX_BODY
     ca_file: Path | None = None
     cancellable: bool = False
+    #: A ready client context (one with a client certificate, say), used instead of ca_file.
+    tls: ssl.SSLContext | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +179,9 @@ def send(request: Request) -> Response:
     https = parts.scheme == "https"
     address = (parts.hostname, port or (443 if https else 80))
     target = urlunsplit(("", "", parts.path or "/", parts.query, ""))
-    context = tls_context(request.ca_file) if https else None
+    context = None
+    if https:
+        context = request.tls if request.tls is not None else tls_context(request.ca_file)
     call = _Call(request.timeout)
     with contextlib.ExitStack() as stack:
         if request.cancellable:

@@ -7,10 +7,12 @@ killed or stopped, and etcd fully down, each with a deadline.
 from __future__ import annotations
 
 import base64
+import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,9 +27,10 @@ from keysetd.fleet import (
     LeaseNotFound,
     prefix_end,
 )
+from keysetd.fleet.transport import MAX_ANSWER_BYTES
 from tests.conftest import wait_for
 from tests.etcd import EtcdCluster, EtcdMember, etcd_tls
-from tests.servers import free_port
+from tests.servers import HttpServer, Reply, free_port
 
 SECRET = b"-----BEGIN PRIVATE KEY----- not-a-real-key-but-treated-as-one"
 
@@ -58,7 +61,7 @@ _OPEN: list[EtcdStore] = []
 
 @pytest.fixture(autouse=True)
 def _close_stores() -> Iterator[None]:
-    """Every store a test opened closes its kept-alive connections."""
+    """Every store a test opened is closed."""
     yield
     while _OPEN:
         _OPEN.pop().close()
@@ -311,9 +314,10 @@ def test_tls_with_client_certificates(tmp_path: Path) -> None:
         )
         with pytest.raises(StoreError) as caught:
             anonymous.get("tls/key")
-        assert cluster.endpoints[0] in str(caught.value) and "TLS: " in str(caught.value)
+        assert cluster.endpoints[0] in str(caught.value)
+        assert "TLS handshake failed" in str(caught.value)
         untrusting = track(EtcdStore(EtcdSettings(cluster.endpoints, timeout=1.0)))
-        with pytest.raises(StoreError, match="TLS: certificate verify failed"):
+        with pytest.raises(StoreError, match="TLS verification failed"):
             untrusting.get("tls/key")
     finally:
         cluster.close()
@@ -325,6 +329,176 @@ def _answers(s: EtcdStore) -> bool:
     except StoreError:
         return False
     return True
+
+
+# --- hostile servers in etcd's place -----------------------------------------------------------
+
+
+@pytest.fixture
+def fake_etcd() -> Iterator[HttpServer]:
+    """A real HTTP server where etcd should be, answering whatever the test sets."""
+    with HttpServer() as server:
+        yield server
+
+
+def _json(doc: object) -> bytes:
+    return json.dumps(doc).encode()
+
+
+HEADER = {"header": {"revision": "7"}}
+
+
+@pytest.mark.parametrize("drip", ["drip_head", "drip_body"])
+def test_a_dripping_answer_is_cut_at_the_total_deadline(fake_etcd: HttpServer, drip: str) -> None:
+    """A byte every 0.5 s keeps every socket read short, but the call ends at its deadline."""
+    fake_etcd.reply = Reply(body=_json({**HEADER, "pad": "x" * 100}), **{drip: 0.5})
+    s = store((fake_etcd.url().rstrip("/"),), timeout=1.0)
+    start = time.monotonic()
+    with pytest.raises(StoreError, match=r"put .*no answer before the deadline") as caught:
+        s.put("drip/key", SECRET)
+    assert time.monotonic() - start < 1.6
+    assert fake_etcd.url().rstrip("/") in str(caught.value)
+
+
+@pytest.mark.parametrize("declared", [True, False])
+def test_an_answer_over_the_cap_is_refused(fake_etcd: HttpServer, declared: bool) -> None:
+    body = b'{"header":{"revision":"1"},"pad":"' + b"x" * MAX_ANSWER_BYTES + b'"}'
+    fake_etcd.reply = Reply(body=body, content_length=declared)
+    s = store((fake_etcd.url().rstrip("/"),), timeout=5.0)
+    with pytest.raises(StoreError, match=r"range .*answer larger than 4 MiB"):
+        s.get("big/key")
+    assert s.requests()["range"] == 1, "not retried: every member would answer the same"
+
+
+def test_no_proxy_from_the_environment(
+    fake_etcd: HttpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_etcd.reply = Reply(body=_json(HEADER))
+    with HttpServer() as proxy:
+        proxy.reply = Reply(status=502)
+        for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy"):
+            monkeypatch.setenv(name, proxy.url())
+        monkeypatch.delenv("no_proxy", raising=False)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        s = store((fake_etcd.url().rstrip("/"),))
+        assert s.get("direct/key") is None
+        assert proxy.requests == []
+    assert [r.path for r in fake_etcd.requests] == ["/v3/kv/range"]
+
+
+_B64_SECRET = base64.b64encode(SECRET).decode()
+_KV = {"key": base64.b64encode(b"k").decode(), "mod_revision": "3", "create_revision": "3"}
+_Op = Callable[[EtcdStore], object]
+_GET: _Op = lambda s: s.get("k")  # noqa: E731
+_LIST: _Op = lambda s: s.list("k")  # noqa: E731
+_PUT: _Op = lambda s: s.put("k", SECRET)  # noqa: E731
+_CAS: _Op = lambda s: s.cas("k", SECRET, 3, guards=[Guard("lead", 2)])  # noqa: E731
+_DELETE: _Op = lambda s: s.delete("k")  # noqa: E731
+_DELETE_AT: _Op = lambda s: s.delete("k", mod_revision=3)  # noqa: E731
+_GRANT: _Op = lambda s: s.grant(5)  # noqa: E731
+_KEEPALIVE: _Op = lambda s: s.keepalive(5)  # noqa: E731
+_TTL: _Op = lambda s: s.time_to_live(5)  # noqa: E731
+
+
+def _range(**kv: Any) -> bytes:
+    return _json({**HEADER, "kvs": [{**_KV, **kv}]})
+
+
+MALFORMED: list[tuple[str, _Op, str, bytes]] = [
+    ("range", _GET, "JSON", b"<html>not etcd</html>"),
+    ("range", _GET, "JSON", b"[]"),
+    ("range", _GET, "JSON", b"[" * 100_000),
+    ("range", _GET, "JSON", b'{"kvs": [' + b"9" * 5000 + b"]}"),
+    ("range", _GET, "kvs: not a JSON array", _json({"kvs": "YQ=="})),
+    ("range", _GET, r"kvs\[0\]: not a JSON object", _json({"kvs": [_B64_SECRET]})),
+    ("range", _GET, "without a key", _json({"kvs": [{"value": _B64_SECRET}]})),
+    ("range", _GET, "key: not base64", _range(key="!not base64!")),
+    ("range", _GET, "key: not a string", _range(key=12)),
+    ("range", _GET, "value: not base64", _range(value=_B64_SECRET + "*")),
+    ("range", _GET, "value: not base64", _range(value=_B64_SECRET[:-1])),
+    ("range", _GET, "mod_revision: not an integer", _range(mod_revision="3.5")),
+    ("range", _GET, "mod_revision: not an integer", _range(mod_revision="9" * 5000)),
+    ("range", _GET, "mod_revision: not an integer", _range(mod_revision=1e300)),
+    ("range", _GET, "mod_revision: not an integer", _range(mod_revision=True)),
+    ("range", _GET, "mod_revision: not an integer", _range(mod_revision="²")),
+    ("range", _GET, "mod_revision: out of range", _range(mod_revision=2**64)),
+    ("range", _GET, "mod_revision: out of range", _range(mod_revision="-3")),
+    ("range", _GET, "lease: out of range", _range(lease="9223372036854775808")),
+    ("range", _LIST, "version: not an integer", _range(version=[1])),
+    ("put", _PUT, "header.revision: missing", _json({})),
+    ("put", _PUT, "header: not a JSON object", _json({"header": "7"})),
+    ("put", _PUT, "revision: not an integer", _json({"header": {"revision": "seven"}})),
+    ("put", _PUT, "revision: out of range", _json({"header": {"revision": 10**30}})),
+    ("txn", _CAS, "succeeded: not a boolean", _json({**HEADER, "succeeded": "true"})),
+    ("txn", _CAS, "responses: 0 where the txn asked for 2", _json({**HEADER, "succeeded": True})),
+    ("txn", _CAS, "responses: not a JSON array", _json({**HEADER, "responses": {}})),
+    (
+        "txn",
+        _CAS,
+        r"responses\[1\].response_range: not a JSON object",
+        _json({**HEADER, "responses": [{"response_range": {}}, {"response_range": [1]}]}),
+    ),
+    (
+        "txn",
+        _CAS,
+        "value: not base64",
+        _json(
+            {
+                **HEADER,
+                "responses": [
+                    {"response_range": {"kvs": [{**_KV, "value": _B64_SECRET + "!"}]}},
+                    {"response_range": {}},
+                ],
+            }
+        ),
+    ),
+    (
+        "txn",
+        _CAS,
+        "header.revision: missing",
+        _json({"responses": [{"response_range": {}}, {"response_range": {}}]}),
+    ),
+    ("delete", _DELETE, "deleted: not an integer", _json({**HEADER, "deleted": {}})),
+    ("txn", _DELETE_AT, "succeeded: not a boolean", _json({**HEADER, "succeeded": 1})),
+    ("lease_grant", _GRANT, "ID: missing", _json({**HEADER, "TTL": "5"})),
+    ("lease_grant", _GRANT, "ID: not an integer", _json({**HEADER, "ID": "0x10"})),
+    ("lease_keepalive", _KEEPALIVE, "result: not a JSON object", _json({"result": [5]})),
+    ("lease_keepalive", _KEEPALIVE, "TTL: not an integer", _json({"result": {"TTL": "5s"}})),
+    ("lease_ttl", _TTL, "TTL: out of range", _json({**HEADER, "TTL": -(2**64)})),
+]
+
+
+@pytest.mark.parametrize(
+    ("operation", "call", "named", "answer"),
+    MALFORMED,
+    ids=[f"{i}-{case[0]}" for i, case in enumerate(MALFORMED)],
+)
+def test_a_malformed_answer_is_a_store_error_naming_the_operation(
+    fake_etcd: HttpServer, operation: str, call: _Op, named: str, answer: bytes
+) -> None:
+    """Whatever shape comes back, the caller gets a StoreError naming what and where; never a
+    KeyError, ValueError or binascii.Error, and never the bytes of a value."""
+    fake_etcd.reply = Reply(body=answer)
+    endpoint = fake_etcd.url().rstrip("/")
+    s = store((endpoint,), timeout=2.0)
+    start = time.monotonic()
+    with pytest.raises(StoreError, match=named) as caught:
+        call(s)
+    assert time.monotonic() - start < 1.0, "refused at once, not retried to the deadline"
+    error = caught.value
+    assert type(error) is StoreError and error.operation == operation
+    assert endpoint in str(error)
+    assert "not-a-real-key" not in str(error) and _B64_SECRET[:12] not in str(error)
+
+
+def test_a_well_formed_answer_of_a_fake_etcd_reads(fake_etcd: HttpServer) -> None:
+    """The strict reading accepts what etcd sends, omitted zero fields included."""
+    fake_etcd.reply = Reply(body=_range(value=_B64_SECRET, version="2", lease=None))
+    s = store((fake_etcd.url().rstrip("/"),))
+    entry = s.get("k")
+    assert entry is not None and entry.value == SECRET and entry.version == 2 and entry.lease == 0
+    fake_etcd.reply = Reply(body=_json({"result": {**HEADER, "ID": "5"}}) + b"\n")
+    assert s.keepalive(5) == 0, "TTL omitted: the lease is gone"
 
 
 # --- a 3-member cluster -------------------------------------------------------------------

@@ -4,7 +4,8 @@ Pure of daemon logic: it knows etcd, not keysets. Every call has one total deadl
 (``EtcdSettings.timeout``) across all endpoints; an endpoint that does not answer, or answers
 that it cannot serve (no leader), is passed over for the next, and the one that answered is
 tried first next time. Everything that goes wrong is a ``StoreError`` naming the operation and
-the endpoint(s), never a value.
+the endpoint(s), never a value; so is an answer that is not what etcd's API gives (not JSON,
+a field of the wrong type, a value that is not base64, a number out of int64's range).
 
 A call that timed out may still have been applied (the answer was lost): a compare-and-swap
 retried elsewhere then fails its compare and reports the value it wrote itself as current.
@@ -14,12 +15,13 @@ Callers compare ``CasResult.current`` with what they meant to write.
 from __future__ import annotations
 
 import base64
+import binascii
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from keysetd.errors import ConfigError, StoreError
@@ -37,6 +39,8 @@ __all__ = [
 ]
 
 _LEASE_NOT_FOUND = 5  # gRPC NOT_FOUND: etcd's "requested lease not found"
+_INT64 = 1 << 63
+_T = TypeVar("_T")
 
 
 class LeaseNotFound(StoreError):
@@ -104,15 +108,76 @@ def _b64(data: bytes | str) -> str:
     return base64.b64encode(data.encode() if isinstance(data, str) else data).decode("ascii")
 
 
-def _int(doc: Mapping[str, Any], name: str) -> int:
-    """etcd's int64 fields arrive as JSON strings, and are omitted when zero."""
-    return int(doc.get(name) or 0)
+class _Malformed(Exception):
+    """etcd's answer lacks the shape its API gives; the message names the field, never a value."""
+
+
+def _object(value: object, name: str) -> Mapping[str, Any]:
+    """A JSON object field; omitted (None) reads as empty, as etcd omits empty messages."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _Malformed(f"{name}: not a JSON object")
+    return value
+
+
+def _objects(doc: Mapping[str, Any], name: str) -> list[Mapping[str, Any]]:
+    """A JSON array of objects; omitted reads as empty."""
+    value = doc.get(name)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise _Malformed(f"{name}: not a JSON array")
+    for index, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise _Malformed(f"{name}[{index}]: not a JSON object")
+    return value
+
+
+def _int(doc: Mapping[str, Any], name: str, *, signed: bool = False) -> int:
+    """etcd's int64 fields arrive as JSON strings of digits, and are omitted when zero."""
+    value = doc.get(name)
+    if value is None:
+        return 0
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif (
+        isinstance(value, str)
+        and 0 < len(value) <= 20
+        and value.isascii()
+        and value.removeprefix("-").isdigit()
+    ):
+        number = int(value)
+    else:
+        raise _Malformed(f"{name}: not an integer")
+    if not (-_INT64 if signed else 0) <= number < _INT64:
+        raise _Malformed(f"{name}: out of range")
+    return number
+
+
+def _bool(doc: Mapping[str, Any], name: str) -> bool:
+    value = doc.get(name, False)
+    if not isinstance(value, bool):
+        raise _Malformed(f"{name}: not a boolean")
+    return value
+
+
+def _bytes(kv: Mapping[str, Any], name: str) -> bytes:
+    value = kv.get(name, "")
+    if not isinstance(value, str):
+        raise _Malformed(f"{name}: not a string")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise _Malformed(f"{name}: not base64") from None
 
 
 def _entry(kv: Mapping[str, Any]) -> Entry:
+    if "key" not in kv:
+        raise _Malformed("kvs: an entry without a key")
     return Entry(
-        key=base64.b64decode(kv["key"]).decode(errors="replace"),
-        value=base64.b64decode(kv.get("value", "")),
+        key=_bytes(kv, "key").decode(errors="replace"),
+        value=_bytes(kv, "value"),
         mod_revision=_int(kv, "mod_revision"),
         create_revision=_int(kv, "create_revision"),
         version=_int(kv, "version"),
@@ -120,8 +185,54 @@ def _entry(kv: Mapping[str, Any]) -> Entry:
     )
 
 
+def _first(doc: Mapping[str, Any]) -> Entry | None:
+    """The first entry of a range answer, None when there is none."""
+    kvs = _objects(doc, "kvs")
+    return _entry(kvs[0]) if kvs else None
+
+
 def _revision(doc: Mapping[str, Any]) -> int:
-    return _int(doc.get("header") or {}, "revision")
+    """The store's revision from the answer's header: etcd always sends it, at least 1."""
+    revision = _int(_object(doc.get("header"), "header"), "revision")
+    if revision <= 0:
+        raise _Malformed("header.revision: missing")
+    return revision
+
+
+def _cas_result(doc: Mapping[str, Any], guards: Sequence[Guard]) -> CasResult:
+    """A compare-and-swap's answer: success holds (put, range), failure a range per key."""
+    succeeded = _bool(doc, "succeeded")
+    responses = _objects(doc, "responses")
+    expected = 2 if succeeded else 1 + len(guards)
+    if len(responses) != expected:
+        raise _Malformed(f"responses: {len(responses)} where the txn asked for {expected}")
+    ranges = [
+        _object(r.get("response_range"), f"responses[{i}].response_range")
+        for i, r in enumerate(responses)
+        if not succeeded or i == 1
+    ]
+    revision = _revision(doc)
+    if succeeded:
+        return CasResult(True, _first(ranges[0]), revision)
+    lost = False
+    for guard, found in zip(guards, ranges[1:], strict=True):
+        leader = _first(found)
+        if leader is None or leader.create_revision != guard.create_revision:
+            lost = True
+    return CasResult(False, _first(ranges[0]), revision, guard_lost=lost)
+
+
+def _lease_id(doc: Mapping[str, Any]) -> int:
+    lease = _int(doc, "ID")
+    if not lease:
+        raise _Malformed("ID: missing")
+    return lease
+
+
+def _keepalive_ttl(doc: Mapping[str, Any]) -> int:
+    """A keepalive's TTL: 0 (omitted) when the lease is gone."""
+    result = _object(doc.get("result"), "result")
+    return max(_int(result or doc, "TTL", signed=True), 0)
 
 
 class EtcdStore:
@@ -171,16 +282,15 @@ class EtcdStore:
 
     def get(self, key: str) -> Entry | None:
         """The key's value and revisions, or None when it is absent."""
-        doc = self._call("range", "/v3/kv/range", {"key": _b64(key)})
-        kvs = doc.get("kvs") or []
-        return _entry(kvs[0]) if kvs else None
+        return self._call("range", "/v3/kv/range", {"key": _b64(key)}, _first)
 
     def list(self, prefix: str) -> list[Entry]:
         """Every key under ``prefix``, in key order."""
         raw = prefix.encode()
         body = {"key": _b64(raw), "range_end": _b64(prefix_end(raw))}
-        doc = self._call("range", "/v3/kv/range", body)
-        return [_entry(kv) for kv in doc.get("kvs") or []]
+        return self._call(
+            "range", "/v3/kv/range", body, lambda doc: [_entry(kv) for kv in _objects(doc, "kvs")]
+        )
 
     def oldest(self, prefix: str) -> Entry | None:
         """The key under ``prefix`` created first (lowest create revision): an election's leader."""
@@ -192,15 +302,14 @@ class EtcdStore:
             "sort_order": "ASCEND",
             "sort_target": "CREATE",
         }
-        kvs = self._call("range", "/v3/kv/range", body).get("kvs") or []
-        return _entry(kvs[0]) if kvs else None
+        return self._call("range", "/v3/kv/range", body, _first)
 
     def put(self, key: str, value: bytes, lease: int = 0) -> int:
         """Write unconditionally (bound to ``lease`` if non-zero); the new revision."""
         body: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
         if lease:
             body["lease"] = str(lease)
-        return _revision(self._call("put", "/v3/kv/put", body))
+        return self._call("put", "/v3/kv/put", body, _revision)
 
     def cas(
         self,
@@ -229,55 +338,46 @@ class EtcdStore:
         read = {"request_range": {"key": _b64(key)}}
         failure = [read] + [{"request_range": {"key": _b64(g.key)}} for g in guards]
         body = {"compare": compares, "success": [{"request_put": put}, read], "failure": failure}
-        doc = self._call("txn", "/v3/kv/txn", body)
-        responses = doc.get("responses") or []
-        ranges = [(r.get("response_range") or {}).get("kvs") or [] for r in responses]
-        succeeded = bool(doc.get("succeeded"))
-        if succeeded:
-            kvs = ranges[1] if len(ranges) > 1 else []
-            return CasResult(True, _entry(kvs[0]) if kvs else None, _revision(doc))
-        current = _entry(ranges[0][0]) if ranges and ranges[0] else None
-        lost = False
-        for guard, kvs in zip(guards, ranges[1:], strict=False):
-            if not kvs or _int(kvs[0], "create_revision") != guard.create_revision:
-                lost = True
-        return CasResult(False, current, _revision(doc), guard_lost=lost)
+        return self._call("txn", "/v3/kv/txn", body, lambda doc: _cas_result(doc, guards))
 
     def delete(self, key: str, mod_revision: int | None = None) -> bool:
         """Delete the key (only at ``mod_revision`` if given); True if a key was deleted."""
         delete = {"key": _b64(key)}
         if mod_revision is None:
-            return _int(self._call("delete", "/v3/kv/deleterange", delete), "deleted") > 0
+            return self._call(
+                "delete", "/v3/kv/deleterange", delete, lambda doc: _int(doc, "deleted") > 0
+            )
         body = {
             "compare": [{"target": "MOD", "key": _b64(key), "mod_revision": str(mod_revision)}],
             "success": [{"request_delete_range": delete}],
         }
-        return bool(self._call("txn", "/v3/kv/txn", body).get("succeeded"))
+        return self._call("txn", "/v3/kv/txn", body, lambda doc: _bool(doc, "succeeded"))
 
     # --- leases ----------------------------------------------------------------------------
 
     def grant(self, ttl: int) -> int:
         """A new lease of ``ttl`` seconds; its id."""
-        doc = self._call("lease_grant", "/v3/lease/grant", {"TTL": str(ttl)})
-        lease = _int(doc, "ID")
-        if not lease:
-            raise StoreError("lease_grant", self._endpoints[self._preferred], "no lease id")
-        return lease
+        return self._call("lease_grant", "/v3/lease/grant", {"TTL": str(ttl)}, _lease_id)
 
     def keepalive(self, lease: int) -> int:
         """Renew the lease; its TTL in seconds, 0 when it has expired or was revoked."""
-        doc = self._call("lease_keepalive", "/v3/lease/keepalive", {"ID": str(lease)})
-        return max(_int(doc.get("result") or doc, "TTL"), 0)
+        return self._call(
+            "lease_keepalive", "/v3/lease/keepalive", {"ID": str(lease)}, _keepalive_ttl
+        )
 
     def time_to_live(self, lease: int) -> int:
         """Seconds the lease has left without a keepalive; -1 when it is gone."""
-        doc = self._call("lease_ttl", "/v3/lease/timetolive", {"ID": str(lease)})
-        return int(doc.get("TTL") or 0)
+        return self._call(
+            "lease_ttl",
+            "/v3/lease/timetolive",
+            {"ID": str(lease)},
+            lambda doc: _int(doc, "TTL", signed=True),
+        )
 
     def revoke(self, lease: int) -> bool:
         """Revoke the lease, deleting its keys; False when it was already gone."""
         try:
-            self._call("lease_revoke", "/v3/lease/revoke", {"ID": str(lease)})
+            self._call("lease_revoke", "/v3/lease/revoke", {"ID": str(lease)}, _revision)
         except LeaseNotFound:
             return False
         return True
@@ -289,8 +389,16 @@ class EtcdStore:
 
     # --- the one call path -----------------------------------------------------------------
 
-    def _call(self, operation: str, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        """POST to one endpoint after another until one answers, within the total deadline."""
+    def _call(
+        self,
+        operation: str,
+        path: str,
+        body: Mapping[str, Any],
+        read: Callable[[Mapping[str, Any]], _T],
+    ) -> _T:
+        """POST to one endpoint after another until one answers, within the total deadline;
+        ``read`` of the answer. An answer ``read`` finds malformed is a ``StoreError`` at once
+        (as a 200 that is not JSON is): an endpoint that garbles is not passed over silently."""
         start = time.monotonic()
         deadline = start + self._settings.timeout
         count = len(self._endpoints)
@@ -317,9 +425,15 @@ class EtcdStore:
                         raise kind(operation, safe_url(endpoint), exc.reason) from None
                     failures[safe_url(endpoint)] = exc.reason
                     continue
+                try:
+                    result = read(doc)
+                except _Malformed as exc:
+                    raise StoreError(
+                        operation, safe_url(endpoint), f"malformed answer: {exc}"
+                    ) from None
                 with self._lock:
                     self._preferred = index
-                return doc
+                return result
             left = deadline - time.monotonic()
             if left <= 0:
                 break

@@ -1,29 +1,34 @@
 """The one seam between the etcd store and HTTP: ``post_json(url, body, deadline) -> dict``.
 
 The store speaks etcd's v3 JSON gateway (grpc-gateway, served under ``/v3/`` since etcd 3.4)
-with the standard library: no grpcio in the daemon. Any callable of the ``PostJson`` shape
-can replace ``HttpTransport`` (keysetd's own HTTP client, once there is one). A transport
-raises ``TransportError`` and nothing else; the store turns it into a ``StoreError``.
+with the standard library: no grpcio in the daemon. ``HttpTransport`` sends through keysetd's
+one HTTP client (:mod:`keysetd.httpclient`): a total deadline over connect, request and the
+whole answer, no proxies, no redirects. Any callable of the ``PostJson`` shape can replace it.
+A transport raises ``TransportError`` and nothing else; the store turns it into a
+``StoreError``.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import ssl
-import threading
 import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-__all__ = ["HttpTransport", "PostJson", "TransportError", "tls_context"]
+from keysetd import httpclient
+from keysetd.fleet.state import MAX_DOCUMENT_BYTES
+
+__all__ = ["MAX_ANSWER_BYTES", "HttpTransport", "PostJson", "TransportError", "tls_context"]
 
 # etcd gRPC codes worth another endpoint: UNAVAILABLE (no leader, stopping, timed out) and
 # DEADLINE_EXCEEDED. Every other code is etcd's verdict on the request itself.
 _RETRY_CODES = frozenset({4, 14})
-_MAX_BODY = 32 * 1024 * 1024
-_CHUNK = 64 * 1024
+#: An etcd answer holds at most one document, base64 (4/3 of it), with a few small keys
+#: (leader, acks) and JSON around it: twice the document limit is room enough.
+MAX_ANSWER_BYTES = 2 * MAX_DOCUMENT_BYTES
+_TIMED_OUT = "no answer before the deadline"
 
 
 class PostJson(Protocol):
@@ -73,146 +78,50 @@ def _etcd_reason(message: object) -> str:
 
 
 class HttpTransport:
-    """``PostJson`` over ``http.client``: kept-alive connections, a total deadline, TLS.
+    """``PostJson`` over :func:`keysetd.httpclient.send`: one connection per call.
 
-    No proxies from the environment (the store is reached directly), no redirects. Safe to
-    share between threads: each call takes its own connection.
+    ``deadline`` bounds the whole call (connect, TLS, request, every byte of the answer): a
+    server that drips its answer cannot hold the store past it. An answer over
+    ``MAX_ANSWER_BYTES`` is refused. No proxies from the environment (the store is reached
+    directly), no redirects. Safe to share between threads.
     """
 
-    def __init__(self, context: ssl.SSLContext | None = None, max_idle: int = 4) -> None:
+    def __init__(self, context: ssl.SSLContext | None = None) -> None:
         self._context = context
-        self._max_idle = max_idle
-        self._idle: dict[tuple[str, str, int], list[http.client.HTTPConnection]] = {}
-        self._lock = threading.Lock()
 
     def __call__(self, url: str, body: Mapping[str, Any], deadline: float) -> dict[str, Any]:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise TransportError("not an http(s) URL", retryable=False)
-        where = (
-            parts.scheme,
-            parts.hostname,
-            parts.port or (443 if parts.scheme == "https" else 80),
+        timeout = deadline - time.monotonic()
+        if timeout <= 0:
+            raise TransportError(_TIMED_OUT, retryable=True)
+        request = httpclient.Request(
+            "POST",
+            url,
+            timeout,
+            headers={"Content-Type": "application/json"},
+            body=json.dumps(body, separators=(",", ":")).encode(),
+            max_body=MAX_ANSWER_BYTES,
+            tls=self._context,
         )
-        data = json.dumps(body, separators=(",", ":")).encode()
-        conn, reused = self._take(where)
         try:
-            status, raw, keep = self._exchange(conn, parts.path, data, deadline)
-        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-            conn.close()
-            if not reused:
-                raise TransportError(
-                    "connection closed without an answer", retryable=True
-                ) from None
-            # A kept-alive connection the server had closed: once more on a fresh one.
-            conn, _ = self._take(where, fresh=True)
-            try:
-                status, raw, keep = self._exchange(conn, parts.path, data, deadline)
-            except BaseException:
-                conn.close()
-                raise
-        except BaseException:
-            conn.close()
-            raise
-        if keep:
-            self._give(where, conn)
-        else:
-            conn.close()
-        return _decode(status, raw)
-
-    def close(self) -> None:
-        """Close every idle connection."""
-        with self._lock:
-            idle, self._idle = self._idle, {}
-        for conns in idle.values():
-            for conn in conns:
-                conn.close()
-
-    def _take(
-        self, where: tuple[str, str, int], fresh: bool = False
-    ) -> tuple[http.client.HTTPConnection, bool]:
-        if not fresh:
-            with self._lock:
-                pool = self._idle.get(where)
-                if pool:
-                    return pool.pop(), True
-        scheme, host, port = where
-        if scheme == "https":
-            context = self._context or ssl.create_default_context()
-            return http.client.HTTPSConnection(host, port, context=context), False
-        return http.client.HTTPConnection(host, port), False
-
-    def _give(self, where: tuple[str, str, int], conn: http.client.HTTPConnection) -> None:
-        with self._lock:
-            pool = self._idle.setdefault(where, [])
-            if len(pool) < self._max_idle:
-                pool.append(conn)
-                return
-        conn.close()
-
-    @staticmethod
-    def _exchange(
-        conn: http.client.HTTPConnection, path: str, data: bytes, deadline: float
-    ) -> tuple[int, bytes, bool]:
-        """One request; (status, body, keep the connection). Every socket wait is bounded."""
-
-        def remaining() -> float:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError
-            return left
-
-        try:
-            conn.timeout = remaining()
-            if conn.sock is not None:
-                conn.sock.settimeout(conn.timeout)
-            conn.request("POST", path, body=data, headers={"Content-Type": "application/json"})
-            if conn.sock is not None:
-                conn.sock.settimeout(remaining())
-            response = conn.getresponse()
-            chunks: list[bytes] = []
-            size = 0
-            while True:
-                if conn.sock is not None:
-                    conn.sock.settimeout(remaining())
-                chunk = response.read(_CHUNK)
-                if not chunk:
-                    break
-                size += len(chunk)
-                if size > _MAX_BODY:
-                    raise TransportError(
-                        f"answer larger than {_MAX_BODY // (1024 * 1024)} MiB", retryable=False
-                    )
-                chunks.append(chunk)
-        except TimeoutError:
-            raise TransportError("no answer before the deadline", retryable=True) from None
-        except ssl.SSLCertVerificationError as exc:
-            raise TransportError(
-                f"TLS: certificate verify failed: {exc.verify_message}", retryable=True
-            ) from None
-        except ssl.SSLEOFError:
-            raise TransportError(
-                "TLS: the server closed the connection (is a client certificate required?)",
-                retryable=True,
-            ) from None
-        except ssl.SSLError as exc:
-            reason = (exc.reason or "handshake failed").lower().replace("_", " ")
-            raise TransportError(f"TLS: {reason}", retryable=True) from None
-        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-            raise
-        except (OSError, http.client.HTTPException) as exc:
-            reason = (
-                exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-            )
-            raise TransportError(reason, retryable=True) from None
-        return response.status, b"".join(chunks), not response.will_close
+            response = httpclient.send(request)
+        except httpclient.HttpTimeout:
+            raise TransportError(_TIMED_OUT, retryable=True) from None
+        except httpclient.HttpTooLarge:
+            reason = f"answer larger than {MAX_ANSWER_BYTES // (1024 * 1024)} MiB"
+            raise TransportError(reason, retryable=False) from None
+        except httpclient.HttpFailure as exc:
+            raise TransportError(exc.reason, retryable=True) from None
+        return _decode(response.status, response.body)
 
 
 def _decode(status: int, raw: bytes) -> dict[str, Any]:
     """The JSON object of a 200; a ``TransportError`` with etcd's code for anything else."""
     try:
         doc = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested past the stack
         doc = None
     if not isinstance(doc, dict):
         raise TransportError(
