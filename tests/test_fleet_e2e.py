@@ -30,6 +30,7 @@ from typing import Any
 import jwt
 import pytest
 
+from keysetd.status import readiness, status_document
 from tests.conftest import KEYSETD, render_toml, wait_for
 from tests.etcd import EtcdCluster
 
@@ -159,6 +160,9 @@ class Checker:
     checked: int = 0
     failures: list[str] = field(default_factory=list)
     signed_kids: set[str] = field(default_factory=set)
+    #: Replicas left out as issuers / as verifiers for a while (a test's stopped replica).
+    not_signing: set[str] = field(default_factory=set)
+    not_verifying: set[str] = field(default_factory=set)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -179,7 +183,7 @@ class Checker:
     def round(self) -> None:
         tokens: list[tuple[str, str, str]] = []
         for replica in self.replicas:
-            if replica.proc is None or replica.proc.poll() is not None:
+            if replica.name in self.not_signing:
                 continue
             signer = _read_json(replica.signer)
             if signer is None or not signer.get("active_kid"):
@@ -191,6 +195,8 @@ class Checker:
             tokens.append((replica.name, kid, token))
             self.signed_kids.add(kid)
         for verifier in self.replicas:
+            if verifier.name in self.not_verifying:
+                continue
             jwks = _read_json(verifier.consumer)
             if jwks is None:
                 continue
@@ -289,19 +295,24 @@ def everyone_signs(replicas: list[Replica], kid: str) -> bool:
     return all(signing(r) == kid for r in replicas)
 
 
-def rotate_and_check(replicas: list[Replica], rotations: int, limit: float) -> Checker:
-    """Run the fleet through ``rotations`` managed rotations while the checker signs."""
-    checker = Checker(replicas)
-    checker.start()
+def rotate_and_check(
+    replicas: list[Replica], rotations: int, limit: float, checker: Checker | None = None
+) -> Checker:
+    """Run the fleet through ``rotations`` more managed rotations while the checker signs."""
+    if checker is None:
+        checker = Checker(replicas)
+        checker.start()
+    target = len(checker.signed_kids) + rotations + (0 if checker.signed_kids else 1)
     try:
         deadline = time.monotonic() + limit
-        while len(checker.signed_kids) < rotations + 1:
+        while len(checker.signed_kids) < target:
             if time.monotonic() > deadline:
                 logs = "\n".join(f"--- {r.name}\n{r.log()}" for r in replicas)
                 raise AssertionError(f"{len(checker.signed_kids)} kids signed in {limit}s:\n{logs}")
             time.sleep(0.05)
-    finally:
+    except BaseException:
         checker.stop()
+        raise
     return checker
 
 
@@ -313,6 +324,7 @@ def test_five_replicas_rotate_together_with_no_failed_verification(
         replica.start()
     wait_for(lambda: all(signing(r) for r in replicas), timeout=20, what="every replica signs")
     checker = rotate_and_check(replicas, ROTATIONS, limit=ROTATIONS * 4 + 20)
+    checker.stop()
     print(f"{len(checker.signed_kids)} kids, {checker.checked} verifications")
     assert checker.failures == [], checker.failures[:5]
     assert checker.checked > 100
@@ -320,3 +332,143 @@ def test_five_replicas_rotate_together_with_no_failed_verification(
     assert len(leaders) == 1 and None not in leaders
     acked = replicas[0].status()["fleet"]["replicas"]
     assert sorted(acked) == [r.name for r in replicas]
+
+
+def leader_of(replicas: list[Replica]) -> Replica:
+    def find() -> Replica | None:
+        names = {r.status().get("fleet", {}).get("leader") for r in replicas}
+        names.discard(None)
+        if len(names) != 1:
+            return None
+        return next((r for r in replicas if r.name in names), None)
+
+    found: Replica = wait_for(find, timeout=10, what="one leader all replicas agree on")
+    return found
+
+
+def caught_up(replicas: list[Replica], replica: Replica) -> bool:
+    """``replica``'s consumer holds every kid the other replicas sign with."""
+    held = {k["kid"] for k in (_read_json(replica.consumer) or {"keys": []})["keys"]}
+    return all(signing(r) in held for r in replicas if r is not replica)
+
+
+def acked_by_others(replicas: list[Replica], name: str) -> bool:
+    """Every other replica sees ``name``'s ack (it committed and its consumer was told)."""
+    return all(
+        name in r.status().get("fleet", {}).get("replicas", {}) for r in replicas if r.name != name
+    )
+
+
+def test_kill_9_of_the_leader_and_of_the_etcd_leader_mid_rotation(
+    etcd: EtcdCluster, make_fleet: Callable[[EtcdCluster, int], list[Replica]]
+) -> None:
+    replicas = make_fleet(etcd, 5)
+    for replica in replicas:
+        replica.start()
+    wait_for(lambda: all(signing(r) for r in replicas), timeout=20, what="every replica signs")
+    checker = rotate_and_check(replicas, 2, limit=30)
+    leader = leader_of(replicas)
+    wait_for(
+        lambda: len((_read_json(leader.source) or {"keys": []})["keys"]) == 2,
+        timeout=10,
+        what="a rotation under way (two keys in the leader's source)",
+    )
+    assert leader.proc is not None
+    leader.proc.kill()  # kill -9: no lease revoke, no cleanup
+    leader.proc.wait()
+    etcd.leader().kill9()
+    time.sleep(1.0)
+    leader.start()  # a restarted pod: same state_dir, new lease, catches up
+    checker = rotate_and_check(replicas, 4, limit=60, checker=checker)
+    checker.stop()
+    assert checker.failures == [], checker.failures[:5]
+    assert leader_of(replicas) is not None
+
+
+def test_a_replica_stopped_past_its_lease_neither_stalls_the_fleet_nor_signs_stale(
+    etcd: EtcdCluster, make_fleet: Callable[[EtcdCluster, int], list[Replica]]
+) -> None:
+    replicas = make_fleet(etcd, 3)
+    for replica in replicas:
+        replica.start()
+    wait_for(lambda: all(signing(r) for r in replicas), timeout=20, what="every replica signs")
+    checker = rotate_and_check(replicas, 1, limit=30)
+    stopped = next(r for r in replicas if r is not leader_of(replicas))
+    checker.not_signing.add(stopped.name)
+    checker.not_verifying.add(stopped.name)
+    stopped.signal(signal.SIGSTOP)
+    before = len(checker.signed_kids)
+    # The fleet goes on once the stopped replica's lease has expired.
+    rotate_and_check(replicas, 2, limit=LEASE_TTL + 20, checker=checker)
+    assert len(checker.signed_kids) >= before + 2
+    resumed = time.time()
+    stopped.signal(signal.SIGCONT)
+    # Its first commit after resuming: from then on it signs only what every consumer holds.
+    status = stopped.root / "state" / "status.json"
+    wait_for(lambda: status.stat().st_mtime > resumed, timeout=10, what="a cycle after resume")
+    checker.not_signing.discard(stopped.name)
+    wait_for(lambda: acked_by_others(replicas, stopped.name), timeout=10, what="its ack back")
+    # A kid another replica moved to while this one had no ack may still be on its way (one
+    # refresh): the catch-up the stop costs. Counted again once its consumer holds them all.
+    wait_for(lambda: caught_up(replicas, stopped), timeout=10, what="its consumer caught up")
+    checker.not_verifying.discard(stopped.name)
+    rotate_and_check(replicas, 2, limit=30, checker=checker)
+    checker.stop()
+    assert checker.failures == [], checker.failures[:5]
+
+
+def test_etcd_down_keeps_outputs_and_signers_then_recovers_by_itself(
+    etcd: EtcdCluster, make_fleet: Callable[[EtcdCluster, int], list[Replica]]
+) -> None:
+    replicas = make_fleet(etcd, 3)
+    for replica in replicas:
+        replica.start()
+    wait_for(lambda: all(signing(r) for r in replicas), timeout=20, what="every replica signs")
+    checker = rotate_and_check(replicas, 1, limit=30)
+    for member in etcd.members:
+        member.kill9()
+    wait_for(
+        lambda: all(r.status().get("fleet", {}).get("store") == "unreachable" for r in replicas),
+        timeout=15,
+        what="every replica reports the store unreachable",
+    )
+    signers = {r.name: r.signer.read_bytes() for r in replicas}
+    time.sleep(3.0)  # three rotation periods: none may happen
+    assert {r.name: r.signer.read_bytes() for r in replicas} == signers
+    assert all(r.proc is not None and r.proc.poll() is None for r in replicas)
+    ok, reason = readiness(status_document(replicas[0].root / "state"), 3600.0)
+    assert ok and "fleet store unreachable" in reason
+    for member in etcd.members:
+        member.restart()
+    etcd.wait_ready()
+    rotate_and_check(replicas, 2, limit=40, checker=checker)
+    checker.stop()
+    assert checker.failures == [], checker.failures[:5]
+    assert all(r.status()["fleet"]["store"] == "ok" for r in replicas)
+
+
+def test_revoke_reaches_every_replica_within_a_second(
+    etcd: EtcdCluster, make_fleet: Callable[[EtcdCluster, int], list[Replica]]
+) -> None:
+    replicas = make_fleet(etcd, 3)
+    for replica in replicas:
+        replica.start()
+    wait_for(lambda: all(signing(r) for r in replicas), timeout=20, what="every replica signs")
+    checker = rotate_and_check(replicas, 2, limit=30)
+    checker.stop()
+    old = sorted(checker.signed_kids)[0]  # kids sort by time: the first one, retired or not
+    started = time.monotonic()
+    done = subprocess.run(
+        [*KEYSETD, "revoke", old, "--reason", "leaked", "-c", str(replicas[1].config_path)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    wait_for(
+        lambda: all(old not in (r.jwks.read_text()) for r in replicas),
+        timeout=1.5,
+        what="the revoked kid gone from every replica's jwks",
+    )
+    assert time.monotonic() - started < 2.0
