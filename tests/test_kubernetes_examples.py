@@ -188,3 +188,34 @@ def test_pods_get_no_service_links_and_keysetd_ignores_them(tmp_path: Path) -> N
         f"KEYSETD_PORT_{PORT}_TCP_ADDR": "10.96.0.12",
     }
     assert load_config(path, environ=links).settings == load_config(path, environ={}).settings
+
+
+FLEET = EXAMPLES / "fleet"
+FLEET_MANIFESTS = sorted(FLEET.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("manifest", FLEET_MANIFESTS, ids=lambda p: f"fleet/{p.name}")
+def test_fleet_manifest_is_valid_kubernetes(manifest: Path) -> None:
+    test_manifest_is_valid_kubernetes(manifest)
+
+
+def test_fleet_example_config_loads_and_mounts_its_etcd_certificates(tmp_path: Path) -> None:
+    (configmap,) = documents(FLEET / "configmap.yaml")
+    (deployment,) = documents(FLEET / "deployment.yaml")
+    spec = deployment["spec"]["template"]["spec"]
+    (keysetd,) = [c for c in spec["initContainers"] if c["name"] == "keysetd"]
+    mounted = mount_path(keysetd, "keysetd-etcd")
+    toml = configmap["data"]["keysetd.toml"]
+    # The certificate paths as the pod sees them, moved under tmp_path to load here.
+    for name in ("ca.crt", "tls.crt", "tls.key"):
+        (tmp_path / name).write_text("placeholder")
+    path = tmp_path / "keysetd.toml"
+    path.write_text(toml.replace(mounted, str(tmp_path)))
+    fleet = load_config(path, environ={}).settings.fleet
+    assert fleet is not None
+    assert all(url.startswith("https://") for url in fleet.endpoints)
+    assert fleet.ca_file == tmp_path / "ca.crt" and fleet.key_file == tmp_path / "tls.key"
+    assert deployment["spec"]["replicas"] >= 2
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["keysetd-config"]["configMap"]["name"] == configmap["metadata"]["name"]
+    assert volumes["keysetd-etcd"]["secret"]["secretName"] == "keysetd-etcd-client"
