@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from keysetd.backoff import Random
+from keysetd.backoff import Random, jittered
 from keysetd.commit import Rendered, render_outputs
 from keysetd.config import Config
 from keysetd.dispatch import Backlog
@@ -96,6 +96,7 @@ class Pipeline:
         """
         self.config = config
         self.clock = clock
+        self._rand = rand
         self.policy = Policy(config.policy.activation_delay, config.policy.retention)
         self.state = state
         rotation = config.settings.rotation
@@ -195,8 +196,10 @@ class Pipeline:
             if self.fleet is None:
                 return self._cycle(force, fetch)
             self.fleet.sync()
-            # Re-read the fleet each period: acks, revocations and leases change there.
-            return _sooner(self._cycle(force, fetch), self.clock() + self.fleet.period)
+            # Re-read the fleet each period (jittered: a fleet started together does not poll
+            # etcd in step): acks, revocations and leases change there.
+            period = jittered(self.fleet.period, self._rand)
+            return _sooner(self._cycle(force, fetch), self.clock() + period)
         except OSError as exc:
             # state_dir could not be written (full, read-only): fail the cycle, stay up.
             name = exc.filename2 or exc.filename  # os.replace names the target second

@@ -236,19 +236,24 @@ def test_a_public_only_source_is_planned_as_plan_plans_it() -> None:
     assert planned.signing_kid == "k1"
 
 
-def test_a_replica_coming_back_keeps_its_kid_only_while_every_live_replica_holds_it() -> None:
+def test_a_replica_coming_back_keeps_its_kid_only_while_the_fleet_holds_it_open() -> None:
+    """Found by tests/test_fleet_e2e.py: a replica back from a SIGSTOP kept its closed kid
+    from a snapshot in which r0 still held it, while r0 dropped it at the end of retention."""
     history = fleet_history(0, "k0", "k1", active="k1")
     history["k0"] = replace(history["k0"], active_from=0.0, active_until=50.0)
     source = keyset(("k0", "k1"), "k1")
     acks = {"r0": ack("r0", {"k0": 0, "k1": 0}, "k1")}
     back = run(source, history, acks, "r2", 60.0, "k0")
-    assert back.catching_up and back.signing_kid == "k0"
-    assert back.opens == "k0", "kept past its close: the history must hold it open again"
-    acks["r0"] = ack("r0", {"k1": 0}, "k1")  # r0's retention for k0 is over
-    withheld = run(source, history, acks, "r2", 80.0, "k0")
-    assert withheld.signing_kid is None, "no key is better than one a verifier lacks"
-    assert withheld.plan.signer.active is None
-    assert "k0" in withheld.plan.verifier.kids, "signers hold k0 until the signer commit"
+    assert back.catching_up and back.signing_kid is None, "closed: r0 may drop it any time"
+    assert back.plan.signer.active is None
+    assert "k0" in back.plan.verifier.kids, "signers hold k0 until the signer commit"
+    open_history = dict(history)
+    open_history["k0"] = replace(history["k0"], active_until=None)  # another live signer
+    kept = run(source, open_history, acks, "r2", 60.0, "k0")
+    assert kept.catching_up and kept.signing_kid == "k0"
+    acks["r2"] = ack("r2", {"k0": 60, "k1": 60})  # its first ack: caught up
+    caught_up = run(source, history, acks, "r2", 61.0, "k0")
+    assert caught_up.signing_kid == "k1", "what a live replica signs needs no delay"
 
 
 def test_nobody_drops_a_kid_a_live_replica_signs_with() -> None:
@@ -714,8 +719,10 @@ def test_the_fleet_rotates_once_a_stopped_replica_expires(delay: float) -> None:
         fleet.run(Cycle(0))
         fleet.run(Cycle(1))
     assert [signing(fleet, 0), signing(fleet, 1)] == ["k1", "k1"]
+    closed = fleet.history["k0"].active_until is not None
     fleet.run(Cycle(2))
-    assert signing(fleet, 2) == "k0", "came back: keeps its kid one cycle"
+    # Came back: keeps its kid one cycle while the fleet holds it open, else signs nothing.
+    assert signing(fleet, 2) == (None if closed else "k0")
     fleet.run(Cycle(2))
     assert signing(fleet, 2) == "k1"
 

@@ -130,8 +130,15 @@ class _Fleet:
 
     def gate(self, kid: str) -> _Gate | None:
         """None when this replica may sign with ``kid`` now, else why not."""
-        if self.replica_id not in self.acks and kid != self.previous_kid:
-            return _Gate("this replica has not acknowledged it yet (catching up)")
+        if self.replica_id not in self.acks:
+            if kid != self.previous_kid:
+                return _Gate("this replica has not acknowledged it yet (catching up)")
+            # Away past its lease: the fleet may have closed its kid meanwhile, and then any
+            # replica may drop it at the end of retention, concurrently with this plan. Keep
+            # it only while the shared history holds it open (someone live signs it).
+            record = self.records.get(kid)
+            if record is not None and record.active_until is not None:
+                return _Gate("the fleet closed it while this replica was away (catching up)")
         missing = tuple(sorted(rid for rid, ack in self.acks.items() if not ack.holds(kid)))
         if missing:
             return _Gate(f"not acknowledged yet by {', '.join(missing)}", missing)
