@@ -29,12 +29,14 @@ NAMES = (
     "sources",
     "verify",
     "nats",
+    "fleet",
 )
 
 
 def _benchmarks() -> dict[str, Callable[[], Sequence[object]]]:
     from benchmarks import (
         breakdown,
+        fleet,
         footprint,
         idle,
         nats_rotation,
@@ -55,6 +57,7 @@ def _benchmarks() -> dict[str, Callable[[], Sequence[object]]]:
         "sources": sources.run,
         "verify": verify.run,
         "nats": nats_rotation.run,
+        "fleet": fleet.run,
     }
 
 
