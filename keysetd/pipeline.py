@@ -89,10 +89,12 @@ class Pipeline:
         clock: Clock = time.time,
         rand: Random = random.random,
         backlog: Backlog | None = None,
+        read_only: bool = False,
     ) -> None:
         """Read state (history, status, signer keyset); create or write nothing.
 
         ``backlog``: notifications still owed by the pipeline this one replaces.
+        ``read_only`` (plan, evidence): in fleet mode, read etcd but never write to it.
         """
         self.config = config
         self.clock = clock
@@ -109,7 +111,14 @@ class Pipeline:
         self.ledger = Ledger(state, self.recorder)
         self.fleet: FleetMember | None = None
         if config.settings.fleet is not None:
-            self.fleet = _fleet_member(config, self.policy, state, self.needs_active, clock)
+            self.fleet = _fleet_member(
+                config,
+                self.policy,
+                state,
+                signs=self.needs_active,
+                clock=clock,
+                read_only=read_only,
+            )
             self.recorder.fleet = self.fleet.status
         self.publisher = Publisher(
             self.outputs,
@@ -406,13 +415,15 @@ class Pipeline:
 
 
 def _fleet_member(
-    config: Config, policy: Policy, state: StateStore, signs: bool, clock: Clock
+    config: Config, policy: Policy, state: StateStore, *, signs: bool, clock: Clock, read_only: bool
 ) -> FleetMember:
     """Fleet mode's member (imported only then: the etcd client stays out of other daemons)."""
     from keysetd.fleet.member import FleetMember
 
     assert config.settings.fleet is not None
-    return FleetMember(config.settings.fleet, policy, state, signs=signs, clock=clock)
+    return FleetMember(
+        config.settings.fleet, policy, state, signs=signs, clock=clock, read_only=read_only
+    )
 
 
 def _result(planned: Plan, delivery: Delivery) -> CycleResult:

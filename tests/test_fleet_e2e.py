@@ -334,6 +334,16 @@ def test_five_replicas_rotate_together_with_no_failed_verification(
     assert sorted(acked) == [r.name for r in replicas]
 
 
+def cli(command: str, replica: Replica) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*KEYSETD, command, "-c", str(replica.config_path)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
 def leader_of(replicas: list[Replica]) -> Replica:
     def find() -> Replica | None:
         names = {r.status().get("fleet", {}).get("leader") for r in replicas}
@@ -456,6 +466,13 @@ def test_revoke_reaches_every_replica_within_a_second(
     wait_for(lambda: all(signing(r) for r in replicas), timeout=20, what="every replica signs")
     checker = rotate_and_check(replicas, 2, limit=30)
     checker.stop()
+    shown = cli("status", replicas[2])
+    assert shown.returncode == 0, shown.stderr
+    for replica in replicas:
+        assert f"{replica.name} " in shown.stdout and "acked" in shown.stdout, shown.stdout
+    planned = cli("plan", replicas[2])
+    assert planned.returncode == 0, planned.stderr
+    assert "live replicas: r0, r1, r2" in planned.stdout, planned.stdout
     old = sorted(checker.signed_kids)[0]  # kids sort by time: the first one, retired or not
     started = time.monotonic()
     done = subprocess.run(

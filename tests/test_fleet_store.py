@@ -116,6 +116,32 @@ def test_get_put_list_delete(etcd_one: EtcdCluster) -> None:
     assert s.requests()["range"] >= 4 and s.requests()["put"] == 3
 
 
+def test_writes_that_must_not_race_another_key(etcd_one: EtcdCluster) -> None:
+    """put_if_unchanged and cas(unchanged=...): the fleet's guarded ack shrink and write-ahead."""
+    s = store(etcd_one.endpoints)
+    history = s.put("guard/history", b"h1")
+    assert s.put_if_unchanged("guard/ack", b"a1", {"guard/history": history})
+    assert s.put_if_unchanged("guard/other", b"o", {"guard/absent": 0}), "0 matches absent"
+    s.put("guard/history", b"h2")  # another writer moved it
+    assert not s.put_if_unchanged("guard/ack", b"a2", {"guard/history": history})
+    ack = s.get("guard/ack")
+    assert ack is not None and ack.value == b"a1"
+    moved = s.cas(
+        "guard/history",
+        b"h3",
+        s.get("guard/history").mod_revision,  # type: ignore[union-attr]
+        unchanged={"guard/ack": ack.mod_revision - 1},
+    )
+    assert not moved.succeeded and moved.current is not None and moved.current.value == b"h2"
+    kept = s.cas(
+        "guard/history",
+        b"h3",
+        moved.current.mod_revision,
+        unchanged={"guard/ack": ack.mod_revision},
+    )
+    assert kept.succeeded
+
+
 def _race(
     clients: list[EtcdStore], key: str, values: list[bytes], expected: int
 ) -> list[CasResult]:

@@ -85,7 +85,7 @@ def _read_only_pipeline(args: argparse.Namespace) -> Any:
     from keysetd.state import StateStore
 
     config = config_from(args)
-    return Pipeline(config, StateStore(config.state_dir))
+    return Pipeline(config, StateStore(config.state_dir), read_only=True)
 
 
 def _current_keyset(pipeline: Any) -> tuple[Any, str]:
@@ -120,10 +120,20 @@ def cmd_plan(args: argparse.Namespace) -> int:
     except UntrustedLastKnownGood as exc:
         print(f"keysetd: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    fleet = pipeline.fleet
+    if fleet is not None:
+        fleet.sync()  # read only: the fleet's history and acks as the daemon would plan
     now = time.time()
     pipeline.ledger.observe(keyset, now)  # in memory only: plan writes no history
     planned = pipeline.plan_now(keyset, now)
     print(f"plan from {origin} at {_when(now)}")
+    if fleet is not None:
+        view = fleet.status()
+        where = "etcd" if fleet.error is None else f"the last snapshot ({fleet.error})"
+        print(f"  fleet:         replica {view['replica_id']}, from {where}")
+        print(f"  live replicas: {', '.join(view['replicas']) or '-'}")
+        if view["waiting_for"]:
+            print(f"  waiting for:   {', '.join(view['waiting_for'])}")
     print(f"  signers use:   {planned.active_kid or '-'}")
     print(f"  verifiers get: {', '.join(planned.published_kids) or '-'}")
     print(f"  fingerprint:   {planned.fingerprint}")

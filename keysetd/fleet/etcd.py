@@ -235,6 +235,14 @@ def _keepalive_ttl(doc: Mapping[str, Any]) -> int:
     return max(_int(result or doc, "TTL", signed=True), 0)
 
 
+def _unchanged(revisions: Mapping[str, int]) -> list[dict[str, str]]:
+    """Compares: each key's mod revision is still the given one (0 matches an absent key)."""
+    return [
+        {"target": "MOD", "key": _b64(key), "mod_revision": str(revision)}
+        for key, revision in sorted(revisions.items())
+    ]
+
+
 class EtcdStore:
     """A client of an etcd cluster through its v3 JSON gateway; safe to share between threads."""
 
@@ -319,10 +327,12 @@ class EtcdStore:
         *,
         lease: int = 0,
         guards: Sequence[Guard] = (),
+        unchanged: Mapping[str, int] | None = None,
     ) -> CasResult:
         """Write ``value`` only if the key's mod revision is still ``mod_revision``.
 
-        ``mod_revision`` 0 means create-if-absent. Each guard must also hold. One request.
+        ``mod_revision`` 0 means create-if-absent. Each guard must also hold, and each key of
+        ``unchanged`` must still have that mod revision (0: absent). One request.
         """
         put: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
         if lease:
@@ -335,10 +345,22 @@ class EtcdStore:
             {"target": "CREATE", "key": _b64(g.key), "create_revision": str(g.create_revision)}
             for g in guards
         ]
+        compares += _unchanged(unchanged or {})
         read = {"request_range": {"key": _b64(key)}}
         failure = [read] + [{"request_range": {"key": _b64(g.key)}} for g in guards]
         body = {"compare": compares, "success": [{"request_put": put}, read], "failure": failure}
         return self._call("txn", "/v3/kv/txn", body, lambda doc: _cas_result(doc, guards))
+
+    def put_if_unchanged(
+        self, key: str, value: bytes, unchanged: Mapping[str, int], *, lease: int = 0
+    ) -> bool:
+        """Write ``value`` only if every key of ``unchanged`` still has that mod revision
+        (0: absent); True when written. One request."""
+        put: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
+        if lease:
+            put["lease"] = str(lease)
+        body = {"compare": _unchanged(unchanged), "success": [{"request_put": put}]}
+        return self._call("txn", "/v3/kv/txn", body, lambda doc: _bool(doc, "succeeded"))
 
     def delete(self, key: str, mod_revision: int | None = None) -> bool:
         """Delete the key (only at ``mod_revision`` if given); True if a key was deleted."""

@@ -23,7 +23,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from keysetd.errors import StoreError
@@ -76,10 +76,18 @@ class Snapshot:
     acks: Mapping[str, Ack] = field(default_factory=dict)
     #: Election keys: (create revision, key, replica id), oldest first.
     candidates: tuple[tuple[int, str, str], ...] = ()
+    #: The mod revision of each ack key as read, for writes that must not race an ack.
+    ack_revisions: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def leader(self) -> str | None:
         return self.candidates[0][2] if self.candidates else None
+
+    @property
+    def leader_key(self) -> str | None:
+        """The leader's election key: its lease, not only its name (a restarted replica
+        has the same name while its previous lease still leads)."""
+        return self.candidates[0][1] if self.candidates else None
 
 
 class FleetMember:
@@ -94,8 +102,12 @@ class FleetMember:
         signs: bool,
         store: EtcdStore | None = None,
         clock: Callable[[], float] = time.time,
+        read_only: bool = False,
     ) -> None:
+        """``read_only`` (``keysetd plan``, ``evidence``): read the fleet, never write to it or
+        to state_dir: no lease, no campaign, no lead, no ack."""
         self.settings = settings
+        self.read_only = read_only
         self.replica_id = settings.replica_id
         self.policy = policy
         self._state = state
@@ -119,7 +131,9 @@ class FleetMember:
 
     @property
     def leading(self) -> bool:
-        return self.error is None and self.snapshot.leader == self.replica_id
+        if self.read_only or self.error is not None or not self._lease:
+            return False
+        return self.snapshot.leader_key == self._election_key
 
     @property
     def store(self) -> EtcdStore:
@@ -145,7 +159,8 @@ class FleetMember:
             event("fleet_synced", replica=self.replica_id, leader=snapshot.leader)
         self.error, self.unreachable_since = None, None
         self.snapshot = snapshot
-        self._save()
+        if not self.read_only:
+            self._save()
 
     def _unreachable(self, message: str) -> None:
         if self.error is None or self.unreachable_since is None:
@@ -183,19 +198,14 @@ class FleetMember:
             raise StoreError("campaign", "etcd", "the lease expired while standing")
         mine = (result.current.create_revision, self._election_key, self.replica_id)
         candidates = tuple(sorted((*snapshot.candidates, mine)))
-        return Snapshot(
-            snapshot.history,
-            snapshot.history_revision,
-            snapshot.revocations,
-            snapshot.acks,
-            candidates,
-        )
+        return replace(snapshot, candidates=candidates)
 
     def _parse(self, entries: list[Entry]) -> Snapshot:
         history: Records = {}
         history_revision = 0
         revocations: dict[str, Revocation] = {}
         acks: dict[str, Ack] = {}
+        ack_revisions: dict[str, int] = {}
         candidates: list[tuple[int, str, str]] = []
         acks_prefix, election_prefix = self._key("acks", ""), self._key("election", "")
         for entry in entries:
@@ -205,6 +215,7 @@ class FleetMember:
                 revocations = decode_revocations(entry.value)
             elif entry.key.startswith(acks_prefix):
                 rid = entry.key[len(acks_prefix) :]
+                ack_revisions[entry.key] = entry.mod_revision
                 try:
                     acks[rid] = decode_ack(entry.value)
                 except FleetDocumentError as exc:
@@ -265,8 +276,13 @@ class FleetMember:
         if self.error is not None or not self._lease:
             return
         shrunk = ack_before_commit(self._ack, planned.verifier)
-        if shrunk is not None:
-            self._write_ack(shrunk)
+        if shrunk is None:
+            return
+        # Only if the history this plan dropped kids by is still the fleet's: another replica
+        # may have just held one of them open for its signers (``before_signers``).
+        history = {self._key("history"): self.snapshot.history_revision}
+        if not self._write_ack(shrunk, unchanged=history):
+            raise StoreError("txn", "etcd", "the shared history moved; outputs kept, re-planning")
 
     def before_signers(self, planned: Plan, now: float) -> None:
         """Hold the kid signers move to open in the shared history (write-ahead)."""
@@ -281,13 +297,20 @@ class FleetMember:
             updated = open_signing(snapshot.history, fleet_plan, now)
             if updated is snapshot.history:
                 return
+            # Only while every ack this plan counted is as read: a replica that shrank its ack
+            # meanwhile is dropping a kid (``before_verifiers``), perhaps this one.
             result = self._store.cas(
-                self._key("history"), encode_history(updated), snapshot.history_revision
+                self._key("history"),
+                encode_history(updated),
+                snapshot.history_revision,
+                unchanged=self._others(snapshot),
             )
             if result.succeeded:
                 self.snapshot = _with_history(snapshot, updated, result.revision)
                 return
             current = result.current
+            if (current.mod_revision if current else 0) == snapshot.history_revision:
+                raise StoreError("txn", "etcd", "an ack moved; signers not moved, re-planning")
             history = decode_history(current.value) if current is not None else {}
             revision = current.mod_revision if current is not None else 0
             snapshot = _with_history(snapshot, history, revision)
@@ -303,13 +326,24 @@ class FleetMember:
         if ack_changed(self._ack, ack):
             self._write_ack(ack)
 
-    def _write_ack(self, ack: Ack) -> None:
+    def _others(self, snapshot: Snapshot) -> dict[str, int]:
+        """The other replicas' ack revisions (this replica's own may have moved this cycle)."""
+        own = self._key("acks", self.replica_id)
+        return {key: rev for key, rev in snapshot.ack_revisions.items() if key != own}
+
+    def _write_ack(self, ack: Ack, unchanged: Mapping[str, int] | None = None) -> bool:
+        """Write this replica's ack under its lease (if ``unchanged`` holds); True if written."""
+        key, value = self._key("acks", self.replica_id), encode_ack(ack)
         try:
-            self._store.put(self._key("acks", self.replica_id), encode_ack(ack), self._lease)
+            if unchanged is None:
+                self._store.put(key, value, self._lease)
+            elif not self._store.put_if_unchanged(key, value, unchanged, lease=self._lease):
+                return False
         except LeaseNotFound:
             self._lease, self._ack = 0, None  # expired: the next sync takes a new one
             raise
         self._ack = ack
+        return True
 
     # -- what status shows ----------------------------------------------------------------
 
@@ -374,7 +408,7 @@ def _fields(entry: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _with_history(snapshot: Snapshot, history: Records, revision: int) -> Snapshot:
-    return Snapshot(history, revision, snapshot.revocations, snapshot.acks, snapshot.candidates)
+    return replace(snapshot, history=history, history_revision=revision)
 
 
 def _snapshot_document(snapshot: Snapshot) -> bytes:
