@@ -205,3 +205,16 @@ def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 __all__ = ["Env", "is_dead", "jwk", "jwks_doc", "wait_for"]
+
+
+#: The longest files, started first: ``--dist loadfile`` hands files to workers in collection
+#: order, so a long file collected last would run alone at the end.
+LONGEST_FIRST = ("test_fleet_e2e.py", "test_fleet_faults.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order within a file is kept
