@@ -202,7 +202,7 @@ class Daemon:
         old_pipeline, old_watcher = self.pipeline, self.watcher
         try:
             # Owed notifications carry over to the notifiers of the same name.
-            pipeline = Pipeline.open(new, backlog=old_pipeline.backlog)
+            pipeline = Pipeline.open(new, backlog=old_pipeline.backlog, fleet=old_pipeline.fleet)
         except ConfigError as exc:  # e.g. [rotation] on a source keysetd cannot write
             self._refuse_reload(one_line(exc), exc.problems)
             return
@@ -210,7 +210,7 @@ class Daemon:
         self.pipeline.backlog.keep_only(n.name for n in self.pipeline.notifiers)
         self.watcher = self._watcher()
         old_watcher.stop()
-        old_pipeline.close()
+        old_pipeline.close(keep_fleet=pipeline.fleet is old_pipeline.fleet)
         self.watcher.start()
         event("config_reloaded", path=str(new.path))
 

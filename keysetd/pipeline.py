@@ -90,11 +90,14 @@ class Pipeline:
         rand: Random = random.random,
         backlog: Backlog | None = None,
         read_only: bool = False,
+        fleet: FleetMember | None = None,
     ) -> None:
         """Read state (history, status, signer keyset); create or write nothing.
 
         ``backlog``: notifications still owed by the pipeline this one replaces.
         ``read_only`` (plan, evidence): in fleet mode, read etcd but never write to it.
+        ``fleet``: the member of the pipeline this one replaces (a reload), kept with its
+        lease and ack when ``[fleet]`` did not change.
         """
         self.config = config
         self.clock = clock
@@ -111,14 +114,17 @@ class Pipeline:
         self.ledger = Ledger(state, self.recorder)
         self.fleet: FleetMember | None = None
         if config.settings.fleet is not None:
-            self.fleet = _fleet_member(
-                config,
-                self.policy,
-                state,
-                signs=self.needs_active,
-                clock=clock,
-                read_only=read_only,
-            )
+            if fleet is not None and fleet.settings == config.settings.fleet:
+                self.fleet = fleet.carried(self.policy, signs=self.needs_active)
+            else:
+                self.fleet = _fleet_member(
+                    config,
+                    self.policy,
+                    state,
+                    signs=self.needs_active,
+                    clock=clock,
+                    read_only=read_only,
+                )
             self.recorder.fleet = self.fleet.status
         self.publisher = Publisher(
             self.outputs,
@@ -153,11 +159,12 @@ class Pipeline:
         clock: Clock = time.time,
         rand: Random = random.random,
         backlog: Backlog | None = None,
+        fleet: FleetMember | None = None,
     ) -> Pipeline:
         """The pipeline of a writer (the daemon, ``keysetd once``): state_dir made if missing."""
         state = StateStore(config.state_dir)
         state.ensure()
-        return cls(config, state, clock=clock, rand=rand, backlog=backlog)
+        return cls(config, state, clock=clock, rand=rand, backlog=backlog, fleet=fleet)
 
     @property
     def needs_active(self) -> bool:
@@ -182,12 +189,13 @@ class Pipeline:
         """Notifications that failed and are owed again (the daemon retries them)."""
         return self.publisher.backlog
 
-    def close(self) -> None:
+    def close(self, *, keep_fleet: bool = False) -> None:
         """Close the source; write the count of repeated failures still owed to the audit log.
 
-        In fleet mode the replica leaves the fleet (its lease is revoked) first.
+        In fleet mode the replica leaves the fleet (its lease is revoked) first, unless the
+        pipeline replacing this one carries the member on (``keep_fleet``).
         """
-        if self.fleet is not None:
+        if self.fleet is not None and not keep_fleet:
             self.fleet.close()
         self.source.close()
         self.recorder.close()

@@ -80,6 +80,12 @@ def config_violations(config: Config) -> list[str]:
         found += _table_rules(f"notify.{index}", table)
     if config.policy.max_staleness is None:
         found.append("policy.max_staleness: not set (readiness must turn false on stale keys)")
+    fleet = config.settings.fleet
+    for index, url in enumerate(fleet.endpoints if fleet is not None else ()):
+        parts = urlsplit(url)
+        if parts.scheme == "http" and not is_loopback(parts.hostname):
+            # The fleet's history and acks decide which key signers use.
+            found.append(f"fleet.endpoints.{index}: http:// to {parts.hostname} (use TLS)")
     return found + filesystem_violations(config)
 
 

@@ -9,6 +9,7 @@ import subprocess
 import time
 from collections.abc import Callable
 
+from keysetd.fleet.etcd import EtcdSettings, EtcdStore
 from keysetd.status import readiness, status_document
 from tests.conftest import KEYSETD
 from tests.etcd import EtcdCluster
@@ -109,6 +110,17 @@ def test_etcd_down_keeps_outputs_and_signers_then_recovers_by_itself(
     assert all(r.proc is not None and r.proc.poll() is None for r in replicas)
     ok, reason = readiness(status_document(replicas[0].root / "state"), 3600.0)
     assert ok and "fleet store unreachable" in reason
+    # A replica restarted during the outage serves what it served, from state_dir.
+    restarted = replicas[1]
+    restarted.stop()
+    restarted.start()
+    wait_for(
+        lambda: restarted.status().get("fleet", {}).get("error") is not None,
+        timeout=10,
+        what="the restarted replica's first cycle",
+    )
+    time.sleep(1.0)
+    assert restarted.signer.read_bytes() == signers[restarted.name]
     for member in etcd.members:
         member.restart()
     etcd.wait_ready()
@@ -150,3 +162,26 @@ def test_revoke_reaches_every_replica_within_a_second(
         what="the revoked kid gone from every replica's jwks",
     )
     assert time.monotonic() - started < 2.0
+
+
+def test_a_reload_keeps_the_replica_in_the_fleet(
+    etcd: EtcdCluster, make_fleet: Callable[[EtcdCluster, int], list[Replica]]
+) -> None:
+    """SIGHUP rebuilds the pipeline; the replica keeps its lease and ack (no catch-up)."""
+    replicas = make_fleet(etcd, 2)
+    for replica in replicas:
+        replica.start()
+    wait_for(lambda: all(signing(r) for r in replicas), timeout=20, what="every replica signs")
+    wait_for(lambda: acked_by_others(replicas, "r1"), timeout=10, what="r1's ack")
+    store = EtcdStore(EtcdSettings(endpoints=etcd.endpoints, timeout=3.0))
+    try:
+        before = store.get("/fleet-test/acks/r1")
+        assert before is not None
+        replicas[1].signal(signal.SIGHUP)
+        wait_for(lambda: "config_reloaded" in replicas[1].log(), timeout=10, what="the reload")
+        time.sleep(1.0)  # a few cycles of the reloaded pipeline
+        after = store.get("/fleet-test/acks/r1")
+        assert after is not None and after.lease == before.lease
+        assert after.create_revision == before.create_revision, "the ack was never deleted"
+    finally:
+        store.close()

@@ -88,6 +88,14 @@ def test_plain_http_to_a_remote_host(env: Env) -> None:
     assert checked(load_config(write(env, local)))
 
 
+def test_plain_http_to_a_remote_etcd(env: Env) -> None:
+    fleet = {"endpoints": ["https://etcd-0:2379", "http://etcd-1.example.com:2379"]}
+    refused(env, base(env, fleet=fleet), r"fleet.endpoints.1: http:// to etcd-1.example.com")
+    env.source.chmod(0o600)
+    local = base(env, fleet={"endpoints": ["http://127.0.0.1:2379"]})
+    assert checked(load_config(write(env, local)))
+
+
 def test_disabled_tls_verification() -> None:
     from keysetd.plugin import SourceConfig
     from keysetd.strict import _table_rules

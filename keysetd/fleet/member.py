@@ -111,7 +111,7 @@ class FleetMember:
         self.replica_id = settings.replica_id
         self.policy = policy
         self._state = state
-        self._signs = signs
+        self.signs = signs
         self._store = store if store is not None else EtcdStore(settings.store_settings())
         self._clock = clock
         self._ttl = max(1, math.ceil(settings.lease_ttl))
@@ -124,6 +124,11 @@ class FleetMember:
         self.unreachable_since: float | None = None
         self._pending: FleetPlan | None = None
         self._saved = self.snapshot
+
+    def carried(self, policy: Policy, *, signs: bool) -> FleetMember:
+        """This member for the pipeline of a reloaded config: same lease, ack and snapshot."""
+        self.policy, self.signs = policy, signs
+        return self
 
     @property
     def period(self) -> float:
@@ -321,7 +326,7 @@ class FleetMember:
         told) and the kid signers use; written only when that changed."""
         if self.error is not None or not self._lease or not verifiers_told:
             return
-        signing = planned.signer.active_kid if self._signs else None
+        signing = planned.signer.active_kid if self.signs else None
         ack = acknowledge(self.replica_id, planned.verifier, signing, now, self._ack)
         if ack_changed(self._ack, ack):
             self._write_ack(ack)
