@@ -7,6 +7,7 @@ status API. ``EtcdCluster.close`` leaves no process behind: SIGCONT, SIGTERM, th
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import json
@@ -17,6 +18,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -224,6 +226,18 @@ class EtcdCluster:
     def close(self) -> None:
         for member in self.members:
             member.close()
+
+
+@contextlib.contextmanager
+def running_cluster(root: Path, size: int) -> Iterator[EtcdCluster]:
+    """``size`` members started and healthy; every process gone afterwards."""
+    cluster = EtcdCluster(root, size)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.close()
+    assert not any(m.alive() for m in cluster.members)
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ import jwt
 import pytest
 
 from tests.conftest import KEYSETD, render_toml, wait_for
-from tests.etcd import EtcdCluster
+from tests.etcd import EtcdCluster, running_cluster
 
 LEASE_TTL = 2
 POLICY = {"activation_delay": "300ms", "retention": "1500ms"}
@@ -149,17 +149,10 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return doc
 
 
-@dataclass
-class Checker:
-    """Signs with every replica's signer output, verifies with every other replica's jwks."""
+@dataclass(kw_only=True)
+class Background:
+    """A thread running ``_run`` until ``stop``."""
 
-    replicas: list[Replica]
-    checked: int = 0
-    failures: list[str] = field(default_factory=list)
-    signed_kids: set[str] = field(default_factory=set)
-    #: Replicas left out as issuers / as verifiers for a while (a test's stopped replica).
-    not_signing: set[str] = field(default_factory=set)
-    not_verifying: set[str] = field(default_factory=set)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -171,6 +164,22 @@ class Checker:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+@dataclass
+class Checker(Background):
+    """Signs with every replica's signer output, verifies with every other replica's jwks."""
+
+    replicas: list[Replica]
+    checked: int = 0
+    failures: list[str] = field(default_factory=list)
+    signed_kids: set[str] = field(default_factory=set)
+    #: Replicas left out as issuers / as verifiers for a while (a test's stopped replica).
+    not_signing: set[str] = field(default_factory=set)
+    not_verifying: set[str] = field(default_factory=set)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -210,7 +219,7 @@ class Checker:
 
 
 @dataclass
-class Propagator:
+class Propagator(Background):
     """Copies a source a replica's leader wrote to every other replica, each after a lag."""
 
     replicas: list[Replica]
@@ -218,17 +227,6 @@ class Propagator:
     seed: int = 7
     _written: dict[Path, bytes] = field(default_factory=dict)
     _due: list[tuple[float, Path, bytes]] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
 
     def _run(self) -> None:
         rng = random.Random(self.seed)
@@ -255,16 +253,13 @@ class Propagator:
 
 @pytest.fixture
 def etcd(tmp_path: Path) -> Iterator[EtcdCluster]:
-    cluster = EtcdCluster(tmp_path / "etcd", 3)
-    try:
-        cluster.start()
+    with running_cluster(tmp_path / "etcd", 3) as cluster:
         yield cluster
-    finally:
-        cluster.close()
 
 
 @pytest.fixture
 def make_fleet(tmp_path: Path) -> Iterator[Callable[[EtcdCluster, int], list[Replica]]]:
+    """``make(cluster, count)``: that many replicas started, each signing, lagging copies on."""
     made: list[Replica] = []
     propagator = Propagator(made)
 
@@ -275,6 +270,9 @@ def make_fleet(tmp_path: Path) -> Iterator[Callable[[EtcdCluster, int], list[Rep
             replica.write_config()
             made.append(replica)
         propagator.start()
+        for replica in made:
+            replica.start()
+        wait_for(lambda: all(signing(r) for r in made), timeout=20, what="every replica signs")
         return list(made)
 
     yield make

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from keysetd.fleet.etcd import EtcdSettings, EtcdStore
 from keysetd.status import readiness, status_document
-from tests.conftest import KEYSETD
+from tests.conftest import KEYSETD, wait_for
 from tests.etcd import EtcdCluster
 from tests.fleet import (
     LEASE_TTL,
@@ -24,8 +24,6 @@ from tests.fleet import (
     make_fleet,
     read_json,
     rotate_and_check,
-    signing,
-    wait_for,
 )
 
 __all__ = ["etcd", "make_fleet"]  # fixtures
@@ -35,9 +33,6 @@ def test_kill_9_of_the_leader_and_of_the_etcd_leader_mid_rotation(
     etcd: EtcdCluster, make_fleet: Callable[[EtcdCluster, int], list[Replica]]
 ) -> None:
     replicas = make_fleet(etcd, 5)
-    for replica in replicas:
-        replica.start()
-    wait_for(lambda: all(signing(r) for r in replicas), timeout=20, what="every replica signs")
     checker = rotate_and_check(replicas, 2, limit=30)
     leader = leader_of(replicas)
     wait_for(
@@ -61,9 +56,6 @@ def test_a_replica_stopped_past_its_lease_neither_stalls_the_fleet_nor_signs_sta
     etcd: EtcdCluster, make_fleet: Callable[[EtcdCluster, int], list[Replica]]
 ) -> None:
     replicas = make_fleet(etcd, 3)
-    for replica in replicas:
-        replica.start()
-    wait_for(lambda: all(signing(r) for r in replicas), timeout=20, what="every replica signs")
     checker = rotate_and_check(replicas, 1, limit=30)
     stopped = next(r for r in replicas if r is not leader_of(replicas))
     checker.not_signing.add(stopped.name)
@@ -93,9 +85,6 @@ def test_etcd_down_keeps_outputs_and_signers_then_recovers_by_itself(
     etcd: EtcdCluster, make_fleet: Callable[[EtcdCluster, int], list[Replica]]
 ) -> None:
     replicas = make_fleet(etcd, 3)
-    for replica in replicas:
-        replica.start()
-    wait_for(lambda: all(signing(r) for r in replicas), timeout=20, what="every replica signs")
     checker = rotate_and_check(replicas, 1, limit=30)
     for member in etcd.members:
         member.kill9()
@@ -134,9 +123,6 @@ def test_revoke_reaches_every_replica_within_a_second(
     etcd: EtcdCluster, make_fleet: Callable[[EtcdCluster, int], list[Replica]]
 ) -> None:
     replicas = make_fleet(etcd, 3)
-    for replica in replicas:
-        replica.start()
-    wait_for(lambda: all(signing(r) for r in replicas), timeout=20, what="every replica signs")
     checker = rotate_and_check(replicas, 2, limit=30)
     checker.stop()
     shown = cli("status", replicas[2])
@@ -169,9 +155,6 @@ def test_a_reload_keeps_the_replica_in_the_fleet(
 ) -> None:
     """SIGHUP rebuilds the pipeline; the replica keeps its lease and ack (no catch-up)."""
     replicas = make_fleet(etcd, 2)
-    for replica in replicas:
-        replica.start()
-    wait_for(lambda: all(signing(r) for r in replicas), timeout=20, what="every replica signs")
     wait_for(lambda: acked_by_others(replicas, "r1"), timeout=10, what="r1's ack")
     store = EtcdStore(EtcdSettings(endpoints=etcd.endpoints, timeout=3.0))
     try:

@@ -29,7 +29,7 @@ from keysetd.fleet import (
 )
 from keysetd.fleet.transport import MAX_ANSWER_BYTES
 from tests.conftest import wait_for
-from tests.etcd import EtcdCluster, EtcdMember, etcd_tls
+from tests.etcd import EtcdCluster, EtcdMember, etcd_tls, running_cluster
 from tests.servers import HttpServer, Reply, free_port
 
 SECRET = b"-----BEGIN PRIVATE KEY----- not-a-real-key-but-treated-as-one"
@@ -37,23 +37,14 @@ SECRET = b"-----BEGIN PRIVATE KEY----- not-a-real-key-but-treated-as-one"
 
 @pytest.fixture(scope="module")
 def etcd_one(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
-    cluster = EtcdCluster(tmp_path_factory.mktemp("etcd1"), 1)
-    try:
-        cluster.start()
+    with running_cluster(tmp_path_factory.mktemp("etcd1"), 1) as cluster:
         yield cluster
-    finally:
-        cluster.close()
 
 
 @pytest.fixture
 def etcd_three(tmp_path: Path) -> Iterator[EtcdCluster]:
-    cluster = EtcdCluster(tmp_path / "etcd3", 3)
-    try:
-        cluster.start()
+    with running_cluster(tmp_path / "etcd3", 3) as cluster:
         yield cluster
-    finally:
-        cluster.close()
-    assert not any(m.alive() for m in cluster.members)
 
 
 _OPEN: list[EtcdStore] = []
