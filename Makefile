@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS)) | $(BIN)/python
 	touch $(STAMP)
 
 # Debian packages the tests drive for real (systemd-analyze for the unit files, etcd for
-# fleet mode's store).
+# fleet mode's store, Node.js and a JDK for the consumers of tests/interop).
 system-deps:
 	@command -v systemd-analyze >/dev/null 2>&1 || { \
 		apt-get update -qq && \
@@ -27,6 +27,19 @@ system-deps:
 		apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 			etcd-server etcd-client; }
+	@command -v npm >/dev/null 2>&1 || { \
+		apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm; }
+	@command -v javac >/dev/null 2>&1 || { \
+		apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			default-jdk-headless; }
+
+# The JavaScript consumers and identity providers of the interop tests, as locked.
+INTEROP := tests/interop
+$(INTEROP)/node_modules/.installed: $(INTEROP)/package.json $(INTEROP)/package-lock.json | system-deps
+	npm ci --prefix $(INTEROP) --no-audit --no-fund --loglevel=error
+	touch $@
 
 RUN_STAMP := $(VENV)/.installed-run
 
@@ -52,7 +65,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy keysetd $(foreach p,$(PLUGINS),$(p)/$(subst -,_,$(notdir $(p))))
 
 # Two workers, a test file each at a time (its module fixtures stay on one worker).
-pytest: $(STAMP) system-deps
+pytest: $(STAMP) system-deps $(INTEROP)/node_modules/.installed
 	$(BIN)/pytest -q -n 2 --dist loadfile
 
 test: lint typecheck pytest
