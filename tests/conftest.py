@@ -127,11 +127,18 @@ class Env:
         write_atomically(self.source, data)
 
     def snapshot_outputs(self) -> dict[str, bytes]:
-        return {
-            str(p.relative_to(self.out)): p.read_bytes()
-            for p in sorted(self.out.rglob("*"))
-            if p.is_file()
-        }
+        """Every output file's bytes; a write in flight (its temp file, an old pem version
+        directory being removed) is not an output and may vanish while we list."""
+        found: dict[str, bytes] = {}
+        for path in sorted(self.out.rglob("*")):
+            if path.name.endswith(".keysetd.tmp"):
+                continue
+            try:
+                if path.is_file():
+                    found[str(path.relative_to(self.out))] = path.read_bytes()
+            except FileNotFoundError:
+                continue
+        return found
 
     def keysetd(
         self,
