@@ -9,11 +9,12 @@ the default) are driven round-robin as N daemons would drive them every refresh 
 ``before_signers`` and ``acknowledge`` on the plan. After a warm-up (every ack written,
 a pass without writes), the HTTP requests of every member's ``store.requests()`` are
 counted over ``STEADY_S`` of wall clock. One process cannot drive 100 members in 250 ms
-(each sync reads and parses the whole prefix, every ack): the achieved refresh is reported,
+(a sync after a change reads and parses the whole prefix, every ack; an unchanged store is
+one count-only request): the achieved refresh is reported,
 and requests/min are scaled to a 250 ms refresh honestly: the requests sent once per
 refresh (range, put, txn) per pass x 240, plus the ones the clock sends (lease keepalives,
 every ``lease_ttl``/3) per wall-clock minute; the measured rate is shown beside it. Also
-the bytes one sync reads and one member's turn in ms. Then a change: the keyset gains a new
+the bytes a full read returns and one member's turn in ms. Then a change: the keyset gains a new
 active key. Writes (``put`` + ``txn``) per replica are counted until every member's ack
 lists the new kid (the target), and until the fleet settles (every ack signs with it, then
 a pass without writes).
@@ -366,7 +367,7 @@ def _load_rows(loads: Sequence[_Load]) -> list[Row]:
     sizes = " / ".join(str(x.replicas) for x in loads)
     rows.append(
         Row(
-            f"bytes one sync reads (keys + values), {sizes} replicas",
+            f"bytes a full read returns (only after the store moved), {sizes} replicas",
             " / ".join(f"{x.range_bytes / 1024:.1f}" for x in loads) + " KiB",
         )
     )

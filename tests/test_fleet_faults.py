@@ -129,9 +129,15 @@ def test_revoke_reaches_every_replica_within_a_second(
     assert shown.returncode == 0, shown.stderr
     for replica in replicas:
         assert f"{replica.name} " in shown.stdout and "acked" in shown.stdout, shown.stdout
-    planned = cli("plan", replicas[2])
+    store = EtcdStore(EtcdSettings(endpoints=etcd.endpoints, timeout=3.0))
+    try:
+        planned = cli("plan", replicas[2])
+        candidates = [e.key for e in store.list("/fleet-test/election/")]
+    finally:
+        store.close()
     assert planned.returncode == 0, planned.stderr
     assert "live replicas: r0, r1, r2" in planned.stdout, planned.stdout
+    assert len(candidates) == 3, "keysetd plan took no lease and stood for nothing"
     old = sorted(checker.signed_kids)[0]  # kids sort by time: the first one, retired or not
     started = time.monotonic()
     done = subprocess.run(

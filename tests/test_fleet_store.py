@@ -133,6 +133,22 @@ def test_writes_that_must_not_race_another_key(etcd_one: EtcdCluster) -> None:
     assert kept.succeeded
 
 
+def test_the_revision_moves_with_writes_and_expiries_not_keepalives(etcd_one: EtcdCluster) -> None:
+    """What a fleet sync relies on to skip re-reading an unchanged prefix."""
+    s = store(etcd_one.endpoints)
+    s.put("rev/a", b"1")
+    entries, at = s.list_at("rev/")
+    assert [e.key for e in entries] == ["rev/a"] and s.revision() == at
+    lease = s.grant(1)
+    s.put("rev/b", b"2", lease)
+    moved = s.revision()
+    assert moved > at
+    s.keepalive(lease)
+    assert s.revision() == moved, "a keepalive is not a write"
+    wait_for(lambda: s.get("rev/b") is None, timeout=5, what="the lease to expire")
+    assert s.revision() > moved, "an expiry deletes: the revision moves"
+
+
 def _race(
     clients: list[EtcdStore], key: str, values: list[bytes], expected: int
 ) -> list[CasResult]:

@@ -300,6 +300,23 @@ class EtcdStore:
             "range", "/v3/kv/range", body, lambda doc: [_entry(kv) for kv in _objects(doc, "kvs")]
         )
 
+    def list_at(self, prefix: str) -> tuple[Sequence[Entry], int]:
+        """Every key under ``prefix`` and the store revision they were read at."""
+        raw = prefix.encode()
+        body = {"key": _b64(raw), "range_end": _b64(prefix_end(raw))}
+        return self._call(
+            "range",
+            "/v3/kv/range",
+            body,
+            lambda doc: ([_entry(kv) for kv in _objects(doc, "kvs")], _revision(doc)),
+        )
+
+    def revision(self) -> int:
+        """The store's current revision: it moves with every write and every deletion
+        (lease expiry included), not with keepalives. A small answer (count only)."""
+        body = {"key": _b64(b"\0"), "count_only": True}
+        return self._call("range", "/v3/kv/range", body, _revision)
+
     def oldest(self, prefix: str) -> Entry | None:
         """The key under ``prefix`` created first (lowest create revision): an election's leader."""
         raw = prefix.encode()

@@ -22,7 +22,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -78,6 +78,9 @@ class Snapshot:
     candidates: tuple[tuple[int, str, str], ...] = ()
     #: The mod revision of each ack key as read, for writes that must not race an ack.
     ack_revisions: Mapping[str, int] = field(default_factory=dict)
+    #: The store revision this was read at (0: not read as a whole, or this replica wrote
+    #: since: the next sync reads it again).
+    revision: int = 0
 
     @property
     def leader(self) -> str | None:
@@ -152,10 +155,11 @@ class FleetMember:
     def sync(self) -> None:
         """Renew the lease when due and read every shared document; a failure is kept."""
         try:
-            self._renew()
-            entries = self._store.list(self._key(""))
-            snapshot = self._parse(entries)
-            if not any(c[1] == self._election_key for c in snapshot.candidates):
+            if not self.read_only:
+                self._renew()
+            snapshot = self._read()
+            mine = any(c[1] == self._election_key for c in snapshot.candidates)
+            if not mine and not self.read_only:
                 snapshot = self._campaign(snapshot)
         except (StoreError, FleetDocumentError) as exc:
             self._unreachable(str(exc))
@@ -166,6 +170,15 @@ class FleetMember:
         self.snapshot = snapshot
         if not self.read_only:
             self._save()
+
+    def _read(self) -> Snapshot:
+        """The shared documents: the last snapshot when the store has not moved since it was
+        read (a count-only request), else one range read of the prefix."""
+        current = self.snapshot
+        if self.error is None and current.revision and self._store.revision() == current.revision:
+            return current
+        entries, revision = self._store.list_at(self._key(""))
+        return replace(self._parse(entries), revision=revision)
 
     def _unreachable(self, message: str) -> None:
         if self.error is None or self.unreachable_since is None:
@@ -203,9 +216,9 @@ class FleetMember:
             raise StoreError("campaign", "etcd", "the lease expired while standing")
         mine = (result.current.create_revision, self._election_key, self.replica_id)
         candidates = tuple(sorted((*snapshot.candidates, mine)))
-        return replace(snapshot, candidates=candidates)
+        return replace(snapshot, candidates=candidates, revision=0)
 
-    def _parse(self, entries: list[Entry]) -> Snapshot:
+    def _parse(self, entries: Sequence[Entry]) -> Snapshot:
         history: Records = {}
         history_revision = 0
         revocations: dict[str, Revocation] = {}
@@ -413,7 +426,7 @@ def _fields(entry: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _with_history(snapshot: Snapshot, history: Records, revision: int) -> Snapshot:
-    return replace(snapshot, history=history, history_revision=revision)
+    return replace(snapshot, history=history, history_revision=revision, revision=0)
 
 
 def _snapshot_document(snapshot: Snapshot) -> bytes:
