@@ -33,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.",
     )
     parser.add_argument("--log-format", choices=["json", "text"], default=None)
+    parser.add_argument(
+        "--version", action=_Version, nargs=0, help="print the installed version and exit"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(
@@ -59,7 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     s = command("status", cmd_status, "what the daemon publishes now")
     s.add_argument("--json", action="store_true")
     command("plugins", cmd_plugins, "list sources, outputs and notifiers", needs_config=False)
-    command("plan", cmd_plan, "what the next cycle would publish, and why")
+    pl = command("plan", cmd_plan, "what the next cycle would publish, and why")
+    pl.add_argument("--json", action="store_true", help="the plan as one JSON object")
     r = command("revoke", cmd_revoke, "break-glass: remove a kid from every output now")
     r.add_argument("kid")
     r.add_argument("--reason", default="break-glass")
@@ -102,7 +106,35 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: Top-level modules of the ``daemon`` extra; the verifier and offline commands need none.
+class _Version(argparse.Action):
+    """``keysetd --version``: the installed distribution's version, looked up only when asked.
+
+    importlib.metadata is loaded here and nowhere on the way to a command, so ``--help`` and
+    ``run`` stay as light as before; it is the standard library, so a verifier-only install
+    (cryptography and PyJWT) answers too.
+    """
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        print(f"keysetd {installed_version()}")
+        parser.exit()
+
+
+def installed_version() -> str:
+    """The version of the installed ``keysetd`` distribution (the package's own if none is)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("keysetd")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        from keysetd import __version__
+
+        return __version__
 
 
 def _needs_the_daemon_extra(command: str, module: str) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -111,6 +112,40 @@ def _current_keyset(pipeline: Any) -> tuple[Any, str]:
         return keyset, "the last-known-good"
 
 
+def _plan_document(origin: str, now: float, planned: Any, fleet: Any) -> dict[str, Any]:
+    """``plan --json``: what the text form prints, times as Unix seconds (as status --json)."""
+    doc: dict[str, Any] = {
+        "from": origin.removeprefix("the "),  # source | last-known-good
+        "at": now,
+        "active_kid": planned.active_kid,  # the kid signers use
+        "published_kids": list(planned.published_kids),  # what verifiers get
+        "fingerprint": planned.fingerprint,
+        "decisions": [
+            {"kid": d.kid, "state": d.state, "reason": d.reason, "until": _seconds(d.until)}
+            for d in planned.decisions
+        ],
+        "next_change_at": _seconds(planned.next_change_at),
+        "fleet": None,
+    }
+    if fleet is not None:
+        view = fleet.status()
+        doc["fleet"] = {
+            "replica_id": view["replica_id"],
+            "planned_from": "etcd" if fleet.error is None else "last snapshot",
+            "store": view["store"],
+            "error": fleet.error,
+            "leader": view["leader"],
+            "live_replicas": list(view["replicas"]),
+            "waiting_for": list(view["waiting_for"]),
+        }
+    return doc
+
+
+def _seconds(at: float | None) -> float | None:
+    """A time for JSON: none (or 0, as the text form reads it) and non-finite ones are null."""
+    return at if at and math.isfinite(at) else None
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from keysetd.state import UntrustedLastKnownGood
 
@@ -126,6 +161,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     now = time.time()
     pipeline.ledger.observe(keyset, now)  # in memory only: plan writes no history
     planned = pipeline.plan_now(keyset, now)
+    if args.json:
+        print(json.dumps(_plan_document(origin, now, planned, fleet), indent=2, sort_keys=True))
+        return EXIT_OK
     print(f"plan from {origin} at {_when(now)}")
     if fleet is not None:
         view = fleet.status()
