@@ -14,6 +14,7 @@ import re
 import secrets
 from collections.abc import Mapping
 
+from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
@@ -28,6 +29,7 @@ __all__ = [
     "KeyMaterialError",
     "b64u_decode",
     "b64u_encode",
+    "check_x509",
     "generate",
     "is_b64u",
     "key_from_private",
@@ -45,6 +47,8 @@ ALGORITHMS: Mapping[str, tuple[str, str | None]] = {
     "ES384": ("EC", "P-384"),
     "ES512": ("EC", "P-521"),
     "EdDSA": ("OKP", "Ed25519"),
+    # RFC 9864's fully-specified name for EdDSA over Ed25519 (kept as the source wrote it).
+    "Ed25519": ("OKP", "Ed25519"),
     **{f"{family}{bits}": ("RSA", None) for family in ("RS", "PS") for bits in (256, 384, 512)},
     **{f"HS{bits}": ("oct", None) for bits in (256, 384, 512)},
 }
@@ -277,6 +281,53 @@ def load_private(key: Key) -> PrivateKeyTypes:
     except _REFUSED:
         raise KeyMaterialError("invalid-key", f"cryptography refuses the {key.kty} key") from None
     raise KeyMaterialError("invalid-key", f"kty {key.kty!r} has no private key object")
+
+
+# --- X.509 members ------------------------------------------------------------------------
+
+#: Certificates in one x5c chain keysetd reads; providers publish one, or a short chain.
+X5C_MAX = 10
+
+
+def check_x509(key: Key) -> None:
+    """The key's ``x5c``/``x5t``/``x5t#S256`` are consistent with it, else KeyMaterialError.
+
+    Every x5c entry must be standard base64 (RFC 7517 4.7) of a DER certificate; the
+    first one must hold this very public key; x5t and x5t#S256 must be the base64url
+    SHA-1 and SHA-256 of that first certificate's DER. Only the binding is checked, not
+    a chain, issuer or expiry: Keycloak and ADFS publish self-signed certificates nobody
+    renews, and the trust in the key comes from where it was fetched. Rule: x5c-mismatch.
+    """
+    if not key.x5c and not key.x5t and not key.x5t_s256:
+        return
+    if not key.x5c:
+        raise KeyMaterialError("x5c-mismatch", "x5t/x5t#S256 without the x5c they hash")
+    if len(key.x5c) > X5C_MAX:
+        raise KeyMaterialError("x5c-mismatch", f"x5c holds more than {X5C_MAX} certificates")
+    ders: list[bytes] = []
+    for index, entry in enumerate(key.x5c):
+        try:
+            der = base64.b64decode(entry, validate=True)
+            x509.load_der_x509_certificate(der)
+        except (binascii.Error, ValueError):
+            raise KeyMaterialError(
+                "x5c-mismatch", f"x5c[{index}] is not a base64 DER certificate"
+            ) from None
+        ders.append(der)
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    try:
+        leaf = x509.load_der_x509_certificate(ders[0]).public_key()
+        same = leaf.public_bytes(*spki) == load_public(key).public_bytes(*spki)
+    except (*_REFUSED, KeyMaterialError):
+        same = False
+    if not same:
+        raise KeyMaterialError("x5c-mismatch", "the x5c[0] certificate does not hold this key")
+    if key.x5t and key.x5t != b64u_encode(hashlib.sha1(ders[0]).digest()):  # noqa: S324
+        raise KeyMaterialError("x5c-mismatch", "x5t is not the SHA-1 of the x5c[0] certificate")
+    if key.x5t_s256 and key.x5t_s256 != b64u_encode(hashlib.sha256(ders[0]).digest()):
+        raise KeyMaterialError(
+            "x5c-mismatch", "x5t#S256 is not the SHA-256 of the x5c[0] certificate"
+        )
 
 
 # --- key objects -> members ---------------------------------------------------------------

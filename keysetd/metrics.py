@@ -20,6 +20,7 @@ from prometheus_client import (
 )
 
 from keysetd.pipeline import CycleResult
+from keysetd.validate import skipped_counts
 
 __all__ = ["Metrics", "fetch_reason"]
 
@@ -61,6 +62,14 @@ class Metrics:
         self.validation_errors = Counter(
             "keysetd_validation_errors", "Rejected keysets, by rule broken", ["rule"], registry=r
         )
+        self.keys_skipped = Counter(
+            "keysetd_keys_skipped",
+            "Keys set aside by validation as unusable (use enc, Ed448, RSA under 2048 bits...)"
+            " in the documents it accepted, by rule",
+            ["rule"],
+            registry=r,
+        )
+        self._skipped_seen: dict[str, int] = {}
         self.commit_errors = Counter("keysetd_commit_errors", "Failed commits", registry=r)
         self.notify_errors = Counter(
             "keysetd_notify_errors", "Notifier failures after retries", ["notifier"], registry=r
@@ -104,6 +113,11 @@ class Metrics:
             self.commit_errors.inc()
         for notifier in result.failed_notifiers:
             self.notify_errors.labels(notifier).inc()
+        for rule, total in skipped_counts().items():
+            new = total - self._skipped_seen.get(rule, 0)
+            if new > 0:
+                self.keys_skipped.labels(rule).inc(new)
+            self._skipped_seen[rule] = total
         fetched = status.get("lkg_fetched_at")
         self._lkg_fetched_at = float(fetched) if isinstance(fetched, int | float) else None
         self.keyset.info(

@@ -52,6 +52,11 @@ class Key:
     public: tuple[tuple[str, str], ...]
     private: tuple[tuple[str, str], ...] = field(default=(), compare=True)
     use: str = "sig"
+    #: Checked X.509 members kept for verifier outputs (standard base64 DER chain, leaf
+    #: thumbprints); metadata, not key material: outside ``material_digest``.
+    x5c: tuple[str, ...] = ()
+    x5t: str = ""
+    x5t_s256: str = ""
     _digest: str = field(default="", compare=False, init=False)
 
     def __post_init__(self) -> None:
@@ -97,8 +102,28 @@ class Key:
         """
         return self._digest
 
+    def x509_members(self) -> dict[str, object]:
+        """``x5c``, ``x5t``, ``x5t#S256`` as far as the key has them (JWK member names)."""
+        members: dict[str, object] = {}
+        if self.x5c:
+            members["x5c"] = list(self.x5c)
+        if self.x5t:
+            members["x5t"] = self.x5t
+        if self.x5t_s256:
+            members["x5t#S256"] = self.x5t_s256
+        return members
+
     def without_private(self) -> Key:
-        return Key(kid=self.kid, kty=self.kty, alg=self.alg, public=self.public, use=self.use)
+        return Key(
+            kid=self.kid,
+            kty=self.kty,
+            alg=self.alg,
+            public=self.public,
+            use=self.use,
+            x5c=self.x5c,
+            x5t=self.x5t,
+            x5t_s256=self.x5t_s256,
+        )
 
     def __repr__(self) -> str:
         return (

@@ -1,16 +1,56 @@
-"""The rules of DESIGN.md section 4: a keyset breaking any of them is rejected whole.
+"""The rules of DESIGN.md section 4, and the one filter every source goes through.
 
 Each finding is a ``Problem(kid, rule, detail)``; details name members, never values.
 Rules: malformed, too-large, empty-keyset, duplicate-kid, kid-reused, missing-kty,
 unknown-kty, missing-member, bad-member, invalid-key, point-not-on-curve, alg-none,
 unknown-alg, alg-mismatch, rsa-too-small, hmac-too-short, private-in-public,
-private-mismatch, active-kid-unknown, missing-active-kid, unsupported-use.
+private-mismatch, active-kid-unknown, missing-active-kid, unsupported-use, x5c-mismatch.
+
+Skipping keys keysetd cannot use
+--------------------------------
+Identity providers publish keys keysetd has no use for next to the signing keys it
+needs: encryption keys (a Keycloak realm's ``use: enc`` RSA-OAEP key), key agreement
+curves (X25519), types or algorithms keysetd does not support (Ed448, an ``alg`` it does
+not know, an old 1024-bit RSA key). One such key must not block every update, so
+``check`` -- which every source's snapshot goes through (the pipeline's validation, the
+file, command, env and jwks_url sources alike, ``keysetd validate``, ``plan``,
+``rotate``) -- sets it aside, logs ``jwks_key_skipped`` (source, kid, rule, reason;
+never key material) and counts it (``skipped_counts``, exported as
+``keysetd_keys_skipped_total``). The filter lives here, not in a source, so that a
+certs document saved to a file, printed by a command or put in the environment is read
+exactly as the same document fetched from its URL.
+
+A key is skipped only when (a) it is declared not for signatures (``use`` other than
+"sig", ``key_ops`` without sign/verify, an encryption ``alg``, an ECDH curve, an unknown
+``kty``), or (b) every rule it breaks only says keysetd cannot use it (unknown-alg,
+alg-mismatch, rsa-too-small, an unsupported curve) -- never when it is broken
+(bad-member, invalid-key, point-not-on-curve, x5c-mismatch, alg-none...), which may
+be corruption or tampering and keeps refusing the set, so the last-known-good stays.
+
+A key holding private members is never skipped, in any source: it is refused with the
+rule it breaks. In a local source (file, command, env) a private key is one the
+operator put there to sign with; dropping it, even with a warning, would publish a set
+without it and leave signers on an old key or none, which is worse than a refused
+cycle that names it. In a remote JWKS a private member is a leak that
+private-in-public refuses anyway (an HMAC secret or the private half of an
+encryption key must not be hidden by keysetd). So the stricter rule is the same
+everywhere, and only public keys -- what a provider's JWKS is made of -- are skipped.
+
+The set is refused when no usable signing key remains (empty-keyset, with each
+skipped kid and its rule), or when ``active_kid`` names a skipped key.
+
+Certificates: ``x5c`` (every entry a base64 DER certificate, the first holding the key
+itself), ``x5t`` and ``x5t#S256`` (SHA-1/SHA-256 of that certificate) are checked for
+every source (x5c-mismatch) and then kept for the jwks output, so tokens naming their
+key by ``x5t`` (ADFS) can still be matched.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
+import threading
 from collections import Counter
 from collections.abc import Mapping
 from functools import lru_cache
@@ -21,16 +61,27 @@ from keysetd.crypto import (
     RSA_MIN_BITS,
     KeyMaterialError,
     b64u_decode,
+    check_x509,
     is_b64u,
     load_private,
     load_public,
 )
 from keysetd.errors import InvalidKeyset, Problem
 from keysetd.formats import decode_partial
-from keysetd.formats.jwks import kid_label, short
+from keysetd.formats.jwks import NotForSignatures, kid_label, short
+from keysetd.log import event
 from keysetd.model import PRIVATE_MEMBERS, PUBLIC_MEMBERS, Key, Keyset
 
-__all__ = ["RULES", "check", "find_problems", "resolve_active", "validate", "weak_secrets"]
+__all__ = [
+    "RULES",
+    "check",
+    "check_report",
+    "find_problems",
+    "resolve_active",
+    "skipped_counts",
+    "validate",
+    "weak_secrets",
+]
 
 RULES = (
     "malformed",
@@ -54,6 +105,7 @@ RULES = (
     "active-kid-unknown",
     "missing-active-kid",
     "unsupported-use",
+    "x5c-mismatch",
 )
 #: Members each kty must carry: its public ones, and for oct the secret.
 _REQUIRED: Mapping[str, tuple[str, ...]] = {**PUBLIC_MEMBERS, "oct": PRIVATE_MEMBERS["oct"]}
@@ -62,6 +114,22 @@ _KID_MAX = 1024
 _VERDICT_CACHE = 32768
 # Set-level rules that a key dropped while decoding can trigger spuriously.
 _SET_RULES = frozenset({"empty-keyset", "active-kid-unknown", "missing-active-kid"})
+#: Rules that only say keysetd cannot use a key (not that it is broken): a public key
+#: breaking nothing else is skipped (module docstring).
+_UNUSABLE_RULES = frozenset({"unknown-alg", "alg-mismatch", "rsa-too-small"})
+#: RFC 7518 section 4.1: key management algorithms, i.e. encryption keys.
+_JWE_ALGS = frozenset(
+    {
+        "RSA1_5", "RSA-OAEP", "RSA-OAEP-256", "RSA-OAEP-384", "RSA-OAEP-512",
+        "A128KW", "A192KW", "A256KW", "dir",
+        "ECDH-ES", "ECDH-ES+A128KW", "ECDH-ES+A192KW", "ECDH-ES+A256KW",
+        "A128GCMKW", "A192GCMKW", "A256GCMKW",
+        "PBES2-HS256+A128KW", "PBES2-HS384+A192KW", "PBES2-HS512+A256KW",
+    }
+)  # fmt: skip
+_ECDH_CURVES = frozenset({"X25519", "X448"})
+#: Origins whose skipped keys were last warned about (a warning per change, not per cycle).
+_WARNED_MAX = 256
 
 
 def resolve_active(keyset: Keyset) -> Keyset:
@@ -123,6 +191,11 @@ def _material_problems(key: Key, declared_public: bool) -> list[Problem]:
         load_public(key)
         if key.private and not declared_public:
             load_private(key)
+    except KeyMaterialError as exc:
+        add(exc.rule, exc.detail)
+        return found
+    try:
+        check_x509(key)
     except KeyMaterialError as exc:
         add(exc.rule, exc.detail)
     return found
@@ -208,6 +281,144 @@ def validate(
         raise InvalidKeyset(problems, where)
 
 
+def _not_for_signatures(key: Key) -> str | None:
+    """Why a key is declared for something other than signatures, or None."""
+    if key.use != "sig":
+        return f"use {short(key.use)}: not a signature key"
+    if key.alg in _JWE_ALGS:
+        return f"alg {short(key.alg)} is an encryption algorithm"
+    crv = key.member("crv")
+    if key.kty == "OKP" and crv in _ECDH_CURVES:
+        return f"crv {short(crv or '')} is a key agreement curve"
+    return None
+
+
+def _unusable(problem: Problem) -> bool:
+    """The problem says keysetd cannot use the key, not that the key is broken."""
+    if problem.rule in _UNUSABLE_RULES:
+        return True
+    # crypto names curves it does not load "unsupported ... curve" (secp256k1, X448...).
+    return problem.rule == "invalid-key" and problem.detail.startswith("unsupported ")
+
+
+def _skip(key: Key, declared_public: bool) -> tuple[Problem, ...]:
+    """Why a key is skipped (the first problem names the rule), or () to keep it.
+
+    A key kept is validated as usual, and refuses the set if it is bad.
+    """
+    if key.has_private:  # never dropped: refused with its rule (module docstring)
+        return ()
+    kid = kid_label(key.kid)
+    reason = _not_for_signatures(key)
+    if reason is not None:
+        return (Problem(kid, "unsupported-use", reason),)
+    problems = _key_problems(key, declared_public)
+    if problems and all(_unusable(p) for p in problems):
+        return tuple(dataclasses.replace(p, kid=kid) for p in problems)
+    return ()
+
+
+class _Skips:
+    """Counts of skipped keys by rule, and what was last warned about per origin."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.counts: Counter[str] = Counter()
+        self.warned: dict[str, frozenset[Problem]] = {}
+
+    def record(self, where: str, skipped: tuple[Problem, ...]) -> None:
+        with self.lock:
+            for problem in skipped:
+                self.counts[problem.rule] += 1
+            before = self.warned.get(where, frozenset())
+            if len(self.warned) >= _WARNED_MAX and where not in self.warned:
+                self.warned.clear()
+            self.warned[where] = frozenset(skipped)
+        for problem in skipped:
+            if problem not in before:
+                event(
+                    "jwks_key_skipped",
+                    logging.WARNING,
+                    source=where or None,
+                    kid=problem.kid,
+                    rule=problem.rule,
+                    reason=problem.detail,
+                )
+
+
+_SKIPS = _Skips()
+
+
+def skipped_counts() -> dict[str, int]:
+    """Keys skipped by ``check`` in this process so far, by rule (for the metrics)."""
+    with _SKIPS.lock:
+        return dict(_SKIPS.counts)
+
+
+def check_report(
+    data: bytes,
+    fmt: str = "auto",
+    *,
+    hmac_alg: str = "HS256",
+    where: str = "",
+    history: Mapping[str, str] | None = None,
+    declared_public: bool = False,
+    require_active: bool = False,
+) -> tuple[Keyset, tuple[Problem, ...]]:
+    """Like ``check``, plus the keys it skipped (each as the Problem it was skipped for).
+
+    Skipped keys are logged (once per change per ``where``) and counted here.
+    """
+    decoded, problems = decode_partial(data, fmt, hmac_alg=hmac_alg)
+    if decoded is None:
+        raise InvalidKeyset(problems, where)
+    # Each skipped key: the problems it breaks, the first naming the rule it is skipped for.
+    set_aside: list[tuple[Problem, ...]] = [
+        (Problem(p.kid, p.rule, p.detail),) for p in problems if isinstance(p, NotForSignatures)
+    ]
+    problems = tuple(p for p in problems if not isinstance(p, NotForSignatures))
+    kept: list[Key] = []
+    for key in decoded:
+        reasons = _skip(key, declared_public)
+        if reasons:
+            set_aside.append(reasons)
+        else:
+            kept.append(key)
+    skipped = [reasons[0] for reasons in set_aside]
+    keyset = resolve_active(dataclasses.replace(decoded, keys=tuple(kept)))
+    found = find_problems(
+        keyset, history=history, declared_public=declared_public, require_active=require_active
+    )
+    if problems:
+        found = tuple(p for p in found if p.rule not in _SET_RULES)
+    if skipped:
+        found = _explain_skips(keyset, found, skipped)
+    if problems or found:
+        refused = (*problems, *found)
+        if skipped and any(p.rule in _SET_RULES for p in found):
+            # The set fails for want of the skipped keys: name each and what it breaks.
+            refused = (*refused, *(p for reasons in set_aside for p in reasons))
+        raise InvalidKeyset(refused, where)
+    _SKIPS.record(where, tuple(skipped))
+    return keyset, tuple(skipped)
+
+
+def _explain_skips(
+    keyset: Keyset, found: tuple[Problem, ...], skipped: list[Problem]
+) -> tuple[Problem, ...]:
+    """Set-level problems that exist because keys were skipped, said so."""
+    skipped_kids = {p.kid for p in skipped}
+    explained: list[Problem] = []
+    for problem in found:
+        detail = problem.detail
+        if problem.rule == "empty-keyset":
+            detail = f"no usable signing key remains: {len(skipped)} key(s) skipped"
+        elif problem.rule == "active-kid-unknown" and keyset.active_kid in skipped_kids:
+            detail = "active_kid names a key keysetd cannot use (skipped)"
+        explained.append(dataclasses.replace(problem, detail=detail))
+    return tuple(explained)
+
+
 def check(
     data: bytes,
     fmt: str = "auto",
@@ -218,18 +429,20 @@ def check(
     declared_public: bool = False,
     require_active: bool = False,
 ) -> Keyset:
-    """Decode, resolve the active kid, validate: the keyset or InvalidKeyset with all problems."""
-    decoded, problems = decode_partial(data, fmt, hmac_alg=hmac_alg)
-    if decoded is None:
-        raise InvalidKeyset(problems, where)
-    keyset = resolve_active(decoded)
-    found = find_problems(
-        keyset, history=history, declared_public=declared_public, require_active=require_active
+    """Decode, skip keys keysetd cannot use, resolve the active kid, validate.
+
+    The keyset, or InvalidKeyset with all problems. See the module docstring for which
+    keys are skipped (with a warning) and when the set is refused instead.
+    """
+    keyset, _ = check_report(
+        data,
+        fmt,
+        hmac_alg=hmac_alg,
+        where=where,
+        history=history,
+        declared_public=declared_public,
+        require_active=require_active,
     )
-    if problems:
-        found = tuple(p for p in found if p.rule not in _SET_RULES)
-    if problems or found:
-        raise InvalidKeyset((*problems, *found), where)
     return keyset
 
 

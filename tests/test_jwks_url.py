@@ -22,7 +22,7 @@ from keysetd.errors import InvalidKeyset, SourceError
 from keysetd.registry import load
 from keysetd.schema import TableError
 from keysetd.sources.jwks_url import JwksUrlSource, JwksUrlSourceConfig
-from keysetd.validate import check
+from keysetd.validate import check, check_report
 from tests.conftest import Env
 from tests.keys import b64u, jwk
 from tests.servers import (
@@ -174,6 +174,11 @@ def kids(data: bytes) -> list[str]:
     return [key["kid"] for key in json.loads(data)["keys"]]
 
 
+def usable(data: bytes) -> list[str]:
+    """The kids validation keeps (keys keysetd cannot use are skipped there)."""
+    return list(check(data, "jwks", declared_public=True).kids)
+
+
 # --- config ----------------------------------------------------------------------------------
 
 
@@ -274,17 +279,25 @@ def test_keycloak_certs_filtered(served: Served, realm: Realm, events: Events) -
 
     snapshot = src.fetch()
 
+    # The source hands the whole document on (canonical); validation skips what it cannot use.
     assert snapshot.format == "jwks"
     assert snapshot.origin == f"jwks_url:{served.url}"
-    assert kids(snapshot.data) == ["rs-sig", "es-1", "ed-1"]
-    for key in json.loads(snapshot.data)["keys"]:
-        assert not {"x5c", "x5t", "x5t#S256", "key_ops"} & set(key)
-    keyset = check(snapshot.data, "jwks", declared_public=True)
+    assert sorted(kids(snapshot.data)) == sorted(k["kid"] for k in doc["keys"])
+    keyset, skipped = check_report(snapshot.data, "jwks", where="idp", declared_public=True)
     assert sorted(keyset.kids) == ["ed-1", "es-1", "rs-sig"]
-    skipped = {f["kid"]: f["reason"] for f in events.named("jwks_key_skipped")}
-    assert set(skipped) == {"rs-enc", "future-1", "ecdh-1", "wrap-1"}
-    assert "use 'enc'" in skipped["rs-enc"]
-    assert "kty 'XYZ'" in skipped["future-1"]
+    signing = keyset.get("rs-sig")
+    assert signing is not None and signing.x5c == tuple(doc["keys"][0]["x5c"])
+    assert {p.kid: p.rule for p in skipped} == {
+        "rs-enc": "unsupported-use",
+        "future-1": "unknown-kty",
+        "ecdh-1": "unsupported-use",
+        "wrap-1": "unsupported-use",
+    }
+    warned = {f["kid"]: f for f in events.named("jwks_key_skipped")}
+    assert set(warned) == {"rs-enc", "future-1", "ecdh-1", "wrap-1"}
+    assert "use 'enc'" in warned["rs-enc"]["reason"]
+    assert "kty 'XYZ'" in warned["future-1"]["reason"]
+    assert warned["rs-enc"]["rule"] == "unsupported-use" and warned["rs-enc"]["source"] == "idp"
     request = served.requests[0]
     assert request.headers["accept"] == "application/json"
     assert request.path == CERTS_PATH
@@ -292,14 +305,16 @@ def test_keycloak_certs_filtered(served: Served, realm: Realm, events: Events) -
     # The same document again: no request is cached (no max-age), no second warning.
     assert src.fetch().data == snapshot.data
     assert len(served.requests) == 2
+    check_report(snapshot.data, "jwks", where="idp", declared_public=True)
     assert len(events.named("jwks_key_skipped")) == 4
 
 
 def test_canonical_bytes_ignore_member_order(served: Served, realm: Realm) -> None:
     src = source(served.url)
-    served.reply.body = realm.certs()
+    certs = realm.certs()
+    served.reply.body = certs
     first = src.fetch().data
-    doc = json.loads(realm.certs())
+    doc = json.loads(certs)
     doc["keys"] = [dict(reversed(list(k.items()))) for k in doc["keys"]]
     served.reply.body = json.dumps(doc, separators=(",", ":")).encode()
     assert src.fetch().data == first
@@ -319,13 +334,13 @@ def test_x5c_must_carry_the_key(served: Served, realm: Realm) -> None:
     other = ec.generate_private_key(ec.SECP256R1())
     forged = _with_x5c(realm.es, certificate("app", other.public_key(), other))
     served.reply.body = json.dumps({"keys": [realm.enc, forged]}).encode()
-    with pytest.raises(SourceError, match="kid 'es-1': x5c certificate does not match the key"):
-        source(served.url).fetch()
+    with pytest.raises(InvalidKeyset, match=r"kid 'es-1': x5c-mismatch: the x5c\[0\] certificate"):
+        usable(source(served.url).fetch().data)
 
     garbled = {**realm.es, "x5c": ["not base64 at all!"]}
     served.reply.body = json.dumps({"keys": [garbled]}).encode()
-    with pytest.raises(SourceError, match="not a base64 DER certificate") as info:
-        source(served.url).fetch()
+    with pytest.raises(InvalidKeyset, match="not a base64 DER certificate") as info:
+        usable(source(served.url).fetch().data)
     assert realm.es["x"] not in str(info.value)
 
 
@@ -359,7 +374,7 @@ def test_etag_304_returns_the_previous_snapshot(served: Served, realm: Realm) ->
 
     served.etag(realm.certs(rotated=True), '"v2"')
     third = src.fetch()
-    assert kids(third.data) == ["rs-next", "es-1"]
+    assert usable(third.data) == ["rs-next", "es-1"]
     assert served.requests[-1].headers["if-none-match"] == '"v1"'
     assert src.fetch().data == third.data
     assert served.requests[-1].headers["if-none-match"] == '"v2"'
@@ -510,7 +525,7 @@ def test_oversized_body(served: Served, content_length: bool) -> None:
 def test_tls_verified_against_ca_file(tls: Tls, realm: Realm) -> None:
     tls.served.reply.body = realm.certs()
     snapshot = source(tls.served.url, ca_file=tls.ca_file, timeout=5).fetch()
-    assert kids(snapshot.data) == ["rs-sig", "es-1"]
+    assert usable(snapshot.data) == ["rs-sig", "es-1"]
 
 
 def test_tls_without_ca_file_is_refused(tls: Tls, realm: Realm) -> None:

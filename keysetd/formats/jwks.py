@@ -6,8 +6,9 @@ duplicate member names recorded (never "last one wins").
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeGuard
 
 from keysetd.crypto import thumbprint
@@ -17,6 +18,7 @@ from keysetd.model import PRIVATE_MEMBERS, PUBLIC_MEMBERS, Key, Keyset
 __all__ = [
     "MAX_KEYS",
     "JsonObject",
+    "NotForSignatures",
     "decode_jwks",
     "kid_label",
     "load_json",
@@ -30,6 +32,18 @@ MAX_KEYS = 20_000
 
 _EC_ALGS = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
 _OKP_ALGS = {"Ed25519": "EdDSA", "Ed448": "EdDSA"}
+_SIGNATURE_OPS = frozenset({"sign", "verify"})
+#: Member names that hold private material in some key type (also of types keysetd lacks).
+_PRIVATE_NAMES = frozenset({"d", "p", "q", "dp", "dq", "qi", "k", "priv", "seed", "oth"})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NotForSignatures(Problem):
+    """A key with no private member that is no signature key keysetd knows (unknown kty,
+    key_ops without sign/verify): ``keysetd.validate.check`` skips it with a warning.
+
+    A plain ``Problem`` (refusing the set) when the key carries private members.
+    """
 
 
 class JsonObject(dict[str, Any]):
@@ -117,6 +131,30 @@ def _infer_alg(kty: str, crv: str | None, hmac_alg: str) -> str:
     return hmac_alg if kty == "oct" else "RS256"
 
 
+def _strings(
+    raw: Mapping[str, object], names: tuple[str, ...], bad: Callable[[str, str], None]
+) -> dict[str, str]:
+    """The members of ``names`` present in ``raw``; one that is not a string is bad."""
+    found: dict[str, str] = {}
+    for name in names:
+        if name not in raw:
+            continue
+        value = raw[name]
+        if text_ok(value):
+            found[name] = value
+        else:
+            bad("bad-member", f"{name} is not a string")
+    return found
+
+
+def _not_signing_ops(raw: Mapping[str, object]) -> bool:
+    """``key_ops`` is present and allows neither sign nor verify (RFC 7517 4.3)."""
+    ops = raw.get("key_ops")
+    return isinstance(ops, list) and not _SIGNATURE_OPS.intersection(
+        op for op in ops if isinstance(op, str)
+    )
+
+
 def _decode_key(raw: object, index: int, hmac_alg: str, problems: list[Problem]) -> Key | None:
     """One JWK, or None after recording why it cannot be built."""
     label = f"keys[{index}]"
@@ -138,29 +176,18 @@ def _decode_key(raw: object, index: int, hmac_alg: str, problems: list[Problem])
     elif not text_ok(kty):
         bad("bad-member", "kty is not a string")
     elif kty not in PUBLIC_MEMBERS:
-        bad("unknown-kty", f"kty {short(kty)} is not one of RSA, EC, OKP, oct")
+        detail = f"{label}: kty {short(kty)} is not one of RSA, EC, OKP, oct"
+        kind = Problem if _PRIVATE_NAMES.intersection(raw) else NotForSignatures
+        found.append(kind(name, "unknown-kty", detail))
     if found or not isinstance(kty, str):
         problems.extend(found)
         return None
-    public: dict[str, str] = {}
-    private: dict[str, str] = {}
-    for member in (*PUBLIC_MEMBERS[kty], *PRIVATE_MEMBERS[kty]):
-        if member not in raw:
-            continue
-        value = raw[member]
-        if not text_ok(value):
-            bad("bad-member", f"{member} is not a string")
-            continue
-        (public if member in PUBLIC_MEMBERS[kty] else private)[member] = value
+    public = _strings(raw, PUBLIC_MEMBERS[kty], bad)
+    private = _strings(raw, PRIVATE_MEMBERS[kty], bad)
     if kty == "RSA" and "oth" in raw:
         bad("invalid-key", "multi-prime RSA keys (oth) are not supported")
-    extras: dict[str, str] = {}
-    for member in ("kid", "alg", "use"):
-        if member in raw:
-            if text_ok(raw[member]):
-                extras[member] = raw[member]
-            else:
-                bad("bad-member", f"{member} is not a string")
+    extras = _strings(raw, ("kid", "alg", "use", "x5t", "x5t#S256"), bad)
+    chain = _x5c(raw, bad)
     alg = extras.get("alg", _infer_alg(kty, public.get("crv"), hmac_alg))
     key = Key(
         kid=extras.get("kid", ""),
@@ -169,27 +196,46 @@ def _decode_key(raw: object, index: int, hmac_alg: str, problems: list[Problem])
         public=tuple(sorted(public.items())),
         private=tuple(sorted(private.items())),
         use=extras.get("use", "sig"),
+        # Thumbprints without the certificate they hash cannot be checked: not carried.
+        x5c=chain,
+        x5t=extras.get("x5t", "") if chain else "",
+        x5t_s256=extras.get("x5t#S256", "") if chain else "",
     )
+    if _not_signing_ops(raw):
+        detail = f"{label}: key_ops has neither sign nor verify"
+        if private:
+            found.append(Problem(name, "unsupported-use", detail))
+        else:  # not for signatures at all: its other findings do not matter
+            problems.append(NotForSignatures(name, "unsupported-use", detail))
+            return None
     if "kid" not in raw and not found:
         if kty == "oct":
             # A thumbprint of a secret would publish a hash of it: insist on a kid.
             bad("missing-member", "kid is required for oct keys")
         else:
             try:
-                key = Key(
-                    kid=thumbprint(key),
-                    kty=kty,
-                    alg=alg,
-                    public=key.public,
-                    private=key.private,
-                    use=key.use,
-                )
+                key = dataclasses.replace(key, kid=thumbprint(key))
             except ValueError:
                 bad("missing-member", "kid is missing and no RFC 7638 thumbprint can be computed")
     if found:
         problems.extend(found)
         return None
     return key
+
+
+def _x5c(raw: Mapping[str, object], bad: Callable[[str, str], None]) -> tuple[str, ...]:
+    """The ``x5c`` chain as strings (checked against the key by validation), or ()."""
+    if "x5c" not in raw:
+        return ()
+    chain = raw["x5c"]
+    if (
+        not isinstance(chain, list)
+        or not chain
+        or not all(text_ok(entry) and entry for entry in chain)
+    ):
+        bad("bad-member", "x5c is not a non-empty list of base64 certificates")
+        return ()
+    return tuple(chain)
 
 
 def parse_jwks(
@@ -220,14 +266,16 @@ def decode_jwks(doc: Mapping[str, object], *, hmac_alg: str = "HS256") -> Keyset
     return keyset
 
 
-def _ordered_jwk(key: Key, *, private: bool) -> dict[str, str]:
-    """kty, kid, alg, use, then the public and (if asked) private members in RFC order."""
-    jwk = {"kty": key.kty, "kid": key.kid, "alg": key.alg, "use": key.use}
+def _ordered_jwk(key: Key, *, private: bool) -> dict[str, object]:
+    """kty, kid, alg, use, the public and (if asked) private members in RFC order, then the
+    checked x5c, x5t and x5t#S256 when the source had them."""
+    jwk: dict[str, object] = {"kty": key.kty, "kid": key.kid, "alg": key.alg, "use": key.use}
     names = PUBLIC_MEMBERS.get(key.kty, ()) + (PRIVATE_MEMBERS.get(key.kty, ()) if private else ())
     for name in names:
         value = key.member(name)
         if value is not None:
             jwk[name] = value
+    jwk.update(key.x509_members())
     return jwk
 
 
@@ -236,7 +284,7 @@ def dump(doc: object) -> bytes:
     return (json.dumps(doc, indent=2, ensure_ascii=True) + "\n").encode("ascii")
 
 
-def _dump_keyset(head: dict[str, str], keys: list[dict[str, str]]) -> bytes:
+def _dump_keyset(head: dict[str, str], keys: list[dict[str, object]]) -> bytes:
     """Like ``dump`` but one key per line: as readable, and C-encoded (indent= is pure Python)."""
     lines = ["{"]
     lines += [f"  {json.dumps(name)}: {json.dumps(value)}," for name, value in head.items()]

@@ -3,10 +3,13 @@
 One GET per fetch through :mod:`keysetd.httpclient`: no redirects, no proxies,
 TLS always verified against the system store or ``ca_file``, the whole exchange
 from connect to the last body byte bounded by ``timeout``, cut short by SIGTERM.
-Keys that are not for signatures (``use`` other than "sig", encryption
-``key_ops``/``alg``, ECDH curves) and keys of an unknown ``kty`` are skipped
-with a warning; the rest go to the pipeline's validation as a canonical JWKS.
-A key's ``x5c`` certificate must carry the key itself.
+The document goes to the pipeline's validation as a canonical JWKS (member order
+and whitespace do not matter, so a provider re-serialising the same keys changes
+nothing). Keys keysetd cannot use -- ``use: enc``, encryption ``key_ops``/``alg``,
+ECDH curves, an unknown ``kty``, Ed448, an unknown ``alg``, RSA under 2048 bits --
+are skipped there, with a warning and a metric, by the one filter every source goes
+through (:mod:`keysetd.validate`); so is the ``x5c``/``x5t`` check, and checked
+certificates are kept in the jwks output.
 
 Caching: ETag/Last-Modified are sent back as If-None-Match/If-Modified-Since,
 and a 304 returns the previous snapshot (same bytes: the pipeline does
@@ -18,66 +21,30 @@ planned wakes). SIGHUP rebuilds the source, so "refetch now" skips the cache.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import http.client
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import field
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, ClassVar
 from urllib.parse import urlsplit
 
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-
 from keysetd import httpclient
-from keysetd.crypto import KeyMaterialError, load_public
 from keysetd.errors import InvalidKeyset, SourceError
 from keysetd.extension import Source, SourceConfig, SourceFormat
 from keysetd.formats import MAX_DOCUMENT
-from keysetd.formats.jwks import JsonObject, kid_label, load_json, short
+from keysetd.formats.jwks import JsonObject, load_json
 from keysetd.httpcheck import check_headers, check_http_url, is_loopback, safe_url
 from keysetd.log import event
-from keysetd.model import PUBLIC_MEMBERS, Key, Snapshot, canonical_json
+from keysetd.model import Snapshot, canonical_json
 from keysetd.schema import positive
 from keysetd.sources.file import READ_LIMIT
 from keysetd.units import PositiveDuration
 
-__all__ = ["JwksUrlSource", "JwksUrlSourceConfig", "filter_jwks"]
+__all__ = ["JwksUrlSource", "JwksUrlSourceConfig", "canonical_jwks"]
 
-_KNOWN_KTY = frozenset({"RSA", "EC", "OKP", "oct"})
-#: RFC 7518 section 4.1: key management algorithms, i.e. encryption keys.
-_JWE_ALGS = frozenset(
-    {
-        "RSA1_5",
-        "RSA-OAEP",
-        "RSA-OAEP-256",
-        "RSA-OAEP-384",
-        "RSA-OAEP-512",
-        "A128KW",
-        "A192KW",
-        "A256KW",
-        "dir",
-        "ECDH-ES",
-        "ECDH-ES+A128KW",
-        "ECDH-ES+A192KW",
-        "ECDH-ES+A256KW",
-        "A128GCMKW",
-        "A192GCMKW",
-        "A256GCMKW",
-        "PBES2-HS256+A128KW",
-        "PBES2-HS384+A192KW",
-        "PBES2-HS512+A256KW",
-    }
-)
-_ECDH_CURVES = frozenset({"X25519", "X448"})
-_SIGNATURE_OPS = frozenset({"sign", "verify"})
-#: Members dropped from kept keys once checked: certificates and hints verifiers do not need.
-_STRIPPED = ("x5c", "x5t", "x5t#S256", "key_ops")
 #: Request headers keysetd sets itself.
 _RESERVED_HEADERS = frozenset(
     {
@@ -119,102 +86,27 @@ class JwksUrlSourceConfig(SourceConfig):
             raise ValueError("ca_file needs an https:// url")
 
 
-# --- filtering ------------------------------------------------------------------------------
+# --- canonical form --------------------------------------------------------------------------
 
 
-def _skip_reason(raw: Mapping[str, Any]) -> str | None:
-    """Why a key is no signature key keysetd can use, or None to keep it for validation."""
-    use = raw.get("use")
-    if isinstance(use, str) and use != "sig":
-        return f"use {short(use)}: not a signature key"
-    ops = raw.get("key_ops")
-    if isinstance(ops, list) and not _SIGNATURE_OPS.intersection(
-        o for o in ops if isinstance(o, str)
-    ):
-        return "key_ops has neither sign nor verify"
-    kty = raw.get("kty")
-    if isinstance(kty, str) and kty not in _KNOWN_KTY:
-        return f"kty {short(kty)} is not one of RSA, EC, OKP, oct"
-    alg = raw.get("alg")
-    if isinstance(alg, str) and alg in _JWE_ALGS:
-        return f"alg {short(alg)} is an encryption algorithm"
-    crv = raw.get("crv")
-    if kty == "OKP" and isinstance(crv, str) and crv in _ECDH_CURVES:
-        return f"crv {short(crv)} is a key agreement curve"
-    return None
+def canonical_jwks(data: bytes) -> bytes:
+    """The document as canonical JSON, or unchanged when it is no plain JWK Set.
 
-
-def _kid_of(raw: Mapping[str, Any], index: int) -> str:
-    kid = raw.get("kid")
-    return kid_label(kid) if isinstance(kid, str) else f"keys[{index}]"
-
-
-def _check_x5c(raw: Mapping[str, Any], kid: str) -> str | None:
-    """None when the first x5c certificate holds the key's public key, else why not.
-
-    Only the binding of certificate and key is checked, not a chain or expiry:
-    Keycloak publishes self-signed realm certificates that nobody renews, and
-    the trust in the key comes from the TLS connection to the provider.
-    """
-    chain = raw.get("x5c")
-    if not isinstance(chain, list) or not chain or not isinstance(chain[0], str):
-        return "x5c is not a list of base64 certificates"
-    try:
-        der = base64.b64decode(chain[0], validate=True)
-        certificate = x509.load_der_x509_certificate(der)
-        cert_key = certificate.public_key()
-    except (binascii.Error, ValueError, UnsupportedAlgorithm):
-        return "x5c[0] is not a base64 DER certificate"
-    kty = raw.get("kty")
-    members = PUBLIC_MEMBERS.get(kty, ()) if isinstance(kty, str) else ()
-    public = tuple(sorted((m, raw[m]) for m in members if isinstance(raw.get(m), str)))
-    try:
-        jwk_key = load_public(Key(kid=kid, kty=str(kty), alg="", public=public))
-    except KeyMaterialError:
-        return None  # the key itself is broken: validation names the rule
-    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    try:
-        same = cert_key.public_bytes(*spki) == jwk_key.public_bytes(*spki)
-    except ValueError:
-        same = False
-    return None if same else "x5c certificate does not match the key"
-
-
-def filter_jwks(data: bytes) -> tuple[bytes, list[tuple[str, str]], list[tuple[str, str]]]:
-    """(document for the pipeline, skipped (kid, reason), x5c failures (kid, reason)).
-
-    Anything that is not a plain JWK Set (not JSON, no "keys" list, duplicate
-    members, over the size limit) is returned unchanged, so validation names it.
-    oct keys are kept: an HMAC secret on a public endpoint is a leak, and
-    validation refuses it (private-in-public) rather than keysetd hiding it.
+    Anything that is not (not JSON, no "keys" list, duplicate members, over the size
+    limit) is returned as it came, so validation names the problem.
     """
     if len(data) > MAX_DOCUMENT:
-        return data, [], []
+        return data
     try:
         doc = load_json(data)
     except InvalidKeyset:  # validation reports the same problem
-        return data, [], []
+        return data
     raw_keys = doc.get("keys")
     if not isinstance(raw_keys, list) or doc.duplicates:
-        return data, [], []
+        return data
     if any(isinstance(raw, JsonObject) and raw.duplicates for raw in raw_keys):
-        return data, [], []
-    kept: list[object] = []
-    skipped: list[tuple[str, str]] = []
-    broken: list[tuple[str, str]] = []
-    for index, raw in enumerate(raw_keys):
-        if not isinstance(raw, dict):
-            kept.append(raw)
-            continue
-        kid = _kid_of(raw, index)
-        reason = _skip_reason(raw)
-        if reason is not None:
-            skipped.append((kid, reason))
-            continue
-        if "x5c" in raw and (problem := _check_x5c(raw, kid)) is not None:
-            broken.append((kid, problem))
-        kept.append({name: value for name, value in raw.items() if name not in _STRIPPED})
-    return canonical_json({**doc, "keys": kept}), skipped, broken
+        return data
+    return canonical_json(doc)
 
 
 def _lifetime(headers: http.client.HTTPMessage) -> float | None:
@@ -260,7 +152,6 @@ class JwksUrlSource(Source):
         self._last_modified: str | None = None
         self._fresh_until = 0.0
         self._lifetime = 0.0
-        self._skipped: frozenset[tuple[str, str]] = frozenset()
         if parts.scheme != "https" and not is_loopback(parts.hostname):
             event(
                 "jwks_url_plain_http",
@@ -310,21 +201,7 @@ class JwksUrlSource(Source):
         self._last_modified = headers.get("Last-Modified") or self._last_modified
 
     def _process(self, body: bytes) -> Snapshot:
-        data, skipped, broken = filter_jwks(body)
-        if broken:
-            detail = "; ".join(f"kid {kid!r}: {reason}" for kid, reason in broken)
-            raise self._fail(detail)
-        for kid, reason in skipped:
-            if (kid, reason) not in self._skipped:
-                event(
-                    "jwks_key_skipped",
-                    logging.WARNING,
-                    source=self.describe(),
-                    kid=kid,
-                    reason=reason,
-                )
-        self._skipped = frozenset(skipped)
-        return Snapshot(data, origin=self.describe(), format="jwks")
+        return Snapshot(canonical_jwks(body), origin=self.describe(), format="jwks")
 
     def _headers(self) -> dict[str, str]:
         headers = {"User-Agent": "keysetd", "Accept": "application/json"}

@@ -13,12 +13,16 @@ arguments for ``keysetd.validate.check`` (``history``, ``declared_public``,
 from __future__ import annotations
 
 import base64
+import datetime
+import hashlib
 import json
 import random
 import shutil
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import serialization as ser
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
@@ -87,6 +91,28 @@ def public(jwk: Jwk) -> Jwk:
     return {k: v for k, v in jwk.items() if k not in {"d", "p", "q", "dp", "dq", "qi", "k"}}
 
 
+def x509_members(subject_key: Any, signer: Any) -> Jwk:
+    """x5c (standard base64 DER), x5t, x5t#S256 of a certificate for ``subject_key``."""
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "vectors")])
+    start = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(subject_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + datetime.timedelta(days=3650))
+        .sign(signer, hashes.SHA256())
+    )
+    der = cert.public_bytes(ser.Encoding.DER)
+    return {
+        "x5c": [base64.b64encode(der).decode()],
+        "x5t": b64u(hashlib.sha1(der).digest()),
+        "x5t#S256": b64u(hashlib.sha256(der).digest()),
+    }
+
+
 def oct_jwk(kid: str, secret: bytes, alg: str = "HS256") -> Jwk:
     return {"kty": "oct", "kid": kid, "alg": alg, "k": b64u(secret)}
 
@@ -140,11 +166,12 @@ def make_valid() -> None:
         write(VALID / f"{alg.lower()}-public.json", {"keys": [public(jwk)]})
 
     es, _ = ec_jwk("P-256", "ES256", "2026-11-b")
-    rs, _ = rsa_jwk(2048, "RS256", "2026-10-a")
+    rs, rs_key = rsa_jwk(2048, "RS256", "2026-10-a")
     mixed = [rs, ed_jwk("2026-09-ed"), es]
     write(VALID / "mixed-private.json", {"active_kid": "2026-11-b", "keys": mixed})
     # What a Keycloak-like JWKS URL serves: extra members, no alg on RSA, a kid-less key.
-    rs_pub = public(rs) | {"use": "sig", "x5t": "aGVsbG8", "x5c": ["MIIB"], "key_ops": ["verify"]}
+    certs = x509_members(rs_key.public_key(), rs_key)
+    rs_pub = public(rs) | {"use": "sig", **certs, "key_ops": ["verify"]}
     del rs_pub["alg"]
     anon, _ = ec_jwk("P-384", None, None)
     write(VALID / "mixed-public.json", {"keys": [rs_pub, public(anon), public(es)]})
@@ -319,6 +346,10 @@ def make_invalid() -> None:
 
     write(inv / "alg-none--none.json", {"keys": [public(es) | {"alg": "none"}]})
     write(inv / "alg-none--uppercase.json", {"keys": [public(es) | {"alg": "NONE"}]})
+    other, _ = ec_jwk("P-256", "ES256", "other")
+    signer = ec.generate_private_key(ec.SECP256R1())
+    forged = x509_members(signer.public_key(), signer)
+    write(inv / "x5c-mismatch--other-key.json", {"keys": [public(other) | forged]})
     write(inv / "unknown-alg--es256k.json", {"keys": [public(es) | {"alg": "ES256K"}]})
     write(inv / "unknown-alg--hs1.json", {"keys": [oct_jwk("hs-1", b"Z" * 64, "HS1")]})
     write(inv / "alg-mismatch--es256-on-p384.json", {"keys": [public(p384) | {"alg": "ES256"}]})
