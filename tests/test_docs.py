@@ -65,3 +65,18 @@ def test_quickstart_publishes(tmp_path: Path) -> None:
     assert [k["kid"] for k in jwks["keys"]] == ["demo-2026-11-a", "demo-ed25519-a"]
     assert (tmp_path / "demo/pem/demo-2026-11-a.pem").exists()
     assert json.loads((tmp_path / "demo/signer/keyset.json").read_text())["active_kid"]
+
+
+def test_readme_tables_list_every_plugin() -> None:
+    """Each source, output and notifier ``keysetd plugins`` lists has a row in its README table."""
+    text = (ROOT / "README.md").read_text()
+    done = subprocess.run(
+        [*KEYSETD, "plugins"], capture_output=True, text=True, timeout=30, check=True
+    )
+    tables = {"sources": "### Sources", "outputs": "### Outputs", "notifiers": "### Notifiers"}
+    listed = [line.split()[:2] for line in done.stdout.splitlines() if line.strip()]
+    assert {"nats", "systemd"} <= {name for kind, name in listed if kind == "notifiers"}
+    for kind, name in listed:
+        section = text.split(tables[kind], 1)[1].split("\n#", 1)[0]
+        rows = set(re.findall(r"^\| `([a-z_]+)` \|", section, flags=re.M))
+        assert name in rows, f"README {tables[kind]} has no row for {name}"
