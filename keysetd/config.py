@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import socket
 import tomllib
 from collections.abc import Mapping
@@ -52,14 +51,19 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_MAX_STALENESS",
+    "RGS_SOURCE_VARS",
     "Config",
     "FleetSettings",
     "PolicySettings",
     "RotationSettings",
     "ServerSettings",
     "Settings",
+    "compat_overrides",
     "config_path",
     "load_config",
+    "no_config_base",
+    "rgs_bool",
+    "rgs_source_given",
 ]
 
 DEFAULT_MAX_STALENESS = 86400.0
@@ -280,33 +284,129 @@ def environment_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], d
     return tree, origins
 
 
-def compat_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
-    """The ``RGS_JWT_KEYSET_*`` convention as config keys, so such a deployment keeps its env.
+#: What open-rgs reads as true and false (``mustParseBoolEnv``); anything else is refused.
+_RGS_TRUE = frozenset({"1", "true", "yes", "on"})
+_RGS_FALSE = frozenset({"0", "false", "no", "off"})
+#: The open-rgs variables that name a keyset source; any of them allows a start without a file.
+RGS_SOURCE_VARS = ("RGS_JWT_KEYSET_COMMAND", "RGS_JWT_KEYSET", "RGS_JWT_KEYSET_FILE")
+#: The shell a ``RGS_JWT_KEYSET_COMMAND`` line runs under (open-rgs: ``sh -lc``).
+RGS_SHELL = "/bin/sh"
+#: The file the no-config daemon writes for open-rgs when no ``RGS_JWT_KEYSET_FILE`` says where.
+RGS_OUTPUT_NAME = "jwt-keyset.json"
 
-    ``RGS_JWT_KEYSET_FILE`` (a file source) or ``RGS_JWT_KEYSET_COMMAND`` (a command
-    source, split like a shell would, run without one), ``RGS_JWT_KEYSET_REFRESH_INTERVAL``
-    and ``RGS_STRICT_PRODUCTION_MODE``. ``KEYSETD_*`` variables win over these.
+
+def _given(environ: Mapping[str, str], name: str) -> str | None:
+    """The variable's value, or None when unset or blank (as open-rgs's ``envOr``)."""
+    value = environ.get(name)
+    return value if value is not None and value.strip() else None
+
+
+def rgs_bool(environ: Mapping[str, str], name: str) -> bool | None:
+    """An open-rgs boolean variable; None when unset or blank, ConfigError when not a boolean."""
+    raw = (environ.get(name) or "").strip().lower()
+    if not raw:
+        return None
+    if raw in _RGS_TRUE or raw in _RGS_FALSE:
+        return raw in _RGS_TRUE
+    raise ConfigError(f"${name} is not a boolean (true/false, 1/0, yes/no, on/off)")
+
+
+def rgs_source_given(environ: Mapping[str, str]) -> bool:
+    """True when an open-rgs variable names a keyset source (a start without a config file)."""
+    return any(_given(environ, name) for name in RGS_SOURCE_VARS)
+
+
+def _rgs_home(environ: Mapping[str, str]) -> Path:
+    """Where the no-config daemon keeps its state and (by default) its rgs output.
+
+    ``$STATE_DIRECTORY`` (systemd's ``StateDirectory=``), else the XDG state directory of
+    whoever runs it: ``$XDG_STATE_HOME/keysetd`` or ``$HOME/.local/state/keysetd``; with
+    no usable HOME either, /var/lib/keysetd.
+    """
+    if state := environ.get("STATE_DIRECTORY", "").split(":")[0]:
+        return Path(state)
+    xdg = environ.get("XDG_STATE_HOME", "")
+    if os.path.isabs(xdg):
+        return Path(xdg) / "keysetd"
+    home = environ.get("HOME", "")
+    if os.path.isabs(home) and home.rstrip("/"):
+        return Path(home) / ".local" / "state" / "keysetd"
+    return Path("/var/lib/keysetd")
+
+
+def compat_overrides(
+    environ: Mapping[str, str], *, no_config: bool = False
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The open-rgs ``RGS_*`` variables as config keys, so such a deployment keeps its env.
+
+    With a config file: ``RGS_JWT_KEYSET_FILE`` (a file source) or ``RGS_JWT_KEYSET_COMMAND``
+    (a command source: the line run by ``/bin/sh -c``, as open-rgs runs it), not both.
+    Without one (``no_config``), the source is the first of ``RGS_JWT_KEYSET_COMMAND``,
+    ``RGS_JWT_KEYSET`` (an env source) and ``RGS_JWT_KEYSET_FILE``; when the command or
+    the inline keyset is the source, ``RGS_JWT_KEYSET_FILE`` is where the rgs output goes
+    (the file open-rgs reads, as it prefers that variable over the other two).
+    Both: ``RGS_JWT_KEYSET_REFRESH_INTERVAL`` and ``RGS_STRICT_PRODUCTION_MODE``.
+    ``KEYSETD_*`` variables win over these.
     """
     tree: dict[str, Any] = {}
     origins: dict[str, str] = {}
     source: dict[str, Any] = {}
-    if path := environ.get("RGS_JWT_KEYSET_FILE"):
+    path = _given(environ, "RGS_JWT_KEYSET_FILE")
+    command = _given(environ, "RGS_JWT_KEYSET_COMMAND")
+    inline = _given(environ, "RGS_JWT_KEYSET") if no_config else None
+    if not no_config and path and command:
+        raise ConfigError("set RGS_JWT_KEYSET_FILE or RGS_JWT_KEYSET_COMMAND, not both")
+    if command:
+        source.update(type="command", argv=[RGS_SHELL, "-c", command])
+        origins["source.argv"] = "RGS_JWT_KEYSET_COMMAND"
+    elif inline:
+        source.update(type="env", var="RGS_JWT_KEYSET", active_kid_var="RGS_JWT_ACTIVE_KID")
+        origins["source.type"] = "RGS_JWT_KEYSET"
+    elif path:
         source.update(type="file", path=path)
         origins["source.path"] = "RGS_JWT_KEYSET_FILE"
-    if command := environ.get("RGS_JWT_KEYSET_COMMAND"):
-        if source:
-            raise ConfigError("set RGS_JWT_KEYSET_FILE or RGS_JWT_KEYSET_COMMAND, not both")
-        source.update(type="command", argv=shlex.split(command))
-        origins["source.argv"] = "RGS_JWT_KEYSET_COMMAND"
-    if interval := environ.get("RGS_JWT_KEYSET_REFRESH_INTERVAL"):
-        source["refresh_interval"] = interval
+    if interval := _given(environ, "RGS_JWT_KEYSET_REFRESH_INTERVAL"):
+        source["refresh_interval"] = interval.strip()
         origins["source.refresh_interval"] = "RGS_JWT_KEYSET_REFRESH_INTERVAL"
     if source:
         tree["source"] = source
-    if (strict := environ.get("RGS_STRICT_PRODUCTION_MODE")) is not None:
-        tree["strict"] = strict.strip().lower() in {"1", "true", "yes", "on"}
+    if (strict := rgs_bool(environ, "RGS_STRICT_PRODUCTION_MODE")) is not None:
+        tree["strict"] = strict
         origins["strict"] = "RGS_STRICT_PRODUCTION_MODE"
     return tree, origins
+
+
+def no_config_base(environ: Mapping[str, str], source_type: str | None) -> dict[str, Any]:
+    """The config of a daemon started with ``RGS_*`` variables only, under the overrides.
+
+    state_dir ``<home>/state`` (see ``_rgs_home``); one rgs output, the file open-rgs reads:
+    ``RGS_JWT_KEYSET_FILE`` when a command or inline keyset is the source, else
+    ``<home>/jwt-keyset.json``; ``policy.max_staleness`` set to its default (24h) so strict
+    mode has what it asks for.
+    """
+    home = _rgs_home(environ)
+    target = _given(environ, "RGS_JWT_KEYSET_FILE") if source_type in ("command", "env") else None
+    return {
+        "state_dir": str(home / "state"),
+        "outputs": [{"type": "rgs", "path": target or str(home / RGS_OUTPUT_NAME)}],
+        "policy": {"max_staleness": DEFAULT_MAX_STALENESS},
+    }
+
+
+def _external_keyset_problem(environ: Mapping[str, str], source_type: object) -> str | None:
+    """``RGS_STRICT_EXTERNAL_JWT_KEYSET`` (default: ``RGS_STRICT_PRODUCTION_MODE``), as open-rgs
+    means it: the keyset must come from outside the environment, so an env source is refused."""
+    name = "RGS_STRICT_EXTERNAL_JWT_KEYSET"
+    required = rgs_bool(environ, name)
+    if required is None:
+        name = "RGS_STRICT_PRODUCTION_MODE"
+        required = rgs_bool(environ, name)
+    if not required or source_type != "env":
+        return None
+    return (
+        f"source.type: an env source keeps key material in the environment, and ${name}=true "
+        "requires an external keyset (RGS_JWT_KEYSET_FILE or RGS_JWT_KEYSET_COMMAND)"
+    )
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -434,9 +534,14 @@ def _tables(value: object) -> list[tuple[int, dict[str, Any]]]:
 def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> Config:
     """Read the file, override from ``KEYSETD_*``, validate every table; ConfigError lists all."""
     env = os.environ if environ is None else environ
-    compat, compat_origins = compat_overrides(env)
+    no_config = path is None and rgs_source_given(env)
+    compat, compat_origins = compat_overrides(env, no_config=no_config)
     overrides, origins = environment_overrides(env)
     file_data = _read_toml(path) if path is not None else {}
+    if no_config:
+        file_data = no_config_base(env, compat.get("source", {}).get("type"))
+        if file_data["outputs"][0]["path"] == env.get("RGS_JWT_KEYSET_FILE"):
+            compat_origins["outputs.0.path"] = "RGS_JWT_KEYSET_FILE"
     raw_source = file_data.get("source")
     file_type = raw_source.get("type") if isinstance(raw_source, dict) else None
     compat_type = compat.get("source", {}).get("type")
@@ -490,6 +595,8 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
                 )
     if settings is not None and settings.rotation is not None:
         _check_rotation(settings, problems)
+    if source is not None and (problem := _external_keyset_problem(env, source[1].type)):
+        problems.append(problem)
     if problems or settings is None or source is None:
         raise ConfigError(f"invalid configuration{f' in {path}' if path else ''}", tuple(problems))
     config = Config(

@@ -14,6 +14,15 @@ same bytes, so nothing time-dependent goes in. ``write_evidence`` puts the files
   both are null/false: there is nothing to have changed from.
 - ``fingerprint.sha256``: ``<keyset_sha256>  keyset.json``, so ``sha256sum -c``
   checks the keyset inside the directory.
+
+With a ``Capture`` (what ``keysetd evidence`` always passes: when and from where the
+keyset was read), ``summary.json`` also carries the fields of open-rgs's
+``keyset_rotation_evidence.sh``: ``keys_count`` (= ``key_count``), ``captured_at_utc``
+(``YYYY-MM-DDTHH:MM:SSZ``), ``source_mode`` (the source type the keyset was fetched
+from just now, ``file``/``command``/... , or ``last-known-good`` when that fetch failed
+and the last published keyset stands in), ``rotation_state`` (``initial`` with no
+previous summary, else ``rotated`` or ``unchanged``), and keysetd's ``fetched_live``.
+The bytes then depend on the capture time, which is the point of that field.
 """
 
 from __future__ import annotations
@@ -23,7 +32,9 @@ import json
 import os
 import re
 import stat
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +44,15 @@ from keysetd.model import PRIVATE_MEMBERS, Key
 from keysetd.plan import Plan
 
 __all__ = [
+    "FALLBACK_SOURCE_MODE",
     "FILE_MODE",
     "FINGERPRINT_FILE",
     "KEYSET_FILE",
     "SUMMARY_FILE",
+    "Capture",
     "build_evidence",
     "check_component",
+    "default_event_id",
     "write_evidence",
 ]
 
@@ -47,6 +61,9 @@ SUMMARY_FILE = "summary.json"
 FINGERPRINT_FILE = "fingerprint.sha256"
 FILE_MODE = 0o644
 DIR_MODE = 0o755
+
+#: ``source_mode`` when the source failed and the last-known-good was used instead.
+FALLBACK_SOURCE_MODE = "last-known-good"
 
 _SAFE_COMPONENT = re.compile(r"[A-Za-z0-9._-]{1,128}")
 #: Every private member of every key type, "k" included: none may reach a file.
@@ -60,6 +77,20 @@ def check_component(name: str, what: str = "event id") -> str:
             f"{what} {name[:40]!r} is not a single path component of [A-Za-z0-9._-], 1-128 long"
         )
     return name
+
+
+@dataclass(frozen=True, slots=True)
+class Capture:
+    """When and from where the keyset of the evidence was read."""
+
+    captured_at: float  # Unix seconds
+    source_mode: str  # the source type, or FALLBACK_SOURCE_MODE
+    fetched_live: bool
+
+
+def default_event_id(now: float) -> str:
+    """``keyset-<UTC %Y%m%dT%H%M%SZ>``: open-rgs's event id when none is given."""
+    return time.strftime("keyset-%Y%m%dT%H%M%SZ", time.gmtime(now))
 
 
 def _dump(doc: object) -> bytes:
@@ -94,9 +125,15 @@ def _previous_active_kid(previous: Mapping[str, Any] | None) -> str | None:
 
 
 def build_evidence(
-    plan: Plan, event_id: str, previous_summary: Mapping[str, Any] | None
+    plan: Plan,
+    event_id: str,
+    previous_summary: Mapping[str, Any] | None,
+    capture: Capture | None = None,
 ) -> dict[str, bytes]:
-    """The evidence files' bytes by file name; ValueError for an unsafe event id or bad summary."""
+    """The evidence files' bytes by file name; ValueError for an unsafe event id or bad summary.
+
+    ``capture`` adds the open-rgs summary fields (module docstring).
+    """
     check_component(event_id)
     previous_kid = _previous_active_kid(previous_summary)
     verifier = plan.verifier
@@ -107,7 +144,7 @@ def build_evidence(
         }
     )
     keyset_sha256 = hashlib.sha256(keyset_bytes).hexdigest()
-    summary = {
+    summary: dict[str, Any] = {
         "event_id": event_id,
         "active_kid": plan.active_kid,
         "kids": sorted(verifier.kids),
@@ -117,6 +154,20 @@ def build_evidence(
         "previous_active_kid": previous_kid,
         "active_kid_changed": previous_summary is not None and previous_kid != plan.active_kid,
     }
+    if capture is not None:
+        summary.update(
+            keys_count=len(verifier),
+            captured_at_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(capture.captured_at)),
+            source_mode=capture.source_mode,
+            fetched_live=capture.fetched_live,
+            rotation_state=(
+                "initial"
+                if previous_summary is None
+                else "rotated"
+                if summary["active_kid_changed"]
+                else "unchanged"
+            ),
+        )
     return {
         KEYSET_FILE: keyset_bytes,
         SUMMARY_FILE: _dump(summary),

@@ -48,6 +48,10 @@ def _table_rules(where: str, table: PluginConfig) -> Iterable[str]:
                 yield f"{where}.{key}: http:// to {parts.hostname} (only loopback may skip TLS)"
         if key == "argv" and isinstance(value, list) and value and not os.path.isabs(value[0]):
             yield f"{where}.argv: {value[0]!r} is not an absolute path (PATH can be hijacked)"
+        elif key == "argv" and isinstance(value, list):
+            from keysetd.sources.command import shell_line_problems  # ["/bin/sh", "-c", LINE]
+
+            yield from (f"{where}.argv: {problem}" for problem in shell_line_problems(value))
 
 
 def _writable_by_others(path: Path) -> str | None:

@@ -275,10 +275,9 @@ def test_rgs_jwt_keyset_command_convention(tmp_path: Path, monkeypatch: pytest.M
     config = load_config(base(tmp_path))
     assert config.source.type == "command"
     assert config.source.argv == [  # type: ignore[attr-defined]
-        "/usr/bin/kms-client",
-        "get-jwt-keyset",
-        "--format",
-        "json",
+        "/bin/sh",
+        "-c",
+        "/usr/bin/kms-client get-jwt-keyset --format json",
     ]
     monkeypatch.setenv("RGS_JWT_KEYSET_FILE", "/x.json")
     with pytest.raises(ConfigError, match="not both"):

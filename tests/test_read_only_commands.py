@@ -9,6 +9,7 @@ namespace for root (who ignores modes); either way nothing may change.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import shutil
 import stat
@@ -107,7 +108,13 @@ def test_plan_and_evidence_create_no_state_dir(env: Env, keys: dict[str, Any]) -
     evidence = env.keysetd(
         "evidence", "-c", str(env.config_path), "--event-id", "e1", "--workdir", str(env.root)
     )
-    assert evidence.returncode == 1 and "nothing was published yet" in evidence.stderr
+    assert evidence.returncode == 0, evidence.stderr  # of the live fetch: no state needed
+    assert json.loads((env.root / "e1" / "summary.json").read_bytes())["fetched_live"] is True
+    env.source.unlink()
+    evidence = env.keysetd(
+        "evidence", "-c", str(env.config_path), "--event-id", "e2", "--workdir", str(env.root)
+    )
+    assert evidence.returncode == 1 and "nothing published to fall back on" in evidence.stderr
     assert not env.state.exists()
 
 

@@ -70,9 +70,14 @@ def _parser() -> argparse.ArgumentParser:
     u = command("unrevoke", cmd_unrevoke, "lift a revocation so the source may bring the kid back")
     u.add_argument("kid")
     e = command("evidence", cmd_evidence, "write rotation evidence for an auditor")
-    e.add_argument("--event-id", required=True)
-    e.add_argument("--previous-summary", help="summary.json of the previous event")
-    e.add_argument("--workdir", default=".", help="evidence goes to WORKDIR/EVENT_ID/")
+    e.add_argument("--event-id", help="default: $RGS_KEYSET_EVENT_ID, else keyset-<UTC time>")
+    e.add_argument(
+        "--previous-summary",
+        help="summary.json of the previous event (default: $RGS_KEYSET_PREVIOUS_SUMMARY_FILE)",
+    )
+    e.add_argument(
+        "--workdir", help="evidence goes to WORKDIR/EVENT_ID/ (default: $RGS_KEYSET_WORKDIR or .)"
+    )
     a = command("audit", cmd_audit, "check the audit log's hash chain")
     a.add_argument("action", choices=["verify"])
     rot = command("rotate", cmd_rotate, "add a new key to a file source and make it active")

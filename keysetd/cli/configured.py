@@ -17,12 +17,21 @@ __all__ = ["config_from", "setup_logging"]
 
 
 def config_from(args: argparse.Namespace) -> Config:
-    """The config ``--config`` or ``KEYSETD_CONFIG`` names, loaded and checked (ConfigError)."""
-    from keysetd.config import config_path, load_config
+    """The config ``--config`` or ``KEYSETD_CONFIG`` names, loaded and checked (ConfigError).
+
+    With neither, an open-rgs deployment's ``RGS_*`` variables are the whole config
+    (``keysetd.config.no_config_base``); with none of those either, it is a usage error.
+    """
+    import os
+
+    from keysetd.config import RGS_SOURCE_VARS, config_path, load_config, rgs_source_given
 
     path = config_path(args.config)
-    if path is None:
-        raise ConfigError("no config given: use --config PATH or set KEYSETD_CONFIG")
+    if path is None and not rgs_source_given(os.environ):
+        raise ConfigError(
+            "no config given: use --config PATH or set KEYSETD_CONFIG"
+            f" (or, open-rgs style, one of {', '.join(RGS_SOURCE_VARS)})"
+        )
     from keysetd.strict import checked
 
     return checked(load_config(path))

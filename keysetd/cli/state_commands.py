@@ -183,33 +183,101 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_evidence(args: argparse.Namespace) -> int:
-    from keysetd.evidence import build_evidence, write_evidence
+def _evidence_keyset(pipeline: Any) -> tuple[Any, bool]:
+    """The keyset fetched from the source now, and True; the last-known-good and False when
+    that fetch fails (or is refused) and something was published before.
+
+    Raises the fetch's SourceError/InvalidKeyset when there is nothing to fall back on, and
+    UntrustedLastKnownGood when the last-known-good is not the file history recorded: checked
+    first, live fetch or not, as no evidence is written over a state_dir that fails its check.
+    """
+    from keysetd.errors import SourceError
+
+    lkg = pipeline.state.verified_lkg()
+    try:
+        snapshot = pipeline.source.fetch()
+        return pipeline.validate_snapshot(snapshot.data, snapshot.format, snapshot.origin), True
+    except (SourceError, InvalidKeyset) as exc:
+        if lkg is None:
+            raise
+        print(f"note: {exc}; evidence of the last-known-good instead", file=sys.stderr)
+        keyset = pipeline.validate_snapshot(
+            lkg.data, lkg.format, "last-known-good", refuse_revoked=False
+        )
+        return keyset, False
+
+
+def _previous_summary(given: str | None) -> tuple[Any, str | None]:
+    """The previous summary (``--previous-summary``, else ``$RGS_KEYSET_PREVIOUS_SUMMARY_FILE``)
+    and an error to print. As open-rgs's script does, a variable naming a missing file means
+    no previous event (a first rotation); a missing ``--previous-summary`` is an error."""
+    import os
+
     from keysetd.readfile import read_limited
+
+    path = given or os.environ.get("RGS_KEYSET_PREVIOUS_SUMMARY_FILE") or None
+    if path is None:
+        return None, None
+    try:
+        return json.loads(read_limited(path, _SUMMARY_LIMIT)), None
+    except FileNotFoundError:
+        if given:
+            return None, f"cannot read {path}: no such file"
+        print(f"note: {path} does not exist: no previous event to compare", file=sys.stderr)
+        return None, None
+    except (OSError, ValueError) as exc:
+        return None, f"cannot read {path}: {exc}"
+
+
+def cmd_evidence(args: argparse.Namespace) -> int:
+    """Evidence of the keyset the source gives now (of the last-known-good if it fails).
+
+    ``--event-id``, ``--workdir`` and ``--previous-summary`` default to open-rgs's
+    ``RGS_KEYSET_EVENT_ID`` (else ``keyset-<UTC time>``), ``RGS_KEYSET_WORKDIR`` (else
+    ".") and ``RGS_KEYSET_PREVIOUS_SUMMARY_FILE``.
+    """
+    import os
+
+    from keysetd.errors import SourceError
+    from keysetd.evidence import (
+        FALLBACK_SOURCE_MODE,
+        Capture,
+        build_evidence,
+        check_component,
+        default_event_id,
+        write_evidence,
+    )
     from keysetd.state import UntrustedLastKnownGood
 
+    now = time.time()
+    event_id = args.event_id or os.environ.get("RGS_KEYSET_EVENT_ID") or default_event_id(now)
+    workdir = Path(args.workdir or os.environ.get("RGS_KEYSET_WORKDIR") or ".")
+    try:
+        check_component(event_id)  # before the source runs
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    previous, problem = _previous_summary(args.previous_summary)
+    if problem is not None:
+        print(f"keysetd: {problem}", file=sys.stderr)
+        return EXIT_FAILED
     pipeline = _read_only_pipeline(args)
     try:
-        lkg = pipeline.state.verified_lkg()
+        keyset, live = _evidence_keyset(pipeline)
     except UntrustedLastKnownGood as exc:
         print(f"keysetd: {exc}; no evidence written", file=sys.stderr)
         return EXIT_FAILED
-    if lkg is None:
-        print("keysetd: nothing was published yet: no evidence to write", file=sys.stderr)
+    except (SourceError, InvalidKeyset) as exc:
+        print(
+            f"keysetd: {exc}; nothing published to fall back on: no evidence written",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
-    keyset = pipeline.validate_snapshot(
-        lkg.data, lkg.format, "last-known-good", refuse_revoked=False
-    )
-    previous = None
-    if args.previous_summary:
-        try:
-            previous = json.loads(read_limited(args.previous_summary, _SUMMARY_LIMIT))
-        except (OSError, ValueError) as exc:
-            print(f"keysetd: cannot read {args.previous_summary}: {exc}", file=sys.stderr)
-            return EXIT_FAILED
+    pipeline.ledger.observe(keyset, now)  # in memory only: evidence writes no history
+    mode = pipeline.config.source.type if live else FALLBACK_SOURCE_MODE
+    capture = Capture(captured_at=now, source_mode=mode, fetched_live=live)
     try:
-        files = build_evidence(pipeline.plan_now(keyset), args.event_id, previous)
-        directory = write_evidence(Path(args.workdir), args.event_id, files)
+        files = build_evidence(pipeline.plan_now(keyset, now), event_id, previous, capture)
+        directory = write_evidence(workdir, event_id, files)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     except OSError as exc:

@@ -1,6 +1,9 @@
 """The rgs format: ``{"active_kid": "k2", "keys": {"k1": "secret", ...}}`` of HMAC secrets.
 
-A secret is a UTF-8 string; the key's ``k`` is the base64url of its UTF-8 bytes.
+A secret is a UTF-8 string; the key's ``k`` is the base64url of its UTF-8 bytes. Without
+``active_kid``, a kid named ``default`` is the active one, as open-rgs reads the format
+(its ``RGS_JWT_ACTIVE_KID`` defaults to ``default``). ``parse_keyset_spec`` reads open-rgs's
+other form, the ``kid:secret,kid:secret`` of ``RGS_JWT_KEYSET``.
 """
 
 from __future__ import annotations
@@ -12,7 +15,10 @@ from keysetd.errors import InvalidKeyset, Problem
 from keysetd.formats.jwks import MAX_KEYS, active_kid, dump, kid_label, short, text_ok
 from keysetd.model import Key, Keyset
 
-__all__ = ["decode_rgs", "parse_rgs", "render_rgs"]
+__all__ = ["OPEN_RGS_DEFAULT_KID", "decode_rgs", "parse_keyset_spec", "parse_rgs", "render_rgs"]
+
+#: The active kid open-rgs assumes when none is named (``RGS_JWT_ACTIVE_KID``'s default).
+OPEN_RGS_DEFAULT_KID = "default"
 
 
 def parse_rgs(
@@ -35,6 +41,8 @@ def parse_rgs(
         for dup in getattr(table, "duplicates", ())
     )
     active = active_kid(doc, problems)
+    if doc.get("active_kid") is None and OPEN_RGS_DEFAULT_KID in table:
+        active = OPEN_RGS_DEFAULT_KID
     keys: list[Key] = []
     for kid, secret in table.items():
         if not text_ok(kid):
@@ -45,6 +53,34 @@ def parse_rgs(
             k = b64u_encode(secret.encode("utf-8"))
             keys.append(Key(kid=kid, kty="oct", alg=hmac_alg, public=(), private=(("k", k),)))
     return Keyset(tuple(keys), active), tuple(problems)
+
+
+def parse_keyset_spec(spec: str) -> dict[str, str]:
+    """open-rgs's ``RGS_JWT_KEYSET`` (``kid:secret,kid:secret``) as a kid -> secret map.
+
+    Read as open-rgs reads it: entries split on ",", each on its first ":" (a secret may
+    hold ":", never ","), kid and secret trimmed, empty entries skipped. Unlike open-rgs,
+    a kid given twice is refused (open-rgs silently keeps the last). ValueError names the
+    entry by position and kid, never by its text: that holds the secret.
+    """
+    keys: dict[str, str] = {}
+    for position, entry in enumerate(spec.split(","), start=1):
+        if not entry.strip():
+            continue
+        kid, colon, secret = entry.partition(":")
+        kid, secret = kid.strip(), secret.strip()
+        if not colon:
+            raise ValueError(f"entry {position} is not kid:secret (no ':')")
+        if not kid:
+            raise ValueError(f"entry {position} has an empty kid")
+        if not secret:
+            raise ValueError(f"entry {position} (kid {short(kid)}) has an empty secret")
+        if kid in keys:
+            raise ValueError(f"kid {short(kid)} appears more than once")
+        keys[kid] = secret
+    if not keys:
+        raise ValueError("no kid:secret entry")
+    return keys
 
 
 def decode_rgs(doc: Mapping[str, object], *, hmac_alg: str = "HS256") -> Keyset:
