@@ -1,36 +1,90 @@
-"""The env format: ``VAR='value'`` lines that ``set -a; . file`` and systemd agree on.
+"""The env format: ``VAR='value'`` lines that sh, systemd, python-dotenv and Node dotenv agree on.
 
-Both read a single-quoted value literally up to the next ``'`` (systemd's
-``EnvironmentFile=`` parser, src/basic/env-file.c). Old systemd releases treated
-a backslash inside single quotes as an escape, and ``'\\''`` (the shell idiom for
-an embedded quote) means something else to systemd, so values holding a single
-quote, a backslash or a control character are refused instead of escaped. JSON
-is written with ``ensure_ascii=False`` so non-ASCII secrets need no ``\\u`` escapes.
+Four readers, four sets of rules; a single-quoted value is the one form they all
+read literally, provided it holds none of:
+
+- ``'``: ends the value for every reader (sh's ``'\\''`` idiom means something else
+  to systemd, src/basic/env-file.c);
+- ``\\``: python-dotenv turns ``\\\\`` and ``\\'`` inside single quotes into ``\\`` and
+  ``'``, systemd before v241 treated every backslash there as an escape;
+- ``${``: python-dotenv expands ``${NAME}`` in every kind of value, single-quoted too,
+  and offers no escape for it;
+- a control character or line break: line-oriented readers split on some of them.
+
+``RGS_JWT_KEYSET`` is JSON, so any secret and kid fits: inside its strings each of
+those characters (and ``"``) is written as a JSON ``\\uXXXX`` escape, a ``$`` only
+when a ``{`` follows it. Every other character, non-ASCII included, is written as
+itself: a secret of printable characters without ``'"\\`` and ``${`` is written
+byte for byte, so it reads back on systemd releases older than v241 too, while a
+``\\u`` escape needs v241 or later there. ``json.loads`` of the value read by any of
+the four is the exact table of secrets.
+
+``RGS_JWT_ACTIVE_KID`` is the kid itself: bare when it is a plain token, else
+single-quoted; an active kid holding one of the characters above cannot be written
+for all four readers and is refused (rule ``env-unsafe-kid``).
 """
 
 from __future__ import annotations
 
-import json
 import re
 
+from keysetd.formats.jwks import short
 from keysetd.formats.rgs import secret_text
 from keysetd.model import Keyset
 
-__all__ = ["render_env"]
+__all__ = ["UNSAFE_KID_RULE", "render_env"]
+
+#: The rule an active kid that no quoting carries to all four readers is refused under.
+UNSAFE_KID_RULE = "env-unsafe-kid"
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Characters neither sh nor systemd treats specially outside quotes (no ~, $, globs, spaces).
 _BARE = re.compile(r"[A-Za-z0-9._:@+,/-]+")
+# Written as \uXXXX inside the JSON strings (a "$" only before "{": see _json_string).
+_ESCAPED = frozenset("'\"\\")
 
 
-def _unquotable(text: str) -> bool:
-    """True when the text cannot sit inside single quotes for both sh and systemd."""
-    return "'" in text or "\\" in text or '"' in text or not text.isprintable()
+def _u(code: int) -> str:
+    if code > 0xFFFF:  # a UTF-16 surrogate pair, as JSON spells astral characters
+        code -= 0x10000
+        return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+    return f"\\u{code:04x}"
 
 
-def _quote(text: str) -> str:
-    """The text bare when it is a plain token (``KID=k2``), else in single quotes."""
-    return text if _BARE.fullmatch(text) else f"'{text}'"
+def _json_string(text: str) -> str:
+    """A JSON string literal with no ``'``, no ``${``, no control character and no
+    backslash other than the one of a ``\\uXXXX`` escape."""
+    out = ['"']
+    for index, char in enumerate(text):
+        if (
+            char in _ESCAPED
+            or not char.isprintable()
+            or (char == "$" and text[index + 1 : index + 2] == "{")
+        ):
+            out.append(_u(ord(char)))
+        else:
+            out.append(char)
+    out.append('"')
+    return "".join(out)
+
+
+def _json_table(table: dict[str, str]) -> str:
+    """``{"kid":"secret",...}``: compact JSON, every string written by ``_json_string``."""
+    body = ",".join(f"{_json_string(kid)}:{_json_string(secret)}" for kid, secret in table.items())
+    return "{" + body + "}"
+
+
+def _kid_value(kid: str) -> str:
+    """The kid bare when it is a plain token (``k2``), else single-quoted; ValueError if unsafe."""
+    if _BARE.fullmatch(kid):
+        return kid
+    if "'" in kid or "\\" in kid or "${" in kid or not kid.isprintable():
+        raise ValueError(
+            f"{UNSAFE_KID_RULE}: active kid {short(kid)} holds a quote, a backslash, '${{'"
+            " or a control character, which no env file quoting carries alike to sh,"
+            " systemd, python-dotenv and Node dotenv"
+        )
+    return f"'{kid}'"
 
 
 def render_env(
@@ -55,21 +109,10 @@ def render_env(
     active = keyset.active
     if active is None or active.kty != "oct":
         raise ValueError("an env file needs an active kid that names an HMAC key")
-    table: dict[str, str] = {}
-    for key in octs:
-        secret = secret_text(key)
-        if _unquotable(key.kid):
-            raise ValueError(f"kid {key.kid!r} holds a quote, backslash or control character")
-        if _unquotable(secret):
-            raise ValueError(
-                f"kid {key.kid!r}: the secret holds a quote, backslash or control character,"
-                " which an env file cannot carry for both sh and systemd"
-            )
-        table[key.kid] = secret
-    document = json.dumps(table, separators=(",", ":"), ensure_ascii=False)
+    table = {key.kid: secret_text(key) for key in octs}
     lines = [
         "# generated by keysetd",
-        f"{keyset_var}='{document}'",
-        f"{active_kid_var}={_quote(active.kid)}",
+        f"{keyset_var}='{_json_table(table)}'",
+        f"{active_kid_var}={_kid_value(active.kid)}",
     ]
     return ("\n".join(lines) + "\n").encode("utf-8")
