@@ -30,6 +30,12 @@ __all__ = ["CommandSource", "CommandSourceConfig", "shell_line_problems"]
 
 #: Programs that run their ``-c`` argument as a shell line.
 _SHELLS = frozenset({"sh", "bash", "dash", "ash", "ksh", "mksh", "zsh", "busybox"})
+#: POSIX shell builtins that run no other program: no PATH lookup to hijack (``exec``,
+#: ``command`` and ``eval`` run one, so they are not here).
+_BUILTINS = frozenset(
+    {":", "[", "test", "true", "false", "echo", "printf", "exit", "set", "cd", "umask"}
+    | {"export", "unset", "read"}
+)
 _ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=.*", re.DOTALL)
 _OPERATOR_CHARS = "();<>|&\n"
 
@@ -75,6 +81,8 @@ def _program_words(line: str) -> list[str]:
 def shell_line_problems(argv: list[str]) -> list[str]:
     """Strict mode on a shell line: every program in it must be an absolute path.
 
+    Builtins that run no program (``[``, ``test``, ``echo``, ``printf``, ``exit`` ...) are
+    allowed.
     What a relative ``argv[0]`` is refused for (a PATH lookup) applies to each command
     of ``sh -c LINE``; command substitution and ``eval``-like tricks hide programs, so
     ``$(...)`` and backticks are refused outright. Empty for an argv that is no shell line.
@@ -93,7 +101,7 @@ def shell_line_problems(argv: list[str]) -> list[str]:
     return [
         f"{word[:40]!r} in the shell line is not an absolute path (PATH can be hijacked)"
         for word in words
-        if not os.path.isabs(word)
+        if not os.path.isabs(word) and word not in _BUILTINS
     ]
 
 
