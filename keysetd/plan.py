@@ -174,10 +174,11 @@ def plan(
     verifier_keys = list(signer_keys)
     for kid in sorted(held_kids(history)):
         held = _signer_key(kid, source, history, previous_signer)
-        if held is None or active is None or kid == active.kid:
+        if held is None or (active is not None and kid == active.kid):
             continue
         # Signers hold it until this cycle's signer commit: it stays published through
-        # that commit, then for the retention (from active_until) as usual.
+        # that commit, then for the retention (from active_until) as usual. Also when no
+        # kid is active now (the new one was revoked): tokens it signed are still out.
         if source.get(kid) is None:
             verifier_keys.append(held.without_private())
         until = now + policy.retention
