@@ -1,4 +1,6 @@
-"""Regenerate the identity provider documents: ``.venv/bin/python tests/vectors/idp/make_idp_vectors.py``.
+"""Regenerate the identity provider documents.
+
+Run ``.venv/bin/python tests/vectors/idp/make_idp_vectors.py``.
 
 Keycloak and ADFS cannot run in the test suite, so their JWKS documents are recorded
 here in the shape they publish, with real keys and certificates made by this script:
