@@ -28,7 +28,7 @@ from keysetd.pipeline import CycleResult, Pipeline
 from keysetd.sdnotify import notify as sd_notify
 from keysetd.sdnotify import watchdog_period
 from keysetd.state import StateStore
-from keysetd.status import readiness, status_document
+from keysetd.status import readiness, status_document, stuck_limit
 from keysetd.strict import checked, config_violations
 from keysetd.wake import Wake
 from keysetd.watch import Watcher
@@ -38,9 +38,6 @@ if TYPE_CHECKING:
     from keysetd.server import StatusServer
 
 __all__ = ["Daemon"]
-
-#: /healthz fails when one cycle runs longer than this (or 3x the source timeout).
-STUCK_CYCLE_MIN = 120.0
 
 
 def one_line(exc: ConfigError) -> str:
@@ -100,7 +97,7 @@ class Daemon:
     def alive(self) -> tuple[bool, str]:
         """The loop is alive unless one cycle has run far longer than any cycle should."""
         started = self.cycle_started
-        limit = max(STUCK_CYCLE_MIN, 3 * float(self.config.source.timeout))
+        limit = stuck_limit(float(self.config.source.timeout))
         if started is not None and time.monotonic() - started > limit:
             return False, f"a cycle has been running for over {limit:g}s"
         return True, "alive"

@@ -429,8 +429,16 @@ def _fleet_member(
     from keysetd.fleet.member import FleetMember
 
     assert config.settings.fleet is not None
+    from keysetd.status import stuck_limit
+
     return FleetMember(
-        config.settings.fleet, policy, state, signs=signs, clock=clock, read_only=read_only
+        config.settings.fleet,
+        policy,
+        state,
+        signs=signs,
+        clock=clock,
+        read_only=read_only,
+        stuck_after=stuck_limit(float(config.source.timeout)),
     )
 
 

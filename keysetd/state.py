@@ -309,8 +309,9 @@ class StateStore:
         except OSError:
             return None
 
-    def save_fleet(self, document: bytes) -> None:
-        write_atomic(self.fleet_path, document, STATE_MODE)
+    def save_fleet(self, document: bytes, *, durable: bool = True) -> None:
+        """``durable=False`` when only the renewal time moved (re-derived by the next sync)."""
+        write_atomic(self.fleet_path, document, STATE_MODE, durable=durable)
 
     def load_revocations(self) -> dict[str, dict[str, Any]]:
         """kid -> {"at": time, "reason": text}; written by ``keysetd revoke``."""

@@ -43,6 +43,16 @@ def _age(now: float, fetched: object) -> float | None:
     return age if math.isfinite(age) else None
 
 
+#: /healthz fails when one cycle runs longer than this (or 3x the source timeout); a fleet
+#: replica's keepalive thread lets its lease lapse after as long without a sync.
+STUCK_CYCLE_MIN = 120.0
+
+
+def stuck_limit(source_timeout: float) -> float:
+    """Seconds after which a cycle (or a loop without one) counts as stuck."""
+    return max(STUCK_CYCLE_MIN, 3 * source_timeout)
+
+
 def readiness(doc: dict[str, Any], max_staleness: float) -> tuple[bool, str]:
     """Ready when outputs were published and the last good fetch is younger than the limit."""
     if doc.get("fingerprint") is None:

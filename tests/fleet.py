@@ -46,6 +46,7 @@ class Replica:
     endpoints: tuple[str, ...]
     #: How long this replica's verifier consumer takes to load a new jwks once told.
     consumer_lag: float = 0.0
+    policy: dict[str, str] = field(default_factory=lambda: dict(POLICY))
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -77,7 +78,7 @@ class Replica:
             "log_format": "json",
             "source": {"type": "file", "path": str(self.source), "refresh_interval": "250ms"},
             "rotation": {"every": "1s", "alg": "ES256", "kid_prefix": "k-"},
-            "policy": POLICY,
+            "policy": self.policy,
             "fleet": {
                 "endpoints": list(self.endpoints),
                 "prefix": "/fleet-test",
@@ -258,15 +259,18 @@ def etcd(tmp_path: Path) -> Iterator[EtcdCluster]:
 
 
 @pytest.fixture
-def make_fleet(tmp_path: Path) -> Iterator[Callable[[EtcdCluster, int], list[Replica]]]:
-    """``make(cluster, count)``: that many replicas started, each signing, lagging copies on."""
+def make_fleet(tmp_path: Path) -> Iterator[Callable[..., list[Replica]]]:
+    """``make(cluster, count, policy=None)``: that many replicas started, each signing."""
     made: list[Replica] = []
     propagator = Propagator(made)
 
-    def make(cluster: EtcdCluster, count: int) -> list[Replica]:
+    def make(
+        cluster: EtcdCluster, count: int, policy: dict[str, str] | None = None
+    ) -> list[Replica]:
         for i in range(count):
             lag = 0.1 * i  # r4's consumer loads a new jwks 0.4 s after being told (> the delay)
             replica = Replica(f"r{i}", tmp_path / f"r{i}", cluster.endpoints, lag)
+            replica.policy = dict(policy or POLICY)
             replica.write_config()
             made.append(replica)
         propagator.start()

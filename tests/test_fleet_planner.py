@@ -898,3 +898,14 @@ def test_any_json_decodes_or_is_a_document_error(kind: str, doc: dict[str, objec
     decode = {"history": decode_history, "ack": decode_ack, "revocations": decode_revocations}
     with contextlib.suppress(FleetDocumentError):
         decode[kind](raw)
+
+
+def test_follow_acks_keeps_open_a_kid_whose_signer_vanished() -> None:
+    """r1 signed k0 and its lease ended (cut off, perhaps still signing): not closed yet."""
+    history = fleet_history(0, "k0", "k1", active="k0")
+    history["k1"] = replace(history["k1"], active_from=10.0)
+    acks = {"r0": ack("r0", {"k0": 0, "k1": 0}, "k1")}
+    kept, _ = follow_acks(history, acks, 20.0, keep_open={"k0"})
+    assert kept["k0"].active_until is None
+    closed, _ = follow_acks(history, acks, 20.0)
+    assert closed["k0"].active_until == 20.0

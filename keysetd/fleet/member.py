@@ -11,9 +11,20 @@ the guarantees.
 
 When etcd does not answer, the replica plans from the last snapshot it read (kept in
 ``state_dir/fleet.json`` so a restart during an outage has it) with no live ack, itself
-included: it keeps the kid it signs with, moves no signer and writes nothing; status says
-so. Its lease runs out meanwhile, so the others stop counting it; when the store answers
-again it takes a new lease and catches up (acknowledges) before it may sign a new kid.
+included: it keeps the kid it signs with, moves no signer and writes nothing to etcd;
+status says so. Its lease runs out meanwhile, so the others stop counting it; when the
+store answers again it takes a new lease and catches up (acknowledges) before it may sign
+a new kid.
+
+Cut off alone (a partition), the others go on without it, and the bound is time: the
+replica keeps signing for ``retention`` past the moment its lease may have expired, then
+withholds signing; every replica keeps a kid whose last signer vanished (lease gone, not
+moved on) held open for ``retention`` before the leader may close it. So a full outage
+shorter than ``retention`` costs no signing, and a partitioned replica's tokens verify.
+
+The lease is kept alive by a thread, not by the loop: a cycle that waits on a slow
+notifier or backs off keeps its replica counted. The thread stops renewing once the loop
+has made no progress for the time ``/healthz`` calls stuck: a stuck replica leaves.
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -51,7 +63,7 @@ from keysetd.fleet.state import (
 from keysetd.history import Records, observe
 from keysetd.log import event
 from keysetd.model import Keyset
-from keysetd.plan import Plan, Policy
+from keysetd.plan import Plan, Policy, held_kids
 
 if TYPE_CHECKING:
     from keysetd.config import FleetSettings
@@ -106,9 +118,11 @@ class FleetMember:
         store: EtcdStore | None = None,
         clock: Callable[[], float] = time.time,
         read_only: bool = False,
+        stuck_after: float = 120.0,
     ) -> None:
         """``read_only`` (``keysetd plan``, ``evidence``): read the fleet, never write to it or
-        to state_dir: no lease, no campaign, no lead, no ack."""
+        to state_dir: no lease, no campaign, no lead, no ack. ``stuck_after``: seconds without a
+        sync after which the keepalive thread lets the lease lapse."""
         self.settings = settings
         self.read_only = read_only
         self.replica_id = settings.replica_id
@@ -120,13 +134,20 @@ class FleetMember:
         self._ttl = max(1, math.ceil(settings.lease_ttl))
         self._lease = 0
         self._renewed = 0.0
+        self.snapshot, self._renewed_at = _load_snapshot(state)
         self._ack: Ack | None = None
-        self.snapshot = _load_snapshot(state)
+        self._stuck_after = stuck_after
+        self._progress = time.monotonic()
+        self._keeper: threading.Thread | None = None
+        self._closing = threading.Event()
+        #: Kids whose last live signer vanished (its ack went with its lease), and since when.
+        self._departed: dict[str, float] = {}
+        self._read_once = False
         #: Why the store is not usable now (None: the last sync worked).
         self.error: str | None = "not synced yet"
         self.unreachable_since: float | None = None
         self._pending: FleetPlan | None = None
-        self._saved = self.snapshot
+        self._saved, self._saved_at = self.snapshot, self._renewed_at
 
     def carried(self, policy: Policy, *, signs: bool) -> FleetMember:
         """This member for the pipeline of a reloaded config: same lease, ack and snapshot."""
@@ -154,6 +175,7 @@ class FleetMember:
 
     def sync(self) -> None:
         """Renew the lease when due and read every shared document; a failure is kept."""
+        self._progress = time.monotonic()
         try:
             if not self.read_only:
                 self._renew()
@@ -167,6 +189,7 @@ class FleetMember:
         if self.error is not None:
             event("fleet_synced", replica=self.replica_id, leader=snapshot.leader)
         self.error, self.unreachable_since = None, None
+        self._note_departures(snapshot)
         self.snapshot = snapshot
         if not self.read_only:
             self._save()
@@ -179,6 +202,29 @@ class FleetMember:
             return current
         entries, revision = self._store.list_at(self._key(""))
         return replace(self._parse(entries), revision=revision)
+
+    def _note_departures(self, snapshot: Snapshot) -> None:
+        """Remember when a kid lost its last live signer by a lease ending, not a move."""
+        now = self._clock()
+        signed = {ack.signing for ack in snapshot.acks.values() if ack.signing}
+        if not self._read_once:
+            # No earlier view: whoever held a kid open may have just vanished.
+            gone = set(held_kids(snapshot.history)) - signed
+        else:
+            before = self.snapshot.acks
+            gone = {
+                a.signing for rid, a in before.items() if rid not in snapshot.acks and a.signing
+            }
+            gone -= signed
+        self._read_once = True
+        for kid in gone:
+            self._departed.setdefault(kid, now)
+        grace = self.policy.retention
+        self._departed = {
+            kid: since
+            for kid, since in self._departed.items()
+            if kid not in signed and now - since < grace
+        }
 
     def _unreachable(self, message: str) -> None:
         if self.error is None or self.unreachable_since is None:
@@ -201,13 +247,28 @@ class FleetMember:
             except LeaseNotFound:
                 alive = False
             if alive:
-                self._renewed = now
+                self._renewed, self._renewed_at = now, self._clock()
                 return
             # Expired (stopped, partitioned): the ack and candidacy went with it. Catch up.
             event("fleet_lease_lost", logging.WARNING, replica=self.replica_id)
             self._ack = None
         self._lease = self._store.grant(self._ttl)
-        self._renewed = now
+        self._renewed, self._renewed_at = now, self._clock()
+        if self._keeper is None:
+            self._keeper = threading.Thread(target=self._keep_alive, daemon=True)
+            self._keeper.start()
+
+    def _keep_alive(self) -> None:
+        """The keepalive thread: renew every third of the TTL while the loop makes progress."""
+        while not self._closing.wait(self._ttl / 3):
+            lease = self._lease
+            if not lease or time.monotonic() - self._progress > self._stuck_after:
+                continue  # no lease yet, or the loop is stuck: let it lapse
+            try:
+                if self._store.keepalive(lease) > 0:
+                    self._renewed, self._renewed_at = time.monotonic(), self._clock()
+            except StoreError:
+                continue  # the loop's next sync finds out and reports it
 
     def _campaign(self, snapshot: Snapshot) -> Snapshot:
         """Stand for leader once per lease (create-if-absent); the snapshot with our key."""
@@ -254,6 +315,10 @@ class FleetMember:
             self._lead(keyset, now)
         snapshot = self.snapshot
         acks = snapshot.acks if self.error is None else {}
+        if self.error is not None and self._offline_too_long(now):
+            # The others may have presumed this replica gone for ``retention`` already: its
+            # kid may be closed and dropped anywhere. Withhold signing until it catches up.
+            previous_signer = None
         planned = plan_replica(
             keyset,
             snapshot.history,
@@ -267,11 +332,17 @@ class FleetMember:
         self._pending = planned
         return planned
 
+    def _offline_too_long(self, now: float) -> bool:
+        """Past the lease this replica last renewed, plus ``retention``."""
+        return now >= self._renewed_at + self._ttl + self.policy.retention
+
     def _lead(self, keyset: Keyset, now: float) -> None:
         """Observe the leader's source into the shared history and follow the live acks."""
         snapshot = self.snapshot
         history = observe(snapshot.history, keyset, now)
-        history, events = follow_acks(history, snapshot.acks, now, snapshot.revocations)
+        history, events = follow_acks(
+            history, snapshot.acks, now, snapshot.revocations, keep_open=set(self._departed)
+        )
         if history == snapshot.history:
             return
         try:
@@ -341,8 +412,14 @@ class FleetMember:
             return
         signing = planned.signer.active_kid if self.signs else None
         ack = acknowledge(self.replica_id, planned.verifier, signing, now, self._ack)
-        if ack_changed(self._ack, ack):
+        if not ack_changed(self._ack, ack):
+            return
+        try:
             self._write_ack(ack)
+        except StoreError as exc:
+            # The outputs are committed and their consumers told: the cycle stands. The ack
+            # differs from the last one written, so the next cycle writes it again.
+            self._unreachable(str(exc))
 
     def _others(self, snapshot: Snapshot) -> dict[str, int]:
         """The other replicas' ack revisions (this replica's own may have moved this cycle)."""
@@ -384,6 +461,7 @@ class FleetMember:
 
     def close(self) -> None:
         """Leave the fleet at once (revoke the lease: ack and candidacy go with it)."""
+        self._closing.set()
         if self._lease:
             try:
                 self._store.revoke(self._lease)
@@ -393,11 +471,13 @@ class FleetMember:
         self._store.close()
 
     def _save(self) -> None:
-        """Keep the snapshot in state_dir for a restart while etcd is down (on change only)."""
-        if self.snapshot == self._saved:
+        """Keep the snapshot and the last renewal in state_dir for a restart while etcd is
+        down: on a change, or when the renewal time it holds is a third of the TTL old."""
+        if self.snapshot == self._saved and self._renewed_at - self._saved_at < self._ttl / 3:
             return
-        self._state.save_fleet(_snapshot_document(self.snapshot))
-        self._saved = self.snapshot
+        document = _snapshot_document(self.snapshot, self._renewed_at)
+        self._state.save_fleet(document, durable=self.snapshot != self._saved)
+        self._saved, self._saved_at = self.snapshot, self._renewed_at
 
 
 def revoke_in_fleet(
@@ -407,7 +487,10 @@ def revoke_in_fleet(
     key = settings.key("revocations")
     for _ in range(CAS_ATTEMPTS * 3):
         current = store.get(key)
-        revoked = dict(decode_revocations(current.value)) if current is not None else {}
+        try:
+            revoked = dict(decode_revocations(current.value)) if current is not None else {}
+        except FleetDocumentError as exc:
+            raise StoreError("range", "etcd", str(exc)) from None
         if lift:
             if revoked.pop(kid, None) is None:
                 return False
@@ -429,24 +512,29 @@ def _with_history(snapshot: Snapshot, history: Records, revision: int) -> Snapsh
     return replace(snapshot, history=history, history_revision=revision, revision=0)
 
 
-def _snapshot_document(snapshot: Snapshot) -> bytes:
+def _snapshot_document(snapshot: Snapshot, renewed_at: float) -> bytes:
     doc = {
         "history": json.loads(encode_history(snapshot.history)),
         "revocations": json.loads(encode_revocations(snapshot.revocations)),
+        "renewed_at": renewed_at,
     }
     return json.dumps(doc, sort_keys=True).encode()
 
 
-def _load_snapshot(state: StateStore) -> Snapshot:
-    """The snapshot a previous run kept; an unreadable one is as good as none."""
+def _load_snapshot(state: StateStore) -> tuple[Snapshot, float]:
+    """The snapshot a previous run kept and when it last renewed its lease (0: unknown);
+    an unreadable one is as good as none."""
     raw = state.load_fleet()
     if raw is None:
-        return Snapshot()
+        return Snapshot(), 0.0
     try:
         doc = json.loads(raw)
         history = decode_history(json.dumps(doc["history"]).encode())
         revocations = decode_revocations(json.dumps(doc["revocations"]).encode())
-    except (ValueError, KeyError, TypeError) as exc:
+        renewed_at = float(doc.get("renewed_at", 0.0))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         event("fleet_snapshot_refused", logging.WARNING, error=type(exc).__name__)
-        return Snapshot()
-    return Snapshot(history, 0, revocations)
+        return Snapshot(), 0.0
+    if not math.isfinite(renewed_at):
+        renewed_at = 0.0
+    return Snapshot(history, 0, revocations), renewed_at

@@ -34,7 +34,7 @@ retention counts from the last signer's move).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -385,6 +385,8 @@ def follow_acks(
     acks: Mapping[str, Ack],
     now: float,
     revocations: Mapping[str, Revocation] | None = None,
+    *,
+    keep_open: Collection[str] = (),
 ) -> tuple[Records, list[Event]]:
     """The leader's refresh: bring first publication, retirement and signing in line with
     the live acks.
@@ -395,6 +397,8 @@ def follow_acks(
     starts) unless it is the newest one, so a fleet that withheld signing still waits the
     activation delay for the next kid. ``revocations`` are applied first (``apply_revocations``):
     a revoked kid is closed at once.
+    ``keep_open``: kids not to close yet though nobody live signs them (their last signer's
+    lease ended: it may still be signing, cut off).
     """
     events: list[Event] = []
     if revocations is not None:
@@ -428,7 +432,7 @@ def follow_acks(
     newest = current_signer_kid(updated)
     for kid in held_kids(updated):
         record = updated[kid]
-        if record.revoked is None and (kid in signing or kid == newest):
+        if record.revoked is None and (kid in signing or kid == newest or kid in keep_open):
             continue
         updated[kid] = replace(record, active_until=now)
         events.append({"event": "key_deactivated", "kid": kid, "fleet": True})
