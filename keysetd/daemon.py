@@ -124,8 +124,9 @@ class Daemon:
             sd_notify(line)
 
     def _watcher(self) -> Watcher:
-        """Watch the source files and the revocation list (``keysetd revoke`` writes it)."""
-        paths = (*self.pipeline.source.watch_paths(), self.pipeline.state.revocations_path)
+        """Watch the source files and the files ``keysetd revoke`` and ``forget`` write."""
+        state = self.pipeline.state
+        paths = (*self.pipeline.source.watch_paths(), state.revocations_path, state.forgets_path)
         return Watcher(paths, self.wake)
 
     # -- signals -------------------------------------------------------------

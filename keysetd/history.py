@@ -7,7 +7,7 @@ change only on transitions, so an unchanged source never rewrites history.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -21,7 +21,9 @@ __all__ = [
     "mark_activating",
     "mark_active",
     "mark_published",
+    "note_reused",
     "observe",
+    "reuse_allowed",
 ]
 
 Records = dict[str, KeyRecord]
@@ -29,17 +31,22 @@ Event = dict[str, Any]
 
 
 def observe(records: Records, keyset: Keyset, now: float) -> Records:
-    """A validated source keyset: new kids recorded, departures and returns stamped."""
+    """A validated source keyset: new kids recorded, departures and returns stamped.
+
+    A kid whose material changed passed validation only because its old material is
+    past use (``reuse_allowed``, or ``keysetd forget``): it starts a new record.
+    """
     updated = dict(records)
     for key in keyset:
         record = updated.get(key.kid)
-        if record is None:
+        material = key.material_digest()
+        if record is None or record.material != material:
             public = None if key.kty == "oct" else key.public_jwk()
             updated[key.kid] = KeyRecord(
-                kid=key.kid, material=key.material_digest(), first_seen=now, public_jwk=public
+                kid=key.kid, material=material, first_seen=now, public_jwk=public
             )
-        elif record.left_source_at is not None:
-            updated[key.kid] = replace(record, left_source_at=None)
+        elif record.left_source_at is not None or record.reused_since is not None:
+            updated[key.kid] = replace(record, left_source_at=None, reused_since=None)
     present = set(keyset.kids)
     for kid, record in records.items():
         if kid not in present and record.left_source_at is None:
@@ -115,4 +122,36 @@ def apply_revocations(
         elif kid not in revoked and record.revoked is not None:
             updated[kid] = replace(record, revoked=None)
             events.append({"event": "revocation_lifted", "kid": kid})
+    return updated, events
+
+
+def reuse_allowed(record: KeyRecord, retention: float, now: float) -> bool:
+    """May the source's other material for this kid replace the old one now?
+
+    Only once no token the old material signed can still be valid: signers no longer
+    hold it, and ``retention`` has passed since the source last carried it (the first
+    cycle that brought the other material) and since signers last used it.
+    """
+    if record.reused_since is None or record.revoked is not None:
+        return False
+    if record.active_from is not None and record.active_until is None:
+        return False  # signers still sign with the old material
+    last = max(record.reused_since, record.active_until or 0.0)
+    return now >= last + retention
+
+
+def note_reused(
+    records: Records, kids: Iterable[str], retention: float, now: float
+) -> tuple[Records, list[Event]]:
+    """The source brought these known kids with other material: start their wait."""
+    updated = dict(records)
+    events: list[Event] = []
+    for kid in kids:
+        record = records.get(kid)
+        if record is None or record.reused_since is not None:
+            continue
+        updated[kid] = replace(record, reused_since=now)
+        held = record.active_from is not None and record.active_until is None
+        after = None if held else max(now, record.active_until or 0.0) + retention
+        events.append({"event": "kid_reuse_refused", "kid": kid, "accepted_after": after})
     return updated, events

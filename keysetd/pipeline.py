@@ -35,7 +35,7 @@ from keysetd.errors import (
     SourceError,
 )
 from keysetd.extension import Notifier, Output, Role, Source
-from keysetd.history import Records
+from keysetd.history import Records, reuse_allowed
 from keysetd.ledger import Ledger
 from keysetd.lkg import Keeper
 from keysetd.log import event
@@ -228,6 +228,8 @@ class Pipeline:
         now = self.clock()
         if self.ledger.sync_revocations(now) and self._keyset is not None:
             self._apply_revocations(now)
+        if self.fleet is None:
+            self.ledger.sync_forgets(now)
         if not fetch and not force and self._keyset is not None:
             return self._refresh(now, fetched=False)
         try:
@@ -235,11 +237,14 @@ class Pipeline:
         except SourceError as exc:
             return self._failed(exc, "fetch", now)
         if not force and self._keyset is not None and snapshot.data == self._last_data:
+            self.ledger.settle_reuse(self._keyset, now)
             return self._refresh(now)
         try:
             keyset = self.validate_snapshot(snapshot.data, snapshot.format, snapshot.origin)
             result = self._publish(keyset, now)
         except InvalidKeyset as exc:
+            if self.fleet is None:  # the fleet's history is shared: it keeps the refusal
+                self.ledger.note_reused(exc, self.policy.retention, now)
             return self._failed(exc, "validate", now)
         except KeysetdError as exc:
             return self._failed(exc, "commit", now)
@@ -253,7 +258,13 @@ class Pipeline:
     def validate_snapshot(
         self, data: bytes, fmt: str | None, origin: str, *, refuse_revoked: bool = True
     ) -> Keyset:
-        known = {kid: rec.material for kid, rec in self.ledger.records.items()}
+        now = self.clock()
+        retention = self.policy.retention
+        known = {
+            kid: rec.material
+            for kid, rec in self.ledger.records.items()
+            if not reuse_allowed(rec, retention, now)
+        }
         keyset = check(
             data,
             fmt or self.config.source.format,

@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import stat
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,8 @@ class KeyRecord:
     revoked: float | None = None
     retired_at: float | None = None
     public_jwk: dict[str, str] | None = field(default=None)
+    #: When the source first brought this kid with other key material (``kid-reused``).
+    reused_since: float | None = None
 
 
 _RECORD_FIELDS = tuple(f.name for f in fields(KeyRecord))
@@ -313,27 +316,58 @@ class StateStore:
         """``durable=False`` when only the renewal time moved (re-derived by the next sync)."""
         write_atomic(self.fleet_path, document, STATE_MODE, durable=durable)
 
+    @property
+    def forgets_path(self) -> Path:
+        """``keysetd forget`` requests the daemon has yet to carry out."""
+        return self.directory / "forget.json"
+
     def load_revocations(self) -> dict[str, dict[str, Any]]:
         """kid -> {"at": time, "reason": text}; written by ``keysetd revoke``."""
-        doc = self._read_json(self.revocations_path)
-        if not isinstance(doc, dict) or not isinstance(doc.get("revoked"), dict):
-            return {}
-        return {k: v for k, v in doc["revoked"].items() if isinstance(v, dict)}
+        return self._load_kid_table(self.revocations_path, "revoked")
 
     def update_revocations(
         self, kid: str, entry: dict[str, Any] | None
     ) -> dict[str, dict[str, Any]]:
         """Add (entry) or lift (None) one revocation, serialised against other writers."""
-        lock = os.open(self.directory / "revocations.lock", os.O_RDWR | os.O_CREAT, STATE_MODE)
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            revoked = self.load_revocations()
+        with self._kid_table(self.revocations_path, "revoked") as revoked:
             if entry is None:
                 revoked.pop(kid, None)
             else:
                 revoked[kid] = entry
-            self._write_json(self.revocations_path, {"version": 1, "revoked": revoked})
-            return revoked
+            return dict(revoked)
+
+    def load_forgets(self) -> dict[str, dict[str, Any]]:
+        """kid -> {"at": time, "by": operator}; written by ``keysetd forget``."""
+        return self._load_kid_table(self.forgets_path, "forget")
+
+    def request_forget(self, kid: str, entry: dict[str, Any]) -> None:
+        with self._kid_table(self.forgets_path, "forget") as requests:
+            requests[kid] = entry
+
+    def clear_forgets(self, done: Mapping[str, dict[str, Any]]) -> None:
+        """Drop the requests carried out (one made again meanwhile stays)."""
+        with self._kid_table(self.forgets_path, "forget") as requests:
+            for kid, entry in done.items():
+                if requests.get(kid) == entry:
+                    del requests[kid]
+
+    def _load_kid_table(self, path: Path, member: str) -> dict[str, dict[str, Any]]:
+        doc = self._read_json(path)
+        if not isinstance(doc, dict) or not isinstance(doc.get(member), dict):
+            return {}
+        return {k: v for k, v in doc[member].items() if isinstance(v, dict)}
+
+    @contextlib.contextmanager
+    def _kid_table(self, path: Path, member: str) -> Iterator[dict[str, dict[str, Any]]]:
+        """The table in ``path`` to change in place, saved on exit, under a file lock."""
+        lock = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, STATE_MODE)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            table = self._load_kid_table(path, member)
+            before = dict(table)
+            yield table
+            if table != before or not path.exists():
+                self._write_json(path, {"version": 1, member: table})
         finally:
             os.close(lock)
 

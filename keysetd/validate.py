@@ -245,7 +245,10 @@ def find_problems(
         found += _key_problems(key, declared_public)
         known = (history or {}).get(key.kid)
         if known is not None and known != key.material_digest():
-            detail = "this kid was published before with different key material"
+            detail = (
+                "this kid was published before with different key material (taken once the "
+                "old material is past retention and signers left it, or after keysetd forget)"
+            )
             found.append(Problem(key.kid, "kid-reused", detail))
     for kid, count in Counter(keyset.kids).items():
         if count > 1:

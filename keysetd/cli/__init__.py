@@ -3,7 +3,7 @@
 The commands live by stage, each importing what it needs only when it runs:
 keyset_commands (validate, verify, keygen: no config), daemon_commands (run, once),
 config_commands (check-config, plugins), state_commands (status, plan, evidence),
-revocation_commands (revoke, unrevoke, audit), rotate_command (rotate).
+revocation_commands (revoke, unrevoke, forget, audit), rotate_command (rotate).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from keysetd.cli.config_commands import cmd_check_config, cmd_plugins
 from keysetd.cli.daemon_commands import cmd_once, cmd_run
 from keysetd.cli.exits import EXIT_FAILED, EXIT_USAGE
 from keysetd.cli.keyset_commands import cmd_keygen, cmd_validate, cmd_verify
-from keysetd.cli.revocation_commands import cmd_audit, cmd_revoke, cmd_unrevoke
+from keysetd.cli.revocation_commands import cmd_audit, cmd_forget, cmd_revoke, cmd_unrevoke
 from keysetd.cli.rotate_command import cmd_rotate
 from keysetd.cli.state_commands import cmd_evidence, cmd_plan, cmd_status
 from keysetd.errors import ConfigError, KeysetdError
@@ -69,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--reason", default="break-glass")
     u = command("unrevoke", cmd_unrevoke, "lift a revocation so the source may bring the kid back")
     u.add_argument("kid")
+    f = command("forget", cmd_forget, "drop a kid's record so the source may reuse it (kid-reused)")
+    f.add_argument("kid")
     e = command("evidence", cmd_evidence, "write rotation evidence for an auditor")
     e.add_argument("--event-id", help="default: $RGS_KEYSET_EVENT_ID, else keyset-<UTC time>")
     e.add_argument(

@@ -1,6 +1,6 @@
-"""Break-glass revocation and its audit trail: ``revoke``, ``unrevoke``, ``audit verify``.
+"""Break-glass changes and their audit trail: ``revoke``, ``unrevoke``, ``forget``, ``audit``.
 
-Each change to revocations is appended to the hash-chained audit log with who made it.
+Each change is appended to the hash-chained audit log with who made it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from keysetd.cli.exits import EXIT_FAILED, EXIT_OK
 if TYPE_CHECKING:
     from keysetd.config import Config
 
-__all__ = ["cmd_audit", "cmd_revoke", "cmd_unrevoke"]
+__all__ = ["cmd_audit", "cmd_forget", "cmd_revoke", "cmd_unrevoke"]
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
@@ -56,6 +56,41 @@ def cmd_unrevoke(args: argparse.Namespace) -> int:
     if not _in_fleet(config, args.kid, "", lift=True):
         return EXIT_FAILED
     print(f"lifted the revocation of {args.kid}; the source may bring it back")
+    return EXIT_OK
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    """Ask the daemon to drop its record of a kid, so the source may bring new material for it.
+
+    The way out of ``kid-reused`` before the old material's retention is over (a dev IdP
+    that recreated a fixed kid): tokens the old material signed stop verifying.
+    """
+    from keysetd.audit import AuditLog
+    from keysetd.state import StateStore
+
+    config = config_from(args)
+    if config.settings.fleet is not None:
+        print(
+            "keysetd: forget is not available in fleet mode: the shared history keeps "
+            f"{args.kid} until its retention is over",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    state = StateStore(config.state_dir)
+    record = state.load_history().get(args.kid)
+    if record is None:
+        print(f"keysetd: {args.kid} is not in the key history; nothing to forget", file=sys.stderr)
+        return EXIT_FAILED
+    if record.active_from is not None and record.active_until is None:
+        print(f"keysetd: signers use {args.kid}: rotate to another kid first", file=sys.stderr)
+        return EXIT_FAILED
+    by = _operator()
+    state.request_forget(args.kid, {"at": time.time(), "by": by})
+    AuditLog(state.audit_path).append("forget_requested", kid=args.kid, by=by)
+    print(
+        f"forgetting {args.kid}: a running keysetd drops its record within a second (else at "
+        "its next start); the source's material for it is then taken as new"
+    )
     return EXIT_OK
 
 

@@ -43,6 +43,7 @@ VERSION = 1
 #: etcd's default request limit is 1.5 MiB; a larger value is not one keysetd wrote.
 MAX_DOCUMENT_BYTES = 2 << 20
 _OPTIONAL_TIMES = (
+    "reused_since",
     "left_source_at",
     "first_published",
     "active_from",
@@ -141,7 +142,12 @@ _RECORD_FIELDS = {f.name for f in fields(KeyRecord)}
 def encode_history(records: Mapping[str, KeyRecord]) -> bytes:
     """Canonical JSON: the same bytes for the same records, on every replica."""
     keys = {
-        kid: {name: getattr(record, name) for name in sorted(_RECORD_FIELDS)}
+        kid: {
+            name: getattr(record, name)
+            for name in sorted(_RECORD_FIELDS)
+            # Left out while unset: replicas of an older keysetd read the document too.
+            if name != "reused_since" or record.reused_since is not None
+        }
         for kid, record in records.items()
     }
     return canonical_json({"version": VERSION, "keys": keys})
