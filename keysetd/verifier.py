@@ -190,6 +190,16 @@ def _identity(st: os.stat_result) -> _Identity:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
+#: Key algs that name a token alg by another name: oidc-provider publishes Ed25519 keys
+#: with ``alg: "Ed25519"`` (the fully specified name of RFC 9864); tokens say ``EdDSA``.
+_TOKEN_ALG = {"Ed25519": "EdDSA"}
+
+
+def _token_alg(key: Key) -> str:
+    """The alg a token signed by ``key`` carries in its header."""
+    return _TOKEN_ALG.get(key.alg, key.alg)
+
+
 def _unusable_reason(key: Key, allowed: frozenset[str]) -> str | None:
     """Why ``key`` may not verify here (alg none, alg not allowed or not fitting), or None."""
     if key.use != "sig":
@@ -197,7 +207,7 @@ def _unusable_reason(key: Key, allowed: frozenset[str]) -> str | None:
     family = ALGORITHMS.get(key.alg)
     if family is None:
         return f"alg {key.alg!r} is not a signature algorithm keysetd accepts"
-    if key.alg not in allowed:
+    if _token_alg(key) not in allowed:
         listed = ", ".join(sorted(allowed))
         return f"alg {key.alg} is not among the verifier's algorithms ({listed})"
     kty, crv = family
@@ -238,7 +248,7 @@ def _build_map(keyset: Keyset, allowed: frozenset[str], previous: _KeyMap | None
             except (KeyMaterialError, ValueError) as exc:
                 reason = f"{getattr(exc, 'rule', 'invalid-key')}: {exc}"
         info = VerifierKey(kid=key.kid, kty=key.kty, alg=key.alg, unusable=reason)
-        algorithms = (key.alg,) if reason is None else ()
+        algorithms = (_token_alg(key),) if reason is None else ()
         by_kid[key.kid] = _Entry(info=info, key=built, algorithms=algorithms, digest=digest)
     usable = [entry for entry in by_kid.values() if entry.algorithms]
     return _KeyMap(

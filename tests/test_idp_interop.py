@@ -344,7 +344,11 @@ def test_keycloak_certs_pass_keysetd_validate() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "valid keyset, 1 key(s)" in result.stdout
-    assert signing["kid"] in result.stdout and enc["kid"] not in result.stdout
+    listed = [line for line in result.stdout.splitlines() if enc["kid"] in line]
+    assert signing["kid"] in result.stdout and result.stderr == ""
+    assert listed == [
+        f"  skipped kid {enc['kid']!r}: unsupported-use: use 'enc': not a signature key"
+    ]
 
 
 def test_keycloak_certs_with_a_forged_certificate_are_refused_in_a_file(env: Env) -> None:

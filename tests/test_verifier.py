@@ -182,6 +182,19 @@ def test_kid_whose_alg_is_not_allowed(tmp_path: Path, keys: dict[str, dict[str, 
     assert {k.kid: k.usable for k in verifier.status().keys} == {"e1": True, "o1": False}
 
 
+def test_key_alg_ed25519_verifies_eddsa_tokens(
+    tmp_path: Path, keys: dict[str, dict[str, Any]]
+) -> None:
+    """oidc-provider publishes ``alg: "Ed25519"`` (RFC 9864); its tokens say EdDSA."""
+    path = tmp_path / "jwks.json"
+    named = {**public(keys["o1"]), "alg": "Ed25519"}
+    write_atomically(path, jwks_doc(named, public(keys["e1"])))
+    verifier = Verifier(path, ["EdDSA"])
+    assert verifier.decode(sign(keys["o1"]))["sub"] == "alice"
+    with pytest.raises(UnusableKeyError, match="Ed25519 is not among"):
+        Verifier(path, ["ES256"]).decode(sign(keys["o1"]))
+
+
 # -- alg confusion ----------------------------------------------------------------------------
 
 
