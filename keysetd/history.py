@@ -11,22 +11,29 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
+from keysetd.errors import InvalidKeyset
 from keysetd.model import Keyset
 from keysetd.plan import Plan, current_signer_kid, held_kids
 from keysetd.state import KeyRecord
 
 __all__ = [
+    "FORGOTTEN",
     "Records",
     "apply_revocations",
+    "confirm_material",
+    "forget",
     "mark_activating",
     "mark_active",
     "mark_published",
     "note_reused",
     "observe",
     "reuse_allowed",
+    "reused_kids",
 ]
 
 Records = dict[str, KeyRecord]
+#: ``reused_since`` of a forgotten kid: a wait that is over, whatever the retention.
+FORGOTTEN = 0.0
 Event = dict[str, Any]
 
 
@@ -45,8 +52,8 @@ def observe(records: Records, keyset: Keyset, now: float) -> Records:
             updated[key.kid] = KeyRecord(
                 kid=key.kid, material=material, first_seen=now, public_jwk=public
             )
-        elif record.left_source_at is not None or record.reused_since is not None:
-            updated[key.kid] = replace(record, left_source_at=None, reused_since=None)
+        elif record.left_source_at is not None:
+            updated[key.kid] = replace(record, left_source_at=None)
     present = set(keyset.kids)
     for kid, record in records.items():
         if kid not in present and record.left_source_at is None:
@@ -136,8 +143,48 @@ def reuse_allowed(record: KeyRecord, retention: float, now: float) -> bool:
         return False
     if record.active_from is not None and record.active_until is None:
         return False  # signers still sign with the old material
+    if record.reused_since == FORGOTTEN:
+        return True
     last = max(record.reused_since, record.active_until or 0.0)
     return now >= last + retention
+
+
+def confirm_material(records: Records, keyset: Keyset) -> Records:
+    """A snapshot just fetched carries these kids with the material on record: any wait
+    for other material (``note_reused``, ``forget``) ends. Not for a re-plan of the
+    last-known-good, which says nothing of what the source serves now."""
+    waiting = [
+        key.kid
+        for key in keyset
+        if (record := records.get(key.kid)) is not None
+        and record.reused_since is not None
+        and record.material == key.material_digest()
+    ]
+    if not waiting:
+        return records
+    updated = dict(records)
+    for kid in waiting:
+        updated[kid] = replace(records[kid], reused_since=None)
+    return updated
+
+
+def forget(records: Records, kid: str) -> tuple[Records, list[Event]]:
+    """``keysetd forget``: the next other material the source brings for ``kid`` is taken
+    at once (as if its wait were over); refused while signers hold the kid."""
+    record = records.get(kid)
+    if record is None:
+        return records, []
+    if record.active_from is not None and record.active_until is None:
+        reason = "signers hold it: rotate to another kid first"
+        return records, [{"event": "forget_refused", "kid": kid, "reason": reason}]
+    updated = dict(records)
+    updated[kid] = replace(record, reused_since=FORGOTTEN)
+    return updated, [{"event": "kid_forgotten", "kid": kid}]
+
+
+def reused_kids(refused: InvalidKeyset) -> list[str]:
+    """The kids a refused snapshot brought with other material than on record."""
+    return [p.kid for p in refused.problems if p.rule == "kid-reused"]
 
 
 def note_reused(

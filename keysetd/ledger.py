@@ -14,7 +14,15 @@ from typing import Any
 
 from keysetd import failpoints
 from keysetd.errors import InvalidKeyset
-from keysetd.history import Records, apply_revocations, note_reused, observe
+from keysetd.history import (
+    Records,
+    apply_revocations,
+    confirm_material,
+    forget,
+    note_reused,
+    observe,
+    reused_kids,
+)
 from keysetd.log import event
 from keysetd.model import Keyset
 from keysetd.record import Recorder
@@ -34,11 +42,12 @@ class Ledger:
         self.saved: Records = self.records
         #: The kids ``keysetd revoke`` named, as of the last sync.
         self.revoked: frozenset[str] = frozenset()
-        #: Some kid waits out ``kid-reused`` (its record has ``reused_since``).
-        self._reuse_waiting = any(r.reused_since is not None for r in self.records.values())
+        #: Some kid waits for other material (``kid-reused``, ``forget``): ``reused_since``.
+        self._waiting = any(r.reused_since is not None for r in self.records.values())
 
     def observe(self, keyset: Keyset, now: float) -> None:
-        """Note the kids the source brings (in memory; saved with the next transition)."""
+        """Note the kids the source brings (in memory; saved with the next transition);
+        a kid whose material changed starts a new record, audited."""
         before = self.records
         self.records = observe(before, keyset, now)
         for key in keyset:
@@ -46,50 +55,6 @@ class Ledger:
             if old is not None and old.material != self.records[key.kid].material:
                 self._recorder.audit("kid_material_replaced", kid=key.kid)
                 event("kid_material_replaced", kid=key.kid)
-
-    def note_reused(self, refused: InvalidKeyset, retention: float, now: float) -> None:
-        """Start the wait of each kid refused as ``kid-reused`` (audited once per kid)."""
-        kids = [p.kid for p in refused.problems if p.rule == "kid-reused"]
-        if kids:
-            self.remember(*note_reused(self.records, kids, retention, now))
-            self._reuse_waiting = True
-
-    def settle_reuse(self, keyset: Keyset, now: float) -> None:
-        """The source is back to the material published: the waits it began end (saved
-        at once, so a restart cannot take a stale wait as served)."""
-        if self._reuse_waiting:
-            self.observe(keyset, now)
-            self.remember(self.records)
-            self._reuse_waiting = any(r.reused_since is not None for r in self.records.values())
-
-    def sync_forgets(self, now: float) -> None:
-        """Carry out ``keysetd forget``: drop each named kid's record, unless signers hold it."""
-        requests = self._state.load_forgets()
-        if not requests:
-            return
-        history = dict(self.records)
-        events: list[dict[str, Any]] = []
-        for kid, request in sorted(requests.items()):
-            record = history.get(kid)
-            by = request.get("by")
-            if (
-                record is not None
-                and record.active_from is not None
-                and record.active_until is None
-            ):
-                events.append(
-                    {
-                        "event": "forget_refused",
-                        "kid": kid,
-                        "by": by,
-                        "reason": "signers hold it: rotate to another kid first",
-                    }
-                )
-            elif record is not None:
-                del history[kid]
-                events.append({"event": "kid_forgotten", "kid": kid, "by": by})
-        self.remember(history, events)
-        self._state.clear_forgets(requests)
 
     def remember(self, history: Records, events: Sequence[dict[str, Any]] = ()) -> None:
         """Audit what changed, then persist history (a crash between repeats the lines)."""
@@ -101,6 +66,34 @@ class Ledger:
             self.saved = history
         for entry in events:
             event(entry["event"], **{k: v for k, v in entry.items() if k != "event"})
+
+    def note_reused(self, refused: InvalidKeyset, retention: float, now: float) -> None:
+        """Start the wait of each kid refused as ``kid-reused`` (audited once per kid)."""
+        kids = reused_kids(refused)
+        if kids:
+            self.remember(*note_reused(self.records, kids, retention, now))
+            self._waiting = True
+
+    def confirm(self, keyset: Keyset) -> None:
+        """A snapshot just fetched carries the material on record: the waits for other
+        material it shows were needless end (saved at once, so a restart cannot take a
+        stale wait for one that is over)."""
+        if self._waiting:
+            self.remember(confirm_material(self.records, keyset))
+            self._waiting = any(r.reused_since is not None for r in self.records.values())
+
+    def sync_forgets(self) -> None:
+        """Carry out the ``keysetd forget`` requests written since the last cycle."""
+        requests = self._state.load_forgets()
+        if not requests:
+            return
+        history, events = self.records, []
+        for kid, request in sorted(requests.items()):
+            history, done = forget(history, kid)
+            events += [{**entry, "by": request.get("by")} for entry in done]
+        self.remember(history, events)
+        self._waiting = True
+        self._state.clear_forgets(requests)
 
     def sync_revocations(self, now: float) -> bool:
         """Read revocations.json and mark history; True when a kid was newly revoked or lifted."""

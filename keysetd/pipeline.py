@@ -35,7 +35,7 @@ from keysetd.errors import (
     SourceError,
 )
 from keysetd.extension import Notifier, Output, Role, Source
-from keysetd.history import Records, reuse_allowed
+from keysetd.history import Records, reuse_allowed, reused_kids
 from keysetd.ledger import Ledger
 from keysetd.lkg import Keeper
 from keysetd.log import event
@@ -148,6 +148,8 @@ class Pipeline:
             )
         self._keyset: Keyset | None = None
         self._last_data: bytes | None = None
+        #: Kids the last fetched snapshot was refused for as ``kid-reused``.
+        self._refused_reuse: tuple[str, ...] = ()
         self._published: Plan | None = None
         self._rendered: list[Rendered] = []
 
@@ -211,8 +213,9 @@ class Pipeline:
         """
         try:
             if self.fleet is None:
-                return self._cycle(force, fetch)
+                return self._cycle(force, fetch or self._reuse_due())
             self.fleet.sync()
+            fetch = fetch or self._reuse_due()  # a forget or a wait over, on any replica
             # Re-read the fleet each period (jittered: a fleet started together does not poll
             # etcd in step): acks, revocations and leases change there.
             period = jittered(self.fleet.period, self._rand)
@@ -229,7 +232,7 @@ class Pipeline:
         if self.ledger.sync_revocations(now) and self._keyset is not None:
             self._apply_revocations(now)
         if self.fleet is None:
-            self.ledger.sync_forgets(now)
+            self.ledger.sync_forgets()
         if not fetch and not force and self._keyset is not None:
             return self._refresh(now, fetched=False)
         try:
@@ -237,14 +240,15 @@ class Pipeline:
         except SourceError as exc:
             return self._failed(exc, "fetch", now)
         if not force and self._keyset is not None and snapshot.data == self._last_data:
-            self.ledger.settle_reuse(self._keyset, now)
+            self._confirm(self._keyset)
             return self._refresh(now)
         try:
             keyset = self.validate_snapshot(snapshot.data, snapshot.format, snapshot.origin)
+            self._confirm(keyset)
             result = self._publish(keyset, now)
+            self._refused_reuse = ()
         except InvalidKeyset as exc:
-            if self.fleet is None:  # the fleet's history is shared: it keeps the refusal
-                self.ledger.note_reused(exc, self.policy.retention, now)
+            self._note_reused(exc, now)
             return self._failed(exc, "validate", now)
         except KeysetdError as exc:
             return self._failed(exc, "commit", now)
@@ -262,7 +266,7 @@ class Pipeline:
         retention = self.policy.retention
         known = {
             kid: rec.material
-            for kid, rec in self.ledger.records.items()
+            for kid, rec in self._known().items()
             if not reuse_allowed(rec, retention, now)
         }
         keyset = check(
@@ -322,6 +326,37 @@ class Pipeline:
         result = replace(result, unchanged_source=True, fetched=fetched)
         self._record_success(now, result)
         return self._manage(result, now)
+
+    def _confirm(self, keyset: Keyset) -> None:
+        """A snapshot just fetched validated: waits for other material it belies end."""
+        if self.fleet is not None:
+            self.fleet.confirm_source(keyset)
+        else:
+            self.ledger.confirm(keyset)
+
+    def _note_reused(self, refused: InvalidKeyset, now: float) -> None:
+        """Kids refused as ``kid-reused`` start their wait (the fleet's leader for all)."""
+        self._refused_reuse = tuple(reused_kids(refused))
+        if self.fleet is not None:
+            self.fleet.reuse_refused(self._refused_reuse, self.policy.retention, now)
+        else:
+            self.ledger.note_reused(refused, self.policy.retention, now)
+
+    def _known(self) -> Records:
+        """The history validation checks material against: in fleet mode the shared one
+        as last read, so a leader's wait or a forget counts even while every cycle fails
+        (``ledger.records`` holds the view the last plan made)."""
+        return self.fleet.snapshot.history if self.fleet is not None else self.ledger.records
+
+    def _reuse_due(self) -> bool:
+        """A kid the source was refused for may be taken now: the next cycle fetches."""
+        if not self._refused_reuse:
+            return False
+        records, now = self._known(), self.clock()
+        return any(
+            kid in records and reuse_allowed(records[kid], self.policy.retention, now)
+            for kid in self._refused_reuse
+        )
 
     def _publish(self, keyset: Keyset, now: float) -> CycleResult:
         """Record the kids the source brings, then plan, render, commit and notify."""

@@ -104,7 +104,9 @@ def test_signers_holding_the_kid_keep_it_refused_past_retention(
     assert not cycle.cycle().ok
     assert env.snapshot_outputs() == served
     done = env.keysetd("forget", "es-a", "-c", str(config))
-    assert done.returncode == 1 and "signers use es-a" in done.stderr
+    assert (
+        done.returncode == 1 and "es-a: signers hold it: rotate to another kid first" in done.stderr
+    )
     assert not (env.state / "forget.json").exists()
 
 

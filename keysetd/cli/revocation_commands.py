@@ -9,7 +9,7 @@ import argparse
 import os
 import sys
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from keysetd.cli.configured import config_from
 from keysetd.cli.exits import EXIT_FAILED, EXIT_OK
@@ -60,38 +60,55 @@ def cmd_unrevoke(args: argparse.Namespace) -> int:
 
 
 def cmd_forget(args: argparse.Namespace) -> int:
-    """Ask the daemon to drop its record of a kid, so the source may bring new material for it.
-
-    The way out of ``kid-reused`` before the old material's retention is over (a dev IdP
-    that recreated a fixed kid): tokens the old material signed stop verifying.
-    """
+    """Take the source's other material for a kid at once (the way out of ``kid-reused``
+    before the old material's retention is over, for a dev IdP that recreated a fixed
+    kid): tokens the old material signed stop verifying."""
     from keysetd.audit import AuditLog
+    from keysetd.history import forget
     from keysetd.state import StateStore
 
     config = config_from(args)
-    if config.settings.fleet is not None:
-        print(
-            "keysetd: forget is not available in fleet mode: the shared history keeps "
-            f"{args.kid} until its retention is over",
-            file=sys.stderr,
-        )
-        return EXIT_FAILED
     state = StateStore(config.state_dir)
-    record = state.load_history().get(args.kid)
-    if record is None:
+    by = _operator()
+    if config.settings.fleet is not None:
+        events = _forget_in_fleet(config, args.kid)
+        if events is None:
+            return EXIT_FAILED
+    else:
+        _, events = forget(state.load_history(), args.kid)
+    if not events:
         print(f"keysetd: {args.kid} is not in the key history; nothing to forget", file=sys.stderr)
         return EXIT_FAILED
-    if record.active_from is not None and record.active_until is None:
-        print(f"keysetd: signers use {args.kid}: rotate to another kid first", file=sys.stderr)
+    if events[0]["event"] == "forget_refused":
+        print(f"keysetd: {args.kid}: {events[0]['reason']}", file=sys.stderr)
         return EXIT_FAILED
-    by = _operator()
-    state.request_forget(args.kid, {"at": time.time(), "by": by})
+    state.ensure()
+    if config.settings.fleet is None:
+        state.request_forget(args.kid, {"at": time.time(), "by": by})
     AuditLog(state.audit_path).append("forget_requested", kid=args.kid, by=by)
-    print(
-        f"forgetting {args.kid}: a running keysetd drops its record within a second (else at "
-        "its next start); the source's material for it is then taken as new"
+    where = (
+        "every replica takes" if config.settings.fleet is not None else "a running keysetd takes"
     )
+    print(f"forgot {args.kid}: {where} the source's other material for it within a second")
     return EXIT_OK
+
+
+def _forget_in_fleet(config: Config, kid: str) -> list[dict[str, Any]] | None:
+    """The forget written to the fleet's history; None (said why) when etcd failed."""
+    from keysetd.errors import StoreError
+    from keysetd.fleet.etcd import EtcdStore
+    from keysetd.fleet.member import forget_in_fleet
+
+    fleet = config.settings.fleet
+    assert fleet is not None
+    store = EtcdStore(fleet.store_settings())
+    try:
+        return forget_in_fleet(store, fleet, kid)
+    except StoreError as exc:
+        print(f"keysetd: the fleet store refused the forget: {exc}", file=sys.stderr)
+        return None
+    finally:
+        store.close()
 
 
 def _in_fleet(config: Config, kid: str, reason: str, *, lift: bool) -> bool:

@@ -60,7 +60,7 @@ from keysetd.fleet.state import (
     encode_history,
     encode_revocations,
 )
-from keysetd.history import Records, observe
+from keysetd.history import Records, confirm_material, forget, note_reused, observe
 from keysetd.log import event
 from keysetd.model import Keyset
 from keysetd.plan import Plan, Policy, held_kids
@@ -343,6 +343,11 @@ class FleetMember:
         history, events = follow_acks(
             history, snapshot.acks, now, snapshot.revocations, keep_open=set(self._departed)
         )
+        self._write_history(history, events)
+
+    def _write_history(self, history: Records, events: Sequence[dict[str, Any]]) -> None:
+        """Compare-and-swap the shared history over the one last read; then log ``events``."""
+        snapshot = self.snapshot
         if history == snapshot.history:
             return
         try:
@@ -357,6 +362,18 @@ class FleetMember:
         for entry in events:
             event(entry["event"], replica=self.replica_id, **_fields(entry))
         self.snapshot = _with_history(snapshot, history, result.revision)
+
+    # -- a kid the source brings with other material ---------------------------------------
+
+    def reuse_refused(self, kids: Sequence[str], retention: float, now: float) -> None:
+        """The leader starts the fleet-wide wait of kids refused as ``kid-reused``."""
+        if self.leading:
+            self._write_history(*note_reused(self.snapshot.history, kids, retention, now))
+
+    def confirm_source(self, keyset: Keyset) -> None:
+        """The leader ends the waits a snapshot just fetched shows were needless."""
+        if self.leading:
+            self._write_history(confirm_material(self.snapshot.history, keyset), ())
 
     # -- around the commit ----------------------------------------------------------------
 
@@ -502,6 +519,25 @@ def revoke_in_fleet(
         if store.cas(key, encode_revocations(revoked), revision).succeeded:
             return True
     raise StoreError("txn", "etcd", "the revocations kept moving; try again")
+
+
+def forget_in_fleet(store: EtcdStore, settings: FleetSettings, kid: str) -> list[dict[str, Any]]:
+    """``keysetd forget`` in the shared history (one compare-and-swap); the events it
+    amounts to (none when the kid is not on record)."""
+    key = settings.key("history")
+    for _ in range(CAS_ATTEMPTS * 3):
+        current = store.get(key)
+        try:
+            history = decode_history(current.value) if current is not None else {}
+        except FleetDocumentError as exc:
+            raise StoreError("range", "etcd", str(exc)) from None
+        updated, events = forget(history, kid)
+        if updated == history:
+            return events
+        revision = current.mod_revision if current is not None else 0
+        if store.cas(key, encode_history(updated), revision).succeeded:
+            return events
+    raise StoreError("txn", "etcd", "the history kept moving; try again")
 
 
 def _fields(entry: Mapping[str, Any]) -> dict[str, Any]:
