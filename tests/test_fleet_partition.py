@@ -22,7 +22,7 @@ import pytest
 from keysetd.config import load_config
 from keysetd.crypto import generate
 from keysetd.errors import StoreError
-from keysetd.fleet.etcd import EtcdStore
+from keysetd.fleet.etcd import EtcdSettings, EtcdStore
 from keysetd.fleet.member import FleetMember
 from keysetd.formats.jwks import render_keyset
 from keysetd.model import Keyset
@@ -187,3 +187,28 @@ def test_a_slow_verifier_consumer_keeps_its_replica_counted(
     finally:
         a.close()
         b.close()
+
+
+def test_a_leader_whose_lease_went_unseen_writes_nothing(tmp_path: Path, etcd: EtcdCluster) -> None:
+    """Its snapshot still says it leads; the shared history is fenced by its election key."""
+    k0, k1 = generate("ES256", "k0"), generate("ES256", "k1")
+    write_source(tmp_path, Keyset((k0,), "k0"))
+    a, a_store = replica(tmp_path, "a", etcd.endpoints)
+    try:
+        a.cycle()
+        member = a.fleet
+        assert member is not None and member.leading
+        before = a_store.get("/partition/history")
+        assert before is not None
+        other = EtcdStore(EtcdSettings(etcd.endpoints, timeout=3.0))
+        try:
+            lease = next(e.lease for e in other.list("/partition/election/"))
+            assert other.revoke(lease)  # as if it expired while this leader was stalled
+        finally:
+            other.close()
+        assert member.leading, "it has not read the store since"
+        member.plan(Keyset((k0, k1), "k1"), time.time(), None)  # k1 for the history
+        after = a_store.get("/partition/history")
+        assert after is not None and after.mod_revision == before.mod_revision
+    finally:
+        a.close()

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from keysetd.errors import StoreError
-from keysetd.fleet.etcd import Entry, EtcdStore, LeaseNotFound
+from keysetd.fleet.etcd import Entry, EtcdStore, Guard, LeaseNotFound
 from keysetd.fleet.planner import (
     FleetPlan,
     ack_before_commit,
@@ -346,13 +346,23 @@ class FleetMember:
         self._write_history(history, events)
 
     def _write_history(self, history: Records, events: Sequence[dict[str, Any]]) -> None:
-        """Compare-and-swap the shared history over the one last read; then log ``events``."""
+        """Compare-and-swap the shared history over the one last read, fenced by this
+        leader's election key (a leader whose lease expired unseen writes nothing); then
+        log ``events``."""
         snapshot = self.snapshot
         if history == snapshot.history:
             return
+        fence = [
+            Guard(key, created)
+            for created, key, _ in snapshot.candidates
+            if key == self._election_key
+        ]
         try:
             result = self._store.cas(
-                self._key("history"), encode_history(history), snapshot.history_revision
+                self._key("history"),
+                encode_history(history),
+                snapshot.history_revision,
+                guards=fence,
             )
         except StoreError as exc:
             self._unreachable(str(exc))
