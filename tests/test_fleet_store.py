@@ -20,7 +20,6 @@ import keysetd.fleet
 from keysetd.errors import ConfigError, KeysetdError, StoreError
 from keysetd.fleet import (
     CasResult,
-    Election,
     EtcdSettings,
     EtcdStore,
     Guard,
@@ -70,13 +69,11 @@ def store(endpoints: tuple[str, ...], timeout: float = 3.0) -> EtcdStore:
 def test_public_api_is_pinned() -> None:
     assert keysetd.fleet.__all__ == [
         "CasResult",
-        "Election",
         "Entry",
         "EtcdSettings",
         "EtcdStore",
         "Guard",
         "HttpTransport",
-        "Leader",
         "LeaseNotFound",
         "PostJson",
         "TransportError",
@@ -232,49 +229,24 @@ def test_lease_expiry_removes_keys_and_keepalive_holds_them(etcd_one: EtcdCluste
     assert s.get("lease/kept") is None
 
 
-def test_leader_election_two_candidates_and_takeover(etcd_one: EtcdCluster) -> None:
-    a_store, b_store = store(etcd_one.endpoints), store(etcd_one.endpoints)
-    a_lease, b_lease = a_store.grant(1), b_store.grant(5)
-    a = Election(a_store, "election/rotator", a_lease, b"replica-a")
-    b = Election(b_store, "election/rotator", b_lease, b"replica-b")
-    assert a.campaign()
-    assert not b.campaign()
-    assert a.campaign(), "campaigning again keeps the lead"
-    leader = b.leader()
-    assert leader is not None and leader.value == b"replica-a" and leader.lease == a_lease
-
-    # The leader stops renewing its lease: b takes over once it expires, and a's fenced write
-    # is refused from then on.
-    state = a_store.cas("election/state", b"by a", 0, guards=[a.guard()])
-    assert state.succeeded and state.current is not None
-
-    def b_leads() -> bool:
-        assert b_store.keepalive(b_lease) > 0
-        return b.campaign()
-
-    wait_for(b_leads, 6, "b to take over after a's lease expired")
-    late = a_store.cas("election/state", b"late a", state.current.mod_revision, guards=[a.guard()])
-    assert not late.succeeded and late.guard_lost
-    with pytest.raises(LeaseNotFound):
-        a.campaign()  # a's lease is gone: it cannot stand again on it
-
-    # A new a stands behind b; b's lease is revoked: a leads at once.
-    a2 = Election(a_store, "election/rotator", a_store.grant(5), b"replica-a")
-    assert not a2.campaign()
-    assert b_store.revoke(b_lease)
-    assert a2.campaign()
-    leader = b.leader()
-    assert leader is not None and leader.value == b"replica-a"
-
-
-def test_resign_hands_over(etcd_one: EtcdCluster) -> None:
+def test_a_fenced_write_fails_once_the_fence_key_is_gone(etcd_one: EtcdCluster) -> None:
+    """A leader's writes carry its election key (bound to its lease) as a guard."""
     s = store(etcd_one.endpoints)
-    a = Election(s, "resign", s.grant(5), b"a")
-    b = Election(s, "resign", s.grant(5), b"b")
-    assert a.campaign() and not b.campaign()
-    a.resign()
-    assert b.campaign()
-    assert not a.campaign(), "a stands again, behind b"
+    lease = s.grant(5)
+    created = s.cas("fence/leader", b"replica-a", 0, lease=lease)
+    assert created.succeeded and created.current is not None
+    fence = Guard("fence/leader", created.current.create_revision)
+    state = s.cas("fence/state", b"by a", 0, guards=[fence])
+    assert state.succeeded and state.current is not None
+    assert s.revoke(lease)  # the lease went: its key with it
+    late = s.cas("fence/state", b"late a", state.current.mod_revision, guards=[fence])
+    assert not late.succeeded and late.guard_lost
+    current = s.get("fence/state")
+    assert current is not None and current.value == b"by a"
+    again = s.cas("fence/leader", b"replica-b", 0, lease=s.grant(5))
+    assert again.current is not None
+    stale = Guard("fence/leader", created.current.create_revision)  # same key, made anew
+    assert s.cas("fence/state", b"x", state.current.mod_revision, guards=[stale]).guard_lost
 
 
 def test_etcd_down_is_a_store_error_within_the_deadline() -> None:

@@ -1,11 +1,10 @@
-"""Fleet mode's store layer: etcd over its v3 JSON gateway, leases and leader election.
+"""Fleet mode's store layer: etcd over its v3 JSON gateway, leases and fenced compare-and-swap.
 
 The fleet planner and the daemon build on this; nothing here knows about keysets.
 """
 
 from __future__ import annotations
 
-from keysetd.fleet.election import Election, Leader
 from keysetd.fleet.etcd import (
     CasResult,
     Entry,
@@ -19,13 +18,11 @@ from keysetd.fleet.transport import HttpTransport, PostJson, TransportError
 
 __all__ = [
     "CasResult",
-    "Election",
     "Entry",
     "EtcdSettings",
     "EtcdStore",
     "Guard",
     "HttpTransport",
-    "Leader",
     "LeaseNotFound",
     "PostJson",
     "TransportError",

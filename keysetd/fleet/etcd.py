@@ -73,7 +73,7 @@ class Entry:
 @dataclass(frozen=True, slots=True)
 class Guard:
     """A condition on another key for a fenced write: ``key`` exists with this create revision
-    (an elected leader's key, see ``Election.guard``)."""
+    (an elected leader's key: ``FleetMember`` fences the shared history with it)."""
 
     key: str
     create_revision: int
@@ -316,18 +316,6 @@ class EtcdStore:
         (lease expiry included), not with keepalives. A small answer (count only)."""
         body = {"key": _b64(b"\0"), "count_only": True}
         return self._call("range", "/v3/kv/range", body, _revision)
-
-    def oldest(self, prefix: str) -> Entry | None:
-        """The key under ``prefix`` created first (lowest create revision): an election's leader."""
-        raw = prefix.encode()
-        body = {
-            "key": _b64(raw),
-            "range_end": _b64(prefix_end(raw)),
-            "limit": 1,
-            "sort_order": "ASCEND",
-            "sort_target": "CREATE",
-        }
-        return self._call("range", "/v3/kv/range", body, _first)
 
     def put(self, key: str, value: bytes, lease: int = 0) -> int:
         """Write unconditionally (bound to ``lease`` if non-zero); the new revision."""
