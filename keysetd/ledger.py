@@ -40,8 +40,8 @@ class Ledger:
         self.records: Records = state.load_history()
         #: What history.json holds; ``records`` may be ahead by kids only observed so far.
         self.saved: Records = self.records
-        #: The kids ``keysetd revoke`` named, as of the last sync.
-        self.revoked: frozenset[str] = frozenset()
+        #: The kids ``keysetd revoke`` named (kid -> when), as of the last sync.
+        self.revoked: dict[str, float] = {}
         #: Some kid waits for other material (``kid-reused``, ``forget``): ``reused_since``.
         self._waiting = any(r.reused_since is not None for r in self.records.values())
 
@@ -100,7 +100,7 @@ class Ledger:
         revoked = {
             kid: float(v.get("at", now)) for kid, v in self._state.load_revocations().items()
         }
-        self.revoked = frozenset(revoked)
+        self.revoked = revoked
         history, events = apply_revocations(self.records, revoked, now)
         self.remember(history, events)
         return bool(events)

@@ -296,7 +296,7 @@ class Pipeline:
         """What outputs would get for ``keyset`` now (``keysetd plan`` and the cycle)."""
         when = self.clock() if now is None else now
         if self.fleet is not None:
-            planned = self.fleet.plan(keyset, when, self.publisher.signer)
+            planned = self.fleet.plan(keyset, when, self.publisher.signer, self.ledger.revoked)
             self.ledger.records = planned.view  # the shared history as this replica saw it
             return planned.plan
         return plan(keyset, self.ledger.records, self.policy, when, self.publisher.signer)

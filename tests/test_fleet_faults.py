@@ -156,6 +156,22 @@ def test_revoke_reaches_every_replica_within_a_second(
         what="the revoked kid gone from every replica's jwks",
     )
     assert time.monotonic() - started < 2.0
+    # Revoked in the shared document only: another host lifts it there.
+    assert not (replicas[1].root / "state" / "revocations.json").exists()
+    lifted = subprocess.run(
+        [*KEYSETD, "unrevoke", old, "-c", str(replicas[2].config_path)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert lifted.returncode == 0, lifted.stderr
+    store = EtcdStore(EtcdSettings(endpoints=etcd.endpoints, timeout=3.0))
+    try:
+        shared = store.get("/fleet-test/revocations")
+        assert shared is not None and old.encode() not in shared.value
+    finally:
+        store.close()
 
 
 def test_a_reload_keeps_the_replica_in_the_fleet(

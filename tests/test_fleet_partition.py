@@ -212,3 +212,23 @@ def test_a_leader_whose_lease_went_unseen_writes_nothing(tmp_path: Path, etcd: E
         assert after is not None and after.mod_revision == before.mod_revision
     finally:
         a.close()
+
+
+def test_a_revoke_on_a_host_cut_off_from_etcd_holds_there(
+    tmp_path: Path, etcd: EtcdCluster
+) -> None:
+    """``keysetd revoke`` falls back to this host's revocations.json when etcd is out of
+    reach (it says so and exits 1): the daemon there drops the kid all the same."""
+    k0, k1 = generate("ES256", "k0"), generate("ES256", "k1")
+    write_source(tmp_path, Keyset((k0, k1), "k1"))
+    a, a_store = replica(tmp_path, "a", etcd.endpoints)
+    try:
+        a.cycle()
+        assert published(tmp_path, "a")[0] == {"k0", "k1"}
+        a_store.cut = True
+        StateStore(tmp_path / "a" / "state").update_revocations("k0", {"at": time.time()})
+        a.cycle()
+        assert published(tmp_path, "a")[0] == {"k1"}
+    finally:
+        a_store.cut = False
+        a.close()

@@ -21,6 +21,8 @@ __all__ = ["cmd_audit", "cmd_forget", "cmd_revoke", "cmd_unrevoke"]
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
+    """Revoke a kid: in fleet mode in the shared revocations, else (or when etcd cannot
+    be reached) in this host's ``revocations.json``, which its daemon honours either way."""
     from keysetd.audit import AuditLog
     from keysetd.state import StateStore
 
@@ -28,13 +30,15 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     state = StateStore(config.state_dir)
     state.ensure()
     known = args.kid in state.load_history()
-    state.update_revocations(args.kid, {"at": time.time(), "reason": args.reason})
+    shared = _in_fleet(config, args.kid, args.reason, lift=False)
+    if shared in (_NO_FLEET, _UNREACHABLE):
+        state.update_revocations(args.kid, {"at": time.time(), "reason": args.reason})
     AuditLog(state.audit_path).append(
         "revoked", kid=args.kid, reason=args.reason, known=known, by=_operator()
     )
-    if not _in_fleet(config, args.kid, args.reason, lift=False):
+    if shared == _UNREACHABLE:
         return EXIT_FAILED
-    where = "every replica" if config.settings.fleet is not None else "a running keysetd"
+    where = "every replica" if shared != _NO_FLEET else "a running keysetd"
     print(f"revoked {args.kid}: {where} removes it from every output within a second")
     if not known:
         print(f"note: {args.kid} was never published here; it is refused if it appears")
@@ -42,18 +46,24 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_unrevoke(args: argparse.Namespace) -> int:
+    """Lift a revocation here and, in fleet mode, in the shared revocations."""
     from keysetd.audit import AuditLog
     from keysetd.state import StateStore
 
     config = config_from(args)
     state = StateStore(config.state_dir)
     state.ensure()
-    if args.kid not in state.load_revocations():
+    local = args.kid in state.load_revocations()
+    if local:
+        state.update_revocations(args.kid, None)
+    shared = _in_fleet(config, args.kid, "", lift=True)
+    if not local and shared in (_NO_FLEET, _UNCHANGED):
         print(f"keysetd: {args.kid} is not revoked", file=sys.stderr)
         return EXIT_FAILED
-    state.update_revocations(args.kid, None)
+    if not local and shared == _UNREACHABLE:
+        return EXIT_FAILED  # lifted nowhere
     AuditLog(state.audit_path).append("unrevoked", kid=args.kid, by=_operator())
-    if not _in_fleet(config, args.kid, "", lift=True):
+    if shared == _UNREACHABLE:
         return EXIT_FAILED
     print(f"lifted the revocation of {args.kid}; the source may bring it back")
     return EXIT_OK
@@ -111,24 +121,28 @@ def _forget_in_fleet(config: Config, kid: str) -> list[dict[str, Any]] | None:
         store.close()
 
 
-def _in_fleet(config: Config, kid: str, reason: str, *, lift: bool) -> bool:
-    """Fleet mode: the same change in the shared revocations (one compare-and-swap)."""
+_NO_FLEET, _CHANGED, _UNCHANGED, _UNREACHABLE = "no fleet", "changed", "unchanged", "unreachable"
+
+
+def _in_fleet(config: Config, kid: str, reason: str, *, lift: bool) -> str:
+    """Fleet mode: the change in the shared revocations (one compare-and-swap); which of
+    the four outcomes above it had (unreachable: said why on stderr)."""
     fleet = config.settings.fleet
     if fleet is None:
-        return True
+        return _NO_FLEET
     from keysetd.errors import StoreError
     from keysetd.fleet.etcd import EtcdStore
     from keysetd.fleet.member import revoke_in_fleet
 
     store = EtcdStore(fleet.store_settings())
     try:
-        revoke_in_fleet(store, fleet, kid, reason, lift=lift)
+        changed = revoke_in_fleet(store, fleet, kid, reason, lift=lift)
     except StoreError as exc:
         print(f"keysetd: {exc}; applied on this replica only", file=sys.stderr)
-        return False
+        return _UNREACHABLE
     finally:
         store.close()
-    return True
+    return _CHANGED if changed else _UNCHANGED
 
 
 def _operator() -> str:

@@ -309,8 +309,18 @@ class FleetMember:
 
     # -- planning -------------------------------------------------------------------------
 
-    def plan(self, keyset: Keyset, now: float, previous_signer: Keyset | None) -> FleetPlan:
-        """This replica's plan; the leader first brings the shared history up to date."""
+    def plan(
+        self,
+        keyset: Keyset,
+        now: float,
+        previous_signer: Keyset | None,
+        local_revocations: Mapping[str, float] | None = None,
+    ) -> FleetPlan:
+        """This replica's plan; the leader first brings the shared history up to date.
+
+        ``local_revocations`` (kid -> when): ``keysetd revoke`` on this host, which holds
+        here even when it could not reach the shared document (etcd down).
+        """
         if self.leading:
             self._lead(keyset, now)
         snapshot = self.snapshot
@@ -327,7 +337,13 @@ class FleetMember:
             policy=self.policy,
             now=now,
             previous_signer=previous_signer,
-            revocations=snapshot.revocations,
+            revocations={
+                **{
+                    kid: Revocation(at, "revoked on this host")
+                    for kid, at in (local_revocations or {}).items()
+                },
+                **snapshot.revocations,
+            },
         )
         self._pending = planned
         return planned
