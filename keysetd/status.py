@@ -63,5 +63,8 @@ def readiness(doc: dict[str, Any], max_staleness: float) -> tuple[bool, str]:
     fleet = doc.get("fleet")
     if isinstance(fleet, dict) and fleet.get("store") != "ok":
         # Serving is what readiness is about: outputs stay, only rotation waits for etcd.
-        return True, "ready; fleet store unreachable: serving last-known-good, no rotation"
+        return (
+            True,
+            "ready; fleet store unreachable: planning from the last fleet snapshot, signers stay",
+        )
     return True, "ready"

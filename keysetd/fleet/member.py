@@ -20,7 +20,9 @@ Cut off alone (a partition), the others go on without it, and the bound is time:
 replica keeps signing for ``retention`` past the moment its lease may have expired, then
 withholds signing; every replica keeps a kid whose last signer vanished (lease gone, not
 moved on) held open for ``retention`` before the leader may close it. So a full outage
-shorter than ``retention`` costs no signing, and a partitioned replica's tokens verify.
+shorter than ``lease_ttl + retention`` costs no signing, and a partitioned replica's tokens
+verify. The leader's history writes are fenced by its election key: a leader whose lease
+expired while it was stalled writes nothing.
 
 The lease is kept alive by a thread, not by the loop: a cycle that waits on a slow
 notifier or backs off keeps its replica counted. The thread stops renewing once the loop
@@ -106,7 +108,9 @@ class Snapshot:
 
 
 class FleetMember:
-    """This replica's side of fleet mode; every store error leaves it planning from a snapshot."""
+    """This replica's side of fleet mode. A store error or a malformed shared document leaves
+    it planning from the last good snapshot (``error`` says why), signing only within the
+    offline bound of the module docstring."""
 
     def __init__(
         self,
