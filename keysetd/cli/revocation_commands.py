@@ -93,9 +93,9 @@ def cmd_forget(args: argparse.Namespace) -> int:
         print(f"keysetd: {args.kid}: {events[0]['reason']}", file=sys.stderr)
         return EXIT_FAILED
     state.ensure()
-    if config.settings.fleet is None:
-        state.request_forget(args.kid, {"at": time.time(), "by": by})
     AuditLog(state.audit_path).append("forget_requested", kid=args.kid, by=by)
+    if config.settings.fleet is None:  # after the audit line: the daemon acts on the request
+        state.request_forget(args.kid, {"at": time.time(), "by": by})
     where = (
         "every replica takes" if config.settings.fleet is not None else "a running keysetd takes"
     )
