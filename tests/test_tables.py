@@ -11,6 +11,7 @@ import pytest
 from pydantic import Field, ValidationError
 
 from keysetd.tables import (
+    After,
     Before,
     Secret,
     Table,
@@ -219,3 +220,25 @@ def test_the_rules_of_real_tables_do_not_quote_the_value(
     with pytest.raises(TableError) as caught:
         cls.parse({**given, **table})
     assert "hunter2" not in str(caught.value)
+
+
+def _echo(value: str) -> str:
+    raise ValueError(f"{value} is wrong")
+
+
+class Echo(Table):
+    word: Annotated[str, After(_echo)]
+
+
+def test_a_message_that_quotes_the_value_is_replaced() -> None:
+    """A rule (or a pydantic message) that quotes the input never reaches the user."""
+    with pytest.raises(TableError) as caught:
+        Echo.parse({"word": "hunter2"})
+    assert caught.value.lines() == ["word: is not valid (value_error)"]
+
+
+def test_pydantic_plugins_are_off() -> None:
+    """A pydantic plugin would be handed every config value (tokens included)."""
+    import os
+
+    assert os.environ["PYDANTIC_DISABLE_PLUGINS"] == "__all__"
