@@ -267,7 +267,12 @@ class _Environment(EnvSettingsSource):
         super().__init__(settings_cls)
 
     def _load_env_vars(self) -> Mapping[str, str | None]:
-        return {name.lower(): value for name, value in self._environ.items()}
+        # As before: the prefix is upper case (``keysetd_strict`` is no override).
+        return {
+            name.lower(): value
+            for name, value in self._environ.items()
+            if name.startswith(ENV_PREFIX) and name not in _NOT_KEYS
+        }
 
     def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
         try:
