@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -45,7 +45,16 @@ from keysetd.extension import (
 from keysetd.httpcheck import check_http_url
 from keysetd.readfile import read_limited
 from keysetd.registry import load
-from keysetd.tables import After, Before, Table, TableError, matches, non_empty, problems_of
+from keysetd.tables import (
+    After,
+    Before,
+    Table,
+    TableError,
+    matches,
+    non_empty,
+    problems_of,
+    refuse_lax_values,
+)
 from keysetd.units import (
     MAX_TIMEOUT,
     Duration,
@@ -212,6 +221,12 @@ class Settings(BaseSettings):
     fleet: FleetSettings | None = None
     outputs: list[dict[str, Any]] = Field(default_factory=list)
     notify: list[dict[str, Any]] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _strict_scalars(cls, data: Any) -> Any:
+        """As in every table: true is no number, "" no path."""
+        return refuse_lax_values(cls, data)
 
     @classmethod
     def settings_customise_sources(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Iterable, Sequence, Sized
+from pathlib import Path
 from types import UnionType
 from typing import Any, Self, TypeVar, Union, get_args, get_origin
 
@@ -33,6 +34,7 @@ __all__ = [
     "non_empty",
     "positive",
     "problems_of",
+    "refuse_lax_values",
 ]
 
 #: pydantic's plugins (entry-point group "pydantic") are handed every value a model
@@ -170,6 +172,8 @@ _TABLE_NAMES: set[str] = set()
 
 
 def _message(error: Any) -> str:
+    if isinstance(error.get("input"), _Refused):
+        return str(error["input"].message)
     kind = error["type"]
     if kind in _MESSAGES:
         return _MESSAGES[kind]
@@ -188,7 +192,8 @@ def _shown(message: str, value: object) -> bool:
     if isinstance(value, bool) or value is None or isinstance(value, dict | list | tuple):
         return False
     text = value.reveal() if isinstance(value, Secret) else str(value)
-    return len(text) >= 2 and text in message
+    # Under 4 characters a value is no secret, and may be a bound the rule names ("0s").
+    return len(text) >= 4 and text in message
 
 
 def problems_of(exc: ValidationError) -> list[tuple[Location, str]]:
@@ -226,16 +231,47 @@ def _either(messages: list[str]) -> str:
     return " or ".join(messages)
 
 
-class _NotANumber:
-    """Stands in for a boolean given to a number key, so pydantic refuses it there."""
+class _Refused:
+    """Stands in for a value pydantic would take and keysetd does not, so pydantic refuses it
+    at its key (with this message): true for a number, an empty path."""
 
-    __slots__ = ()
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message
 
 
-def _numeric(annotation: Any) -> bool:
-    """An ``int`` or ``float`` key (optional or not): TOML's true is no number there."""
-    members = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else ()
-    return annotation in (int, float) or any(member in (int, float) for member in members)
+def _members(annotation: Any) -> tuple[Any, ...]:
+    if get_origin(annotation) in (Union, UnionType):
+        return get_args(annotation)
+    return (annotation,)
+
+
+def _refusal(annotation: Any, value: object) -> _Refused | None:
+    """Why keysetd refuses ``value`` for a key of this type where pydantic would not."""
+    members = _members(annotation)
+    if isinstance(value, bool) and bool not in members:
+        if int in members:
+            return _Refused("expected an integer")
+        if float in members:
+            return _Refused("expected a finite number")
+    if isinstance(value, str) and Path in members and (not value or "\0" in value):
+        return _Refused("must be a non-empty path")
+    return None
+
+
+def refuse_lax_values(model: type[BaseModel], data: Any) -> Any:
+    """``data`` with each value pydantic's lax mode would wrongly take replaced by a refusal."""
+    if not isinstance(data, dict):
+        return data
+    refused = {
+        name: refusal
+        for name, info in model.model_fields.items()
+        if name in data
+        and not any(isinstance(rule, BeforeValidator) for rule in info.metadata)  # it decides
+        and (refusal := _refusal(info.annotation, data[name])) is not None
+    }
+    return {**data, **refused} if refused else data
 
 
 class Table(BaseModel):
@@ -258,16 +294,9 @@ class Table(BaseModel):
 
     @_model_validator(mode="before")
     @classmethod
-    def _booleans_are_not_numbers(cls, data: Any) -> Any:
-        """pydantic reads true as 1; keysetd refuses it, as ``retries = true`` is a typo."""
-        if not isinstance(data, dict):
-            return data
-        numeric = [
-            name
-            for name, info in cls.model_fields.items()
-            if isinstance(data.get(name), bool) and _numeric(info.annotation)
-        ]
-        return {**data, **dict.fromkeys(numeric, _NotANumber())} if numeric else data
+    def _strict_scalars(cls, data: Any) -> Any:
+        """pydantic reads true as 1 and "" as the path "."; keysetd refuses both (typos)."""
+        return refuse_lax_values(cls, data)
 
     @_model_validator(mode="after")
     def _cross_field_rules(self) -> Self:

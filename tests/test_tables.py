@@ -242,3 +242,14 @@ def test_pydantic_plugins_are_off() -> None:
     import os
 
     assert os.environ["PYDANTIC_DISABLE_PLUGINS"] == "__all__"
+
+
+@pytest.mark.parametrize("value", ["", "a\0b"])
+def test_a_path_is_not_empty_and_holds_no_nul(value: str) -> None:
+    assert problems({"name": "n", "path": value}) == ["t.path: must be a non-empty path"]
+
+
+def test_a_duration_decides_for_itself_what_a_boolean_is() -> None:
+    assert problems({"name": "n", "every": True}) == [
+        "t.every: a duration is a number of seconds or a string like '30s'"
+    ]
