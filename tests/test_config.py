@@ -395,3 +395,21 @@ def test_a_secret_in_a_wrong_typed_key_is_never_echoed(tmp_path: Path) -> None:
     ):
         assert any(line.startswith(where) for line in caught.value.problems), where
     assert str(path) in str(caught.value)
+
+
+def test_json_in_nested_and_list_variables(tmp_path: Path) -> None:
+    """``[``/``{`` values are JSON at any depth; JSON that does not parse stays a string and
+    fails at its key, with every other problem still listed."""
+    path = write(
+        tmp_path,
+        f'state_dir = "{tmp_path / "state"}"\n[source]\ntype = "command"\nargv = ["/bin/false"]\n'
+        f'[[outputs]]\ntype = "jwks"\npath = "{tmp_path}/j.json"\n',
+    )
+    config = load_config(path, environ={"KEYSETD_SOURCE__ARGV": '["/usr/bin/kms", "get"]'})
+    assert config.source.argv == ["/usr/bin/kms", "get"]  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={"KEYSETD_OUTPUTS": "[{oops", "KEYSETD_STRICT": "maybe"})
+    assert caught.value.problems == (
+        "strict: expected true or false (from $KEYSETD_STRICT)",
+        "outputs: expected a list (from $KEYSETD_OUTPUTS)",
+    )
