@@ -1,13 +1,11 @@
 """TOML + environment -> one frozen ``Config``; unknown keys rejected, every problem named.
 
-Two stages, as in spiffe-helper: the schema (``Settings``: the TOML file with
-``KEYSETD_`` environment overrides merged in, ``__`` for nesting) and the runtime
-config, where each ``[source]``, ``[[outputs]]`` and ``[[notify]]`` table is
-validated by the ``Config`` table of the plugin its ``type`` names.
-
-The overrides are resolved here rather than by pydantic-settings, and tables are
-checked by ``keysetd.schema`` rather than pydantic: together they cost about
-18 MB of RSS and 100 ms of start-up against a daemon budget of 40 MB.
+Two stages, as in spiffe-helper: the schema (``Settings``, a pydantic-settings model
+whose sources are the TOML file and ``KEYSETD_`` variables, ``__`` for nesting, the
+variables winning) and the runtime config, where each ``[source]``, ``[[outputs]]``
+and ``[[notify]]`` table is validated by the ``Config`` table (a pydantic model) of
+the plugin its ``type`` names. pydantic is imported here and by the plugins, never by
+``keysetd verify`` or ``keysetd.verifier``.
 """
 
 from __future__ import annotations
@@ -18,10 +16,21 @@ import re
 import socket
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from keysetd.errors import ConfigError, PluginError
 from keysetd.extension import (
@@ -36,7 +45,16 @@ from keysetd.extension import (
 from keysetd.httpcheck import check_http_url
 from keysetd.readfile import read_limited
 from keysetd.registry import load
-from keysetd.schema import Before, Table, TableError, matches, non_empty
+from keysetd.tables import (
+    After,
+    Before,
+    Table,
+    TableError,
+    matches,
+    non_empty,
+    problems_of,
+    refuse_lax_values,
+)
 from keysetd.units import (
     MAX_TIMEOUT,
     Duration,
@@ -128,8 +146,8 @@ def _endpoint(url: str) -> str:
 
 
 #: How long a replica's acknowledgement outlives its last keepalive: 2s to 5m.
-LeaseTtl = Annotated[float, Before(parse_duration), between(2.0, 300.0)]
-Endpoints = Annotated[list[Annotated[str, _endpoint]], Before(_endpoint_list), non_empty]
+LeaseTtl = Annotated[float, Before(parse_duration), After(between(2.0, 300.0))]
+Endpoints = Annotated[list[Annotated[str, After(_endpoint)]], Before(_endpoint_list), non_empty]
 #: An etcd key prefix: starts with "/", no trailing "/", printable ASCII without spaces.
 Prefix = Annotated[str, matches(r"/[A-Za-z0-9._~:@+=-]+(/[A-Za-z0-9._~:@+=-]+)*")]
 #: One etcd key component: a hostname or pod name.
@@ -145,7 +163,7 @@ class FleetSettings(Table):
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
-    replica_id: ReplicaId = field(default_factory=_default_replica_id)
+    replica_id: ReplicaId = Field(default_factory=_default_replica_id)
     lease_ttl: LeaseTtl = 10.0
 
     def __post_init__(self) -> None:
@@ -174,10 +192,25 @@ class FleetSettings(Table):
         )
 
 
-class Settings(Table):
+#: What one ``load_config`` call hands the settings sources: the environment, the file's tables.
+_INPUTS: ContextVar[tuple[Mapping[str, str], dict[str, Any]]] = ContextVar("keysetd_config")
+
+
+class Settings(BaseSettings):
     """The schema of the config file; plugin tables stay raw until their plugin validates them."""
 
-    state_dir: Path = field(default_factory=_default_state_dir)
+    model_config = SettingsConfigDict(
+        env_prefix="KEYSETD_",
+        env_nested_delimiter="__",
+        case_sensitive=False,
+        extra="forbid",
+        frozen=True,
+        defer_build=True,
+        allow_inf_nan=False,
+        hide_input_in_errors=True,
+    )
+
+    state_dir: Path = Field(default_factory=_default_state_dir)
     strict: bool = False
     log_format: Literal["json", "text"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -186,8 +219,89 @@ class Settings(Table):
     policy: PolicySettings = PolicySettings()
     rotation: RotationSettings | None = None
     fleet: FleetSettings | None = None
-    outputs: list[dict[str, Any]] = field(default_factory=list)
-    notify: list[dict[str, Any]] = field(default_factory=list)
+    outputs: list[dict[str, Any]] = Field(default_factory=list)
+    notify: list[dict[str, Any]] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _strict_scalars(cls, data: Any) -> Any:
+        """As in every table: true is no number, "" no path."""
+        return refuse_lax_values(cls, data)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """``KEYSETD_*`` variables over the file (with the ``RGS_*`` conventions merged in)."""
+        environ, file_data = _INPUTS.get()
+        return (_Environment(settings_cls, environ), _FileTables(settings_cls, file_data))
+
+
+class _FileTables(PydanticBaseSettingsSource):
+    """The TOML file's tables, read by ``_read_toml`` (size-bounded, FIFOs refused)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+def _json_leaves(value: Any) -> Any:
+    """A string leaf that starts with ``[`` or ``{`` read as JSON (kept as is if it is not)."""
+    if isinstance(value, dict):
+        return {key: _json_leaves(item) for key, item in value.items()}
+    if isinstance(value, str) and value.lstrip().startswith(("[", "{")):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+class _Environment(EnvSettingsSource):
+    """pydantic-settings' ``KEYSETD_*`` source over a given environment (tests pass their own).
+
+    As before pydantic-settings, a value that is not valid JSON where a list or table is
+    expected stays a string (and fails validation naming the key, not the whole load),
+    and a nested value that starts with ``[`` or ``{`` is read as JSON
+    (``KEYSETD_SOURCE__ARGV='["/usr/bin/kms", "get"]'``).
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        # As before: the prefix is upper case (``keysetd_strict`` is no override).
+        return {
+            name.lower(): value
+            for name, value in self._environ.items()
+            if name.startswith(ENV_PREFIX) and name not in _NOT_KEYS
+        }
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        try:
+            return super().decode_complex_value(field_name, field, value)
+        except ValueError:
+            return value
+
+    def explode_env_vars(
+        self, field_name: str, field: FieldInfo, env_vars: Mapping[str, str | None]
+    ) -> dict[str, Any]:
+        exploded: dict[str, Any] = _json_leaves(
+            super().explode_env_vars(field_name, field, env_vars)
+        )
+        return exploded
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +368,9 @@ _SERVICE_LINK = re.compile(
 
 def environment_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
     """``KEYSETD_A__B=v`` as ``{"a": {"b": v}}``, and which variable set each dotted key.
+
+    pydantic-settings reads the values (``Settings``); this names the variable behind a
+    problem and finds variables that are no key at all, which it would skip silently.
 
     A value that starts with ``[`` or ``{`` is read as JSON, so arrays of tables
     (``KEYSETD_OUTPUTS='[{"type": "jwks", ...}]'``) can come from the environment.
@@ -433,13 +550,32 @@ def _describe(exc: TableError, prefix: str, origins: Mapping[str, str]) -> list[
 
 
 def _settings(
-    data: dict[str, Any], problems: list[str], origins: Mapping[str, str]
+    file_data: dict[str, Any],
+    environ: Mapping[str, str],
+    problems: list[str],
+    origins: Mapping[str, str],
 ) -> Settings | None:
+    """The file's tables under the ``KEYSETD_*`` variables, through pydantic-settings."""
+    token = _INPUTS.set((environ, file_data))
     try:
-        return Settings.parse(data)
-    except TableError as exc:
-        problems.extend(_describe(exc, "", origins))
+        return Settings()  # type: ignore[call-arg]  # its sources give the keys
+    except ValidationError as exc:
+        problems.extend(_describe(TableError(problems_of(exc)), "", origins))
         return None
+    except SettingsError as exc:  # a source that could not be read; its message names no value
+        problems.append(f"(environment): {exc}")
+        return None
+    finally:
+        _INPUTS.reset(token)
+
+
+def _unknown_variables(overrides: Mapping[str, Any], origins: Mapping[str, str]) -> list[str]:
+    """``KEYSETD_*`` variables that name no top-level key (pydantic-settings skips them)."""
+    return [
+        f"{key}: unknown key{_origin(key, origins)}"
+        for key in overrides
+        if key not in Settings.model_fields
+    ]
 
 
 def _plugin_table(
@@ -547,10 +683,11 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
     compat_type = compat.get("source", {}).get("type")
     if compat_type is not None and file_type not in (None, compat_type):
         file_data = {**file_data, "source": {}}  # the convention names its own source type
-    data = _merge(_merge(file_data, compat), overrides)
+    file_data = _merge(file_data, compat)
     origins = {**compat_origins, **origins}
-    problems: list[str] = []
-    settings = _settings(data, problems, origins)
+    problems = _unknown_variables(overrides, origins)
+    settings = _settings(file_data, env, problems, origins)
+    data = {} if settings else _merge(file_data, overrides)
     # With a broken top level, still check the plugin tables so every problem shows at once.
     raw_source = settings.source if settings else data.get("source")
     raw_outputs = _tables(settings.outputs if settings else data.get("outputs"))

@@ -14,7 +14,6 @@ import re
 import secrets
 from collections.abc import Mapping
 
-from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
@@ -300,6 +299,8 @@ def check_x509(key: Key) -> None:
     """
     if not key.x5c and not key.x5t and not key.x5t_s256:
         return
+    from cryptography import x509  # only for keys with certificates: ~6 MB, ~20 ms at start
+
     if not key.x5c:
         raise KeyMaterialError("x5c-mismatch", "x5t/x5t#S256 without the x5c they hash")
     if len(key.x5c) > X5C_MAX:

@@ -1,8 +1,8 @@
 """The three extension points: source, output and notifier, with their config tables.
 
 A plugin is a class registered under ``keysetd.sources``, ``keysetd.outputs`` or
-``keysetd.notifiers`` (see ``keysetd.registry``); its ``Config`` (a ``Table``, which
-forbids unknown keys) validates its config table, and ``__init__(config)`` builds it.
+``keysetd.notifiers`` (see ``keysetd.registry``); its ``Config`` (a ``Table``: a pydantic
+model that forbids unknown keys) validates its config table, and ``__init__(config)`` builds it.
 Internal: plugins import these from ``keysetd.plugin``, the public API.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from keysetd.model import Keyset, Snapshot
-from keysetd.schema import Table
+from keysetd.tables import Table
 from keysetd.units import FileMode, RefreshInterval, Timeout
 
 __all__ = [

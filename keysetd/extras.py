@@ -16,7 +16,7 @@ __all__ = ["DAEMON_MODULES", "OFFLINE_COMMANDS", "missing_daemon_module"]
 
 #: Top-level modules of the ``daemon`` extra (pyproject.toml; a test pins the two).
 DAEMON_MODULES = frozenset(
-    {"watchfiles", "inotify_simple", "tenacity", "nkeys", "prometheus_client"}
+    {"watchfiles", "inotify_simple", "tenacity", "nkeys", "prometheus_client", "pydantic_settings"}
 )
 #: Commands that read neither a config nor a state_dir: the verifier install runs them.
 OFFLINE_COMMANDS = frozenset({"validate", "verify", "keygen", "plugins"})

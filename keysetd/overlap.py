@@ -8,7 +8,6 @@ resolving symlinks, ``..`` and relative paths, so an alias is no way around it.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -37,8 +36,8 @@ def _overlap(a: Path, b: Path) -> str | None:
 def source_files(source: SourceConfig) -> tuple[Path, ...]:
     """Every file the source reads: each ``Path`` field of its table (the keyset, a CA, a token)."""
     found: list[Path] = []
-    for spec in dataclasses.fields(source):
-        value = getattr(source, spec.name, None)
+    for name in type(source).model_fields:
+        value = getattr(source, name, None)
         if isinstance(value, Path):
             found.append(value)
     return tuple(found)

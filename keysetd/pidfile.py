@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 from keysetd.readfile import read_limited
+from keysetd.tables import After
 
 __all__ = ["PIDFILE_LIMIT", "Pid", "check_pid", "check_process_name", "pid_max", "target_pid"]
 
@@ -33,7 +34,7 @@ def check_pid(value: int) -> int:
 
 
 #: A ``pid =`` config value.
-Pid = Annotated[int, check_pid]
+Pid = Annotated[int, After(check_pid)]
 
 
 def target_pid(pid: int | None, pidfile: Path | None) -> int:

@@ -8,7 +8,7 @@ every layer without making a cycle.
 
 A plugin is a class registered under the entry-point group ``keysetd.sources``,
 ``keysetd.outputs`` or ``keysetd.notifiers``; the name is the config ``type``. Its
-``Config`` (a ``Table``: unknown keys refused) validates its config table, and
+``Config`` (a ``Table``: a pydantic model, unknown keys refused) validates its config table, and
 ``__init__(config)`` builds it.
 """
 
@@ -57,8 +57,8 @@ from keysetd.log import event
 from keysetd.model import Key, Keyset, Snapshot, canonical_json
 from keysetd.outputs.nats import NatsPermissions, NatsSubjects
 from keysetd.readfile import read_limited
-from keysetd.schema import Before, Secret, Table, TableError, matches, non_empty, positive
 from keysetd.sdnotify import notify as sd_notify
+from keysetd.tables import After, Before, Secret, Table, TableError, matches, non_empty, positive
 from keysetd.units import Duration, PositiveDuration, parse_duration
 
 __all__ = [  # noqa: RUF022 (grouped by what a plugin needs)
@@ -93,7 +93,8 @@ __all__ = [  # noqa: RUF022 (grouped by what a plugin needs)
     "b64u_decode",
     "b64u_encode",
     "key_from_public",
-    # config tables and their value types
+    # config tables (pydantic models) and their value types
+    "After",
     "Before",
     "Duration",
     "PositiveDuration",

@@ -22,8 +22,6 @@ from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from keysetd.errors import PluginError
-from keysetd.extension import Notifier, Output, PluginConfig, Source
-from keysetd.schema import declared_fields
 
 if TYPE_CHECKING:
     from importlib.metadata import EntryPoint
@@ -31,10 +29,12 @@ if TYPE_CHECKING:
 __all__ = ["BUILTINS", "GROUPS", "PluginInfo", "available", "load"]
 
 
-GROUPS: dict[str, type[Any]] = {
-    "keysetd.sources": Source,
-    "keysetd.outputs": Output,
-    "keysetd.notifiers": Notifier,
+#: Each group and the base class (in ``keysetd.extension``) its plugins derive from, by name:
+#: the extension points import pydantic, which ``keysetd plugins`` (offline) does without.
+GROUPS: dict[str, str] = {
+    "keysetd.sources": "Source",
+    "keysetd.outputs": "Output",
+    "keysetd.notifiers": "Notifier",
 }
 
 
@@ -126,14 +126,16 @@ def load(group: str, name: str) -> type[Any]:
         cls = loader()
     except Exception as exc:  # any import failure of third-party code
         raise PluginError(group, name, f"cannot import {target}: {exc}") from exc
-    base = GROUPS[group]
+    from keysetd import extension
+
+    base: type[Any] = getattr(extension, GROUPS[group])
     if not (isinstance(cls, type) and issubclass(cls, base)):
         raise PluginError(group, name, f"{target} is not a {base.__name__} subclass")
     config_model = getattr(cls, "Config", None)
-    if not (isinstance(config_model, type) and issubclass(config_model, PluginConfig)):
+    if not (isinstance(config_model, type) and issubclass(config_model, extension.PluginConfig)):
         raise PluginError(group, name, "its Config is not a keysetd PluginConfig table")
     try:
-        declared_fields(config_model)
-    except TypeError as exc:
+        config_model.model_rebuild()  # its schema: a type pydantic cannot check shows here
+    except Exception as exc:  # PydanticSchemaGenerationError, an unresolvable annotation
         raise PluginError(group, name, f"its Config is broken: {exc}") from None
     return cls

@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable
 from typing import Annotated
 
-from keysetd.schema import Before, positive
+from keysetd.tables import After, Before, positive
 
 __all__ = [
     "MAX_DURATION",
@@ -131,11 +131,13 @@ Duration = Annotated[float, Before(parse_duration)]
 #: Over 0, at most 10 years.
 PositiveDuration = Annotated[float, Before(parse_duration), positive]
 #: A deadline for one fetch, request or child process: over 0, at most an hour.
-Timeout = Annotated[float, Before(parse_duration), between(0.0, MAX_TIMEOUT, low_open=True)]
+Timeout = Annotated[float, Before(parse_duration), After(between(0.0, MAX_TIMEOUT, low_open=True))]
 #: How often a source is re-fetched: 100ms to 1d.
 RefreshInterval = Annotated[
-    float, Before(parse_duration), between(MIN_REFRESH_INTERVAL, MAX_REFRESH_INTERVAL)
+    float, Before(parse_duration), After(between(MIN_REFRESH_INTERVAL, MAX_REFRESH_INTERVAL))
 ]
 #: How often managed keys rotate: 1s to 10 years.
-RotationPeriod = Annotated[float, Before(parse_duration), between(MIN_ROTATION, MAX_DURATION)]
+RotationPeriod = Annotated[
+    float, Before(parse_duration), After(between(MIN_ROTATION, MAX_DURATION))
+]
 FileMode = Annotated[int, Before(parse_mode)]

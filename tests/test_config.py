@@ -364,3 +364,52 @@ def test_kubernetes_service_links_are_not_keys(tmp_path: Path) -> None:
 def test_only_the_exact_service_link_shapes_are_skipped(tmp_path: Path, near_miss: str) -> None:
     with pytest.raises(ConfigError, match=rf"unknown key \(from \${near_miss}\)"):
         load_config(base(tmp_path), environ={near_miss: "x"})
+
+
+SECRET = "ghp_Zx9s3cretT0kenValue"
+
+
+def test_a_secret_in_a_wrong_typed_key_is_never_echoed(tmp_path: Path) -> None:
+    """pydantic's errors carry the input; keysetd's messages name the key and never the value."""
+    path = base(
+        tmp_path,
+        f'[[notify]]\ntype = "http"\nurl = "https://h.example/"\nretries = "{SECRET}"\n'
+        f'headers = "{SECRET}"\ntimeout = ["{SECRET}"]\n'
+        f'[policy]\nhmac_alg = "{SECRET}"\nmax_staleness = {{ token = "{SECRET}" }}\n',
+    )
+    environ = {"KEYSETD_STRICT": SECRET, "KEYSETD_SERVER": SECRET, "KEYSETD_LOG_LEVEL": SECRET}
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ=environ)
+    text = "\n".join([str(caught.value), *caught.value.problems])
+    assert SECRET not in text
+    assert SECRET[4:12] not in text
+    for where in (
+        "notify.0.retries: expected an integer",
+        "notify.0.headers: expected a table",
+        "notify.0.timeout:",
+        "policy.hmac_alg: expected one of 'HS256', 'HS384', 'HS512'",
+        "policy.max_staleness:",
+        "strict: expected true or false (from $KEYSETD_STRICT)",
+        "server: expected a table (from $KEYSETD_SERVER)",
+        "log_level: expected one of",
+    ):
+        assert any(line.startswith(where) for line in caught.value.problems), where
+    assert str(path) in str(caught.value)
+
+
+def test_json_in_nested_and_list_variables(tmp_path: Path) -> None:
+    """``[``/``{`` values are JSON at any depth; JSON that does not parse stays a string and
+    fails at its key, with every other problem still listed."""
+    path = write(
+        tmp_path,
+        f'state_dir = "{tmp_path / "state"}"\n[source]\ntype = "command"\nargv = ["/bin/false"]\n'
+        f'[[outputs]]\ntype = "jwks"\npath = "{tmp_path}/j.json"\n',
+    )
+    config = load_config(path, environ={"KEYSETD_SOURCE__ARGV": '["/usr/bin/kms", "get"]'})
+    assert config.source.argv == ["/usr/bin/kms", "get"]  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={"KEYSETD_OUTPUTS": "[{oops", "KEYSETD_STRICT": "maybe"})
+    assert caught.value.problems == (
+        "strict: expected true or false (from $KEYSETD_STRICT)",
+        "outputs: expected a list (from $KEYSETD_OUTPUTS)",
+    )

@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from keysetd.errors import InvalidKeyset, SourceError
 from keysetd.registry import load
-from keysetd.schema import TableError
 from keysetd.sources.jwks_url import JwksUrlSource, JwksUrlSourceConfig
+from keysetd.tables import TableError
 from keysetd.validate import check, check_report
 from tests.conftest import Env
 from tests.keys import b64u, jwk
@@ -202,15 +202,17 @@ def test_registered_and_named_without_query() -> None:
 )
 def test_config_refused(options: dict[str, Any], message: str) -> None:
     with pytest.raises(TableError, match=message):
-        JwksUrlSourceConfig(type="jwks_url", **options)
+        JwksUrlSourceConfig.parse({"type": "jwks_url", **options})
 
 
 def test_header_values_stay_out_of_config_errors() -> None:
     with pytest.raises(TableError) as info:
-        JwksUrlSourceConfig(
-            type="jwks_url",
-            url="https://sso.example.com/",
-            headers={"Authorization": "Bearer tok3n\nX: y"},
+        JwksUrlSourceConfig.parse(
+            {
+                "type": "jwks_url",
+                "url": "https://sso.example.com/",
+                "headers": {"Authorization": "Bearer tok3n\nX: y"},
+            }
         )
     assert "tok3n" not in str(info.value)
 
@@ -221,7 +223,9 @@ def test_header_values_stay_out_of_config_errors() -> None:
 def test_header_values_must_be_visible_ascii(value: str) -> None:
     """http.client encodes values as latin-1: U+2019 once crashed every fetch."""
     with pytest.raises(TableError, match="visible ASCII") as info:
-        JwksUrlSourceConfig(type="jwks_url", url="https://sso.example.com/", headers={"X": value})
+        JwksUrlSourceConfig.parse(
+            {"type": "jwks_url", "url": "https://sso.example.com/", "headers": {"X": value}}
+        )
     assert "tok3n" not in str(info.value)
 
 
@@ -236,7 +240,7 @@ def test_header_values_must_be_visible_ascii(value: str) -> None:
 )
 def test_urls_the_resolver_or_http_cannot_take_are_refused(url: str, message: str) -> None:
     with pytest.raises(TableError, match=message):
-        JwksUrlSourceConfig(type="jwks_url", url=url)
+        JwksUrlSourceConfig.parse({"type": "jwks_url", "url": url})
 
 
 def test_keysetd_check_config_refuses_a_non_ascii_header_without_echoing_it(env: Env) -> None:

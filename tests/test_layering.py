@@ -80,3 +80,29 @@ def test_the_graph_sees_lazy_imports() -> None:
     assert "keysetd.config" not in graph["keysetd.strict"] or "keysetd.strict" not in graph.get(
         "keysetd.config", set()
     )
+
+
+def test_the_verifier_and_the_offline_commands_never_import_pydantic(tmp_path: Path) -> None:
+    """pydantic (~7 MB, ~50 ms) is for config loading: a service embedding the Verifier and
+    ``keysetd verify``/``validate``/``keygen`` do not pay for it."""
+    import json
+    import subprocess
+    import sys
+
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": []}))
+    code = (
+        "import sys\n"
+        "import keysetd.verifier\n"
+        "from keysetd.cli import main\n"
+        f"main(['verify', '--jwks', {str(jwks)!r}, 'x.y.z'])\n"
+        f"main(['validate', {str(jwks)!r}])\n"
+        "main(['keygen', '--alg', 'ES256'])\n"
+        "heavy = ('pydantic', 'pydantic_core', 'pydantic_settings')\n"
+        "config = ('keysetd.tables', 'keysetd.config', 'keysetd.extension')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy or m in config))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip().splitlines()[-1] == "[]"

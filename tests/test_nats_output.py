@@ -5,7 +5,6 @@ config rules."""
 from __future__ import annotations
 
 import base64
-import dataclasses
 import json
 import os
 import shutil
@@ -395,7 +394,7 @@ def test_notify_only_signals_reload(tmp_path: Path) -> None:
         wait_for(lambda: comm.read_text().strip() == "sleep", 10, "the exec of sleep")
         notifier = notifier_for(main, include, pid=sleeper.pid, process_name="sleep")
         event = NotifyEvent("f" * 64, None, ("nats",))
-        strict_name = dataclasses.replace(notifier.config, process_name="nats-server")
+        strict_name = notifier.config.model_copy(update={"process_name": "nats-server"})
         with pytest.raises(NotifyError, match="is 'sleep', not 'nats-server'"):
             NatsNotifier(strict_name).notify(event)
         assert sleeper.poll() is None

@@ -22,7 +22,7 @@ from keysetd.notifiers.http import HttpNotifier, HttpNotifierConfig
 from keysetd.notifiers.signal import SignalNotifier, SignalNotifierConfig
 from keysetd.plugin import NotifyEvent
 from keysetd.registry import load
-from keysetd.schema import TableError
+from keysetd.tables import TableError
 from tests.conftest import is_dead, wait_for
 from tests.servers import HttpServer, Reply, http_server, loopback_tls
 

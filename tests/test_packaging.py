@@ -75,6 +75,10 @@ def test_verify_and_validate_run_without_the_daemon_extra(tmp_path: Path) -> Non
     done = _without_daemon_extra("validate", str(jwks))
     assert done.returncode == 0, done.stderr
 
+    done = _without_daemon_extra("plugins")
+    assert done.returncode == 0, done.stderr
+    assert "jwks" in done.stdout
+
     done = _without_daemon_extra("keygen", "--alg", "EdDSA", "--kid", "ed-1")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["kid"] == "ed-1"

@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 #: Changing this list is changing the public API: add freely, remove only with a major version.
 PINNED = {
     "ALGORITHMS",
+    "After",
     "Before",
     "ConfigError",
     "Duration",

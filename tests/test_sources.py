@@ -13,10 +13,10 @@ import pytest
 
 from keysetd.errors import SourceError
 from keysetd.registry import load
-from keysetd.schema import TableError
 from keysetd.sources.command import CommandSource, CommandSourceConfig
 from keysetd.sources.env import EnvSource, EnvSourceConfig
 from keysetd.sources.file import READ_LIMIT, FileSource, FileSourceConfig
+from keysetd.tables import TableError
 
 PY = sys.executable
 DOC = b'{"active_kid": "k1", "keys": {"k1": "0123456789abcdef0123456789abcdef"}}'

@@ -32,7 +32,7 @@ from keysetd_vault.source import VaultTransitConfig, VaultTransitSource
 from keysetd.config import load_config
 from keysetd.errors import ConfigError, SourceError
 from keysetd.registry import load
-from keysetd.schema import TableError
+from keysetd.tables import TableError
 from tests.conftest import Env, wait_for
 from tests.keys import b64u
 from tests.servers import (

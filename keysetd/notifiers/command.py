@@ -7,12 +7,14 @@ kills the program's whole process group.
 
 from __future__ import annotations
 
-from dataclasses import field
 from typing import Annotated, ClassVar
+
+from pydantic import Field
 
 from keysetd import proc
 from keysetd.errors import NotifyError
 from keysetd.extension import Notifier, NotifierConfig, NotifyEvent
+from keysetd.tables import After
 from keysetd.units import Duration
 
 __all__ = ["EVENT_VARS", "CommandNotifier", "CommandNotifierConfig", "event_env"]
@@ -28,9 +30,11 @@ def _no_event_vars(env: dict[str, str]) -> dict[str, str]:
 
 
 class CommandNotifierConfig(NotifierConfig):
-    argv: Annotated[list[str], proc.check_argv]
+    argv: Annotated[list[str], After(proc.check_argv)]
     timeout: Duration = 10.0
-    env: Annotated[dict[str, str], proc.check_env, _no_event_vars] = field(default_factory=dict)
+    env: Annotated[dict[str, str], After(proc.check_env), After(_no_event_vars)] = Field(
+        default_factory=dict
+    )
 
 
 def event_env(event: NotifyEvent) -> dict[str, str]:

@@ -11,15 +11,17 @@ the consumer is told about outputs already written.
 from __future__ import annotations
 
 import json
-from dataclasses import field
 from pathlib import Path
 from typing import Annotated, ClassVar
 from urllib.parse import urlsplit
+
+from pydantic import Field
 
 from keysetd import httpclient
 from keysetd.errors import NotifyError
 from keysetd.extension import Notifier, NotifierConfig, NotifyEvent
 from keysetd.httpcheck import check_headers, check_http_url, safe_url
+from keysetd.tables import After
 from keysetd.units import PositiveDuration
 
 __all__ = ["HttpNotifier", "HttpNotifierConfig"]
@@ -33,9 +35,9 @@ def _clean_headers(headers: dict[str, str]) -> dict[str, str]:
 
 
 class HttpNotifierConfig(NotifierConfig):
-    url: Annotated[str, check_http_url]
+    url: Annotated[str, After(check_http_url)]
     timeout: PositiveDuration = 5.0
-    headers: Annotated[dict[str, str], _clean_headers] = field(default_factory=dict)
+    headers: Annotated[dict[str, str], After(_clean_headers)] = Field(default_factory=dict)
     ca_file: Path | None = None
 
     def __post_init__(self) -> None:

@@ -31,6 +31,7 @@ from keysetd.extension import Notifier, NotifierConfig, NotifyEvent, Output
 from keysetd.notifiers.natsconf import staged
 from keysetd.outputs.nats import NatsOutputConfig, header_kind
 from keysetd.pidfile import Pid, check_process_name, target_pid
+from keysetd.tables import After
 from keysetd.units import Duration
 
 __all__ = ["NatsNotifier", "NatsNotifierConfig"]
@@ -51,7 +52,7 @@ class NatsNotifierConfig(NotifierConfig):
     #: Must match ``/proc/<pid>/comm``; "" skips the check.
     process_name: str = "nats-server"
     #: The nats-server program (looked up in /usr/local/bin:/usr/bin:/bin unless a path).
-    nats_server: Annotated[str, proc.check_program] = "nats-server"
+    nats_server: Annotated[str, After(proc.check_program)] = "nats-server"
     timeout: Duration = 10.0
 
     def __post_init__(self) -> None:

@@ -18,7 +18,7 @@ from typing import Annotated, ClassVar
 from keysetd.errors import NotifyError
 from keysetd.extension import Notifier, NotifierConfig, NotifyEvent
 from keysetd.pidfile import Pid, check_process_name, target_pid
-from keysetd.schema import non_empty
+from keysetd.tables import After, non_empty
 
 __all__ = ["SignalNotifier", "SignalNotifierConfig", "parse_signal"]
 
@@ -41,7 +41,7 @@ def _signal_name(value: str) -> str:
 class SignalNotifierConfig(NotifierConfig):
     pid: Pid | None = None
     pidfile: Path | None = None
-    signal: Annotated[str, _signal_name] = "SIGHUP"
+    signal: Annotated[str, After(_signal_name)] = "SIGHUP"
     process_name: Annotated[str, non_empty] | None = None
 
     def __post_init__(self) -> None:

@@ -14,6 +14,7 @@ from typing import Annotated, ClassVar, Literal
 from keysetd import proc
 from keysetd.errors import NotifyError
 from keysetd.extension import Notifier, NotifierConfig, NotifyEvent
+from keysetd.tables import After
 from keysetd.units import Duration
 
 __all__ = ["SystemdNotifier", "SystemdNotifierConfig"]
@@ -29,11 +30,11 @@ def _unit_name(unit: str) -> str:
 
 
 class SystemdNotifierConfig(NotifierConfig):
-    unit: Annotated[str, _unit_name]
+    unit: Annotated[str, After(_unit_name)]
     action: Literal["reload", "restart"] = "reload"
     timeout: Duration = 30.0
     #: The systemctl program (looked up in /usr/local/bin:/usr/bin:/bin unless a path).
-    systemctl: Annotated[str, proc.check_program] = "systemctl"
+    systemctl: Annotated[str, After(proc.check_program)] = "systemctl"
 
 
 class SystemdNotifier(Notifier):

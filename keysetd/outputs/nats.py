@@ -19,18 +19,18 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import field
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import nkeys
+from pydantic import Field
 
 from keysetd.crypto import b64u_decode
 from keysetd.errors import OutputError
 from keysetd.extension import Output, OutputConfig
 from keysetd.formats import nkey as nkey_codec
 from keysetd.model import Key, Keyset
-from keysetd.schema import Before, Table, matches, positive
+from keysetd.tables import After, Before, Table, matches, positive
 
 __all__ = [
     "HEADER",
@@ -78,7 +78,7 @@ def _no_empty_kid(users: dict[str, Any]) -> dict[str, Any]:
     return users
 
 
-Subjects = list[Annotated[str, _subject]]
+Subjects = list[Annotated[str, After(_subject)]]
 Account = Annotated[str, matches(_ACCOUNT.pattern)]
 
 
@@ -113,7 +113,7 @@ class NatsOutputConfig(OutputConfig):
     permissions: NatsPermissions | None = None
     account: Account | None = None
     #: Per kid: ``users = { "2026-11-a" = { permissions = {...}, account = "APP" } }``.
-    users: Annotated[dict[str, NatsUser], _no_empty_kid] = field(default_factory=dict)
+    users: Annotated[dict[str, NatsUser], After(_no_empty_kid)] = Field(default_factory=dict)
 
 
 def header_kind(data: bytes) -> str | None:

@@ -16,15 +16,16 @@ from __future__ import annotations
 import os
 import re
 import shlex
-from dataclasses import field
 from typing import Annotated, ClassVar
+
+from pydantic import Field
 
 from keysetd import proc
 from keysetd.errors import SourceError
 from keysetd.extension import Source, SourceConfig
 from keysetd.model import Snapshot
-from keysetd.schema import positive
 from keysetd.sources.file import READ_LIMIT
+from keysetd.tables import After, positive
 
 __all__ = ["CommandSource", "CommandSourceConfig", "shell_line_problems"]
 
@@ -106,8 +107,8 @@ def shell_line_problems(argv: list[str]) -> list[str]:
 
 
 class CommandSourceConfig(SourceConfig):
-    argv: Annotated[list[str], proc.check_argv]
-    env: Annotated[dict[str, str], proc.check_env] = field(default_factory=dict)
+    argv: Annotated[list[str], After(proc.check_argv)]
+    env: Annotated[dict[str, str], After(proc.check_env)] = Field(default_factory=dict)
     max_output: Annotated[int, positive] = READ_LIMIT
 
 

@@ -26,10 +26,11 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from dataclasses import field
 from pathlib import Path
 from typing import Annotated, ClassVar
 from urllib.parse import urlsplit
+
+from pydantic import Field
 
 from keysetd import httpclient
 from keysetd.errors import InvalidKeyset, SourceError
@@ -39,8 +40,8 @@ from keysetd.formats.jwks import JsonObject, load_json
 from keysetd.httpcheck import check_headers, check_http_url, is_loopback, safe_url
 from keysetd.log import event
 from keysetd.model import Snapshot, canonical_json
-from keysetd.schema import positive
 from keysetd.sources.file import READ_LIMIT
+from keysetd.tables import After, positive
 from keysetd.units import PositiveDuration
 
 __all__ = ["JwksUrlSource", "JwksUrlSourceConfig", "canonical_jwks"]
@@ -74,10 +75,10 @@ def _clean_headers(headers: dict[str, str]) -> dict[str, str]:
 
 
 class JwksUrlSourceConfig(SourceConfig):
-    format: Annotated[SourceFormat, _jwks_only] = "auto"
-    url: Annotated[str, _http_url]
+    format: Annotated[SourceFormat, After(_jwks_only)] = "auto"
+    url: Annotated[str, After(_http_url)]
     ca_file: Path | None = None
-    headers: Annotated[dict[str, str], _clean_headers] = field(default_factory=dict)
+    headers: Annotated[dict[str, str], After(_clean_headers)] = Field(default_factory=dict)
     max_bytes: Annotated[int, positive] = READ_LIMIT
     timeout: PositiveDuration = 10.0
 

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from mypy_boto3_kms.type_defs import KeyMetadataTypeDef
 
 from keysetd.plugin import (
+    After,
     Key,
     Snapshot,
     Source,
@@ -117,12 +118,12 @@ class AwsKmsSourceConfig(SourceConfig):
     format: Literal["auto", "jwks"] = "auto"
     region: Annotated[str, non_empty]
     #: Key ids, key ARNs, alias names or alias ARNs; kids are the KMS key ids they resolve to.
-    key_ids: Annotated[tuple[str, ...], non_empty, _distinct]
+    key_ids: Annotated[tuple[str, ...], non_empty, After(_distinct)]
     #: An alias whose target is the signing key; default: the first of ``key_ids``.
-    active: Annotated[str, _active] | None = None
-    endpoint_url: Annotated[str, _url] | None = None
+    active: Annotated[str, After(_active)] | None = None
+    endpoint_url: Annotated[str, After(_url)] | None = None
     rsa_alg: Literal["RS256", "PS256"] = "RS256"
-    kid_format: Annotated[str, _kid_format] = "{key_id}"
+    kid_format: Annotated[str, After(_kid_format)] = "{key_id}"
 
 
 class AwsKmsSource(Source):

@@ -9,14 +9,15 @@ from __future__ import annotations
 import os
 import stat
 import tomllib
-from dataclasses import field
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
 import nkeys  # type: ignore[import-untyped,unused-ignore]
+from pydantic import Field
 
 from keysetd.plugin import (
     ALGORITHMS,
+    After,
     ConfigError,
     Duration,
     NatsPermissions,
@@ -59,7 +60,7 @@ class NatsConnection(Table):
 
     url: str = "nats://127.0.0.1:4222"
     user: NonEmpty
-    password: str | None = field(default=None, repr=False)
+    password: str | None = Field(default=None, repr=False)
     password_file: Path | None = None
     connect_timeout: PositiveDuration = 5.0
     #: Callout replicas in one queue group share the requests.
@@ -96,7 +97,7 @@ class CalloutConfig(Table):
     jwks_wait: Duration = 30.0
     issuer: NonEmpty
     audience: NonEmpty
-    algorithms: Annotated[list[str], non_empty, _known] = field(
+    algorithms: Annotated[list[str], non_empty, After(_known)] = Field(
         default_factory=lambda: ["RS256", "ES256"]
     )
     leeway: Duration = 0.0
@@ -109,7 +110,7 @@ class CalloutConfig(Table):
     #: The token claim that names the NATS user (server logs, monitoring); else ``sub``.
     name_claim: str = "preferred_username"
     permissions: NatsPermissions | None = None
-    rules: list[Rule] = field(default_factory=list)
+    rules: list[Rule] = Field(default_factory=list)
 
 
 def load_config(path: Path) -> CalloutConfig:

@@ -22,7 +22,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from string import Formatter
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
@@ -35,8 +35,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from hvac import exceptions as vault_errors
+from pydantic import Field
 
 from keysetd.plugin import (
+    After,
     HttpConnectError,
     HttpFailure,
     Key,
@@ -138,9 +140,11 @@ def _kid_format(value: str) -> str:
 
 
 class VaultTransitConfig(SourceConfig):
-    address: Annotated[str, _address]
-    mount: Annotated[str, _mount] = "transit"
-    keys: Annotated[list[str], non_empty, _keys] = field(default_factory=lambda: ["jwt-signing"])
+    address: Annotated[str, After(_address)]
+    mount: Annotated[str, After(_mount)] = "transit"
+    keys: Annotated[list[str], non_empty, After(_keys)] = Field(
+        default_factory=lambda: ["jwt-signing"]
+    )
     auth: Literal["token", "approle", "kubernetes"] = "token"
     token: Secret | None = None
     token_file: Path | None = None
@@ -149,11 +153,11 @@ class VaultTransitConfig(SourceConfig):
     role: str | None = None
     kubernetes_role: str | None = None
     jwt_file: Path = _KUBERNETES_JWT
-    auth_mount: Annotated[str, _mount] | None = None
-    namespace: Annotated[str, _namespace] | None = None
+    auth_mount: Annotated[str, After(_mount)] | None = None
+    namespace: Annotated[str, After(_namespace)] | None = None
     ca_file: Path | None = None
     rsa_alg: Literal["RS256", "PS256"] = "RS256"
-    kid_format: Annotated[str, _kid_format] = "{name}-v{version}"
+    kid_format: Annotated[str, After(_kid_format)] = "{name}-v{version}"
 
     def __post_init__(self) -> None:
         token_given = self.token is not None or self.token_file is not None

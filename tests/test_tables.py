@@ -1,21 +1,21 @@
-"""Config tables (keysetd.schema): conversion, every problem with its location, no values shown."""
+"""Config tables (keysetd.tables, pydantic models): conversion, every problem with its location,
+no values shown."""
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
-from dataclasses import field
 from pathlib import Path
 from typing import Annotated, Literal
 
 import pytest
+from pydantic import Field, ValidationError
 
-from keysetd.schema import (
+from keysetd.tables import (
+    After,
     Before,
     Secret,
     Table,
     TableError,
-    declared_fields,
     matches,
     non_empty,
     positive,
@@ -37,7 +37,7 @@ class Example(Table):
     mode: Literal["fast", "safe"] = "safe"
     every: Duration = 60.0
     tags: tuple[str, ...] = ()
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = Field(default_factory=dict)
     limits: list[str] | Limits | None = None
     token: Secret | None = None
     shout: Annotated[str, Before(lambda v: v.upper() if isinstance(v, str) else v)] = "X"
@@ -146,16 +146,15 @@ def test_secrets_hide_in_repr_and_str() -> None:
     assert table.as_dict()["token"] == Secret("s3cret-value")
 
 
-def test_tables_are_frozen_checked_when_built_directly_and_replace_keeps_them_valid() -> None:
+def test_tables_are_frozen_and_checked_when_built_directly() -> None:
     table = Example(name="n", every="5m")
     assert table.every == 300.0
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(ValidationError, match="frozen"):
         table.name = "m"  # type: ignore[misc]
-    with pytest.raises(TableError, match="name: must not be empty"):
+    with pytest.raises(ValidationError, match="must not be empty"):
         Example(name="")
-    assert dataclasses.replace(table, path=Path("/x"), enabled=True).path == Path("/x")
-    with pytest.raises(TableError, match="enabled needs a path"):
-        dataclasses.replace(table, enabled=True)
+    with pytest.raises(ValidationError, match="enabled needs a path"):
+        Example(name="n", enabled=True)
 
 
 def test_as_dict_gives_plain_values_and_can_drop_nones() -> None:
@@ -217,7 +216,40 @@ def test_the_rules_of_real_tables_do_not_quote_the_value(
     module, _, name = config_class.partition(":")
     cls = getattr(importlib.import_module(module), name)
     base = {"type": "x", "argv": ["/bin/true"], "url": "https://h/", "path": "/p"}
-    given = {key: value for key, value in base.items() if key in declared_fields(cls)}
+    given = {key: value for key, value in base.items() if key in cls.model_fields}
     with pytest.raises(TableError) as caught:
         cls.parse({**given, **table})
     assert "hunter2" not in str(caught.value)
+
+
+def _echo(value: str) -> str:
+    raise ValueError(f"{value} is wrong")
+
+
+class Echo(Table):
+    word: Annotated[str, After(_echo)]
+
+
+def test_a_message_that_quotes_the_value_is_replaced() -> None:
+    """A rule (or a pydantic message) that quotes the input never reaches the user."""
+    with pytest.raises(TableError) as caught:
+        Echo.parse({"word": "hunter2"})
+    assert caught.value.lines() == ["word: is not valid (value_error)"]
+
+
+def test_pydantic_plugins_are_off() -> None:
+    """A pydantic plugin would be handed every config value (tokens included)."""
+    import os
+
+    assert os.environ["PYDANTIC_DISABLE_PLUGINS"] == "__all__"
+
+
+@pytest.mark.parametrize("value", ["", "a\0b"])
+def test_a_path_is_not_empty_and_holds_no_nul(value: str) -> None:
+    assert problems({"name": "n", "path": value}) == ["t.path: must be a non-empty path"]
+
+
+def test_a_duration_decides_for_itself_what_a_boolean_is() -> None:
+    assert problems({"name": "n", "every": True}) == [
+        "t.every: a duration is a number of seconds or a string like '30s'"
+    ]
