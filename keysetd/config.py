@@ -38,9 +38,10 @@ from keysetd.extension import (
     NotifierConfig,
     Output,
     OutputConfig,
-    Role,
+    RotatableSource,
     Source,
     SourceConfig,
+    WritableSource,
 )
 from keysetd.httpcheck import check_http_url
 from keysetd.readfile import read_limited
@@ -645,12 +646,19 @@ def _check_names(
                 problems.append(f"notify.{index}.outputs: no output is named {wanted!r}")
 
 
-def _check_rotation(settings: Settings, problems: list[str]) -> None:
+def _check_rotation(
+    settings: Settings, source_class: type[Source] | None, problems: list[str]
+) -> None:
     rotation = settings.rotation
     assert rotation is not None
-    if settings.source.get("type") != "file":
-        problems.append("rotation: managed keys need a file source that keysetd owns")
-    if settings.source.get("format", "auto") not in ("auto", "jwks"):
+    rotatable = source_class is not None and issubclass(source_class, RotatableSource)
+    if not rotatable and settings.source.get("type") != "file":
+        problems.append(
+            "rotation: managed keys need a file source that keysetd owns, or a source that"
+            " rotates its own keys (vault_transit)"
+        )
+    writable = source_class is None or issubclass(source_class, WritableSource)
+    if writable and settings.source.get("format", "auto") not in ("auto", "jwks"):
         problems.append("rotation: a managed source is in the jwks format")
     if rotation.every <= settings.policy.activation_delay:
         problems.append("rotation.every: must be longer than policy.activation_delay")
@@ -723,15 +731,16 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
             problems += [
                 f"notify.{index}: {p}" for p in ncls.check_outputs(ncfg, [*built.values()])
             ]
-    if source is not None and source[0].public_only:
+    if source is not None:
         for index, output in built.items():
-            if output.role is Role.SIGNER:
+            if source[0].public_only and output.private:
                 problems.append(
                     f"outputs.{index}: a {output.config.type} output needs private keys, and a "
                     f"{source[1].type} source has public keys only"
                 )
+            problems += [f"outputs.{index}: {p}" for p in output.check_source(source[1])]
     if settings is not None and settings.rotation is not None:
-        _check_rotation(settings, problems)
+        _check_rotation(settings, source[0] if source else None, problems)
     if source is not None and (problem := _external_keyset_problem(env, source[1].type)):
         problems.append(problem)
     if problems or settings is None or source is None:

@@ -26,6 +26,7 @@ __all__ = [
     "OutputConfig",
     "PluginConfig",
     "Role",
+    "RotatableSource",
     "Source",
     "SourceConfig",
     "SourceFormat",
@@ -96,6 +97,26 @@ class WritableSource(Source):
         raise NotImplementedError
 
 
+class RotatableSource(Source):
+    """A source that makes its own next key (a KMS): the other capability managed rotation needs.
+
+    keysetd never holds its private keys, so it cannot write the next keyset; it asks the
+    source to create the next key version instead, which the next fetch returns as
+    ``active_kid``. The planner then holds signers on the previous kid for
+    ``activation_delay``, as for a file source: signers must name the key version keysetd
+    gives them (a signer output), never "the latest".
+    """
+
+    def rotate(self, expected_active: str | None) -> str | None:
+        """Create the next key version; return its kid.
+
+        Compare-and-swap: when ``expected_active`` is given and the source's active kid is
+        another one now (someone rotated meanwhile), create nothing and return None.
+        Failures raise SourceError.
+        """
+        raise NotImplementedError
+
+
 class Role(enum.Enum):
     """Verifier outputs hold public material and are committed first; signer outputs after."""
 
@@ -126,10 +147,20 @@ class Output:
         return Role.VERIFIER
 
     @property
+    def private(self) -> bool:
+        """Holds private key material. Signer outputs do, unless they only name the key
+        signers use (a KMS key version); a source of public keys only can feed those."""
+        return self.role is Role.SIGNER
+
+    @property
     def mode(self) -> int:
         if self.config.mode is not None:
             return self.config.mode
-        return 0o644 if self.role is Role.VERIFIER else 0o600
+        return 0o600 if self.private else 0o644
+
+    def check_source(self, source: SourceConfig) -> list[str]:
+        """Problems of this output's config against the configured source (config load)."""
+        return []
 
     def file_mode(self, path: Path) -> int:
         """The mode of one rendered file (an output may hold files of several kinds)."""

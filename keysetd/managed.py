@@ -3,8 +3,9 @@
 The one write path for the daemon's schedule (``ManagedRotation.step``, what
 ``keysetd.rotation`` decides) and ``keysetd rotate``: ``write_source``, a
 compare-and-swap against the bytes keysetd last read, so an edit made meanwhile
-is never overwritten. Only a ``WritableSource`` can be managed; any other is a
-ConfigError naming its type.
+is never overwritten. A ``RotatableSource`` (a KMS-held key) is asked for its
+next version instead, on the same schedule. Only these two can be managed; any
+other is a ConfigError naming its type.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from keysetd.errors import ConfigError
-from keysetd.extension import WritableSource
+from keysetd.errors import ConfigError, SourceError
+from keysetd.extension import RotatableSource, WritableSource
 from keysetd.formats.jwks import render_keyset
 from keysetd.log import event
 from keysetd.model import Keyset
 from keysetd.record import Recorder
-from keysetd.rotation import next_source
+from keysetd.rotation import next_source, next_version
 from keysetd.state import KeyRecord
 
 if TYPE_CHECKING:
@@ -28,15 +29,16 @@ if TYPE_CHECKING:
 __all__ = ["ManagedRotation", "writable_source", "write_source"]
 
 
-def writable_source(config: Config) -> WritableSource:
-    """Build the config's source if keysetd may write it; ConfigError naming its type if not."""
-    if not issubclass(config.source_class, WritableSource):
+def writable_source(config: Config) -> WritableSource | RotatableSource:
+    """Build the config's source if keysetd may write or rotate it; ConfigError if not."""
+    if not issubclass(config.source_class, WritableSource | RotatableSource):
         raise ConfigError(
             f"source type {config.source.type!r} cannot be written by keysetd: managed rotation"
-            " ([rotation], keysetd rotate) needs a source it owns, such as 'file'"
+            " ([rotation], keysetd rotate) needs a source it owns, such as 'file', or one that"
+            " rotates its own keys, such as 'vault_transit'"
         )
     source = config.build_source()
-    assert isinstance(source, WritableSource)
+    assert isinstance(source, WritableSource | RotatableSource)
     return source
 
 
@@ -53,7 +55,7 @@ class ManagedRotation:
 
     def __init__(
         self,
-        source: WritableSource,
+        source: WritableSource | RotatableSource,
         settings: RotationSettings,
         *,
         activation_delay: float,
@@ -66,7 +68,7 @@ class ManagedRotation:
 
     def missing(self) -> bool:
         """The managed source is gone: keysetd writes it again (or its first key)."""
-        return self.source.missing()
+        return isinstance(self.source, WritableSource) and self.source.missing()
 
     def step(
         self,
@@ -80,6 +82,8 @@ class ManagedRotation:
         ``expected`` is what keysetd last read from the source (None: nothing yet).
         """
         settings = self._settings
+        if isinstance(self.source, RotatableSource):
+            return self._rotate(self.source, keyset, history, now)
         step = next_source(
             keyset,
             history,
@@ -111,5 +115,43 @@ class ManagedRotation:
             reason=step.reason,
             active_kid=step.keyset.active_kid,
             kids=list(step.keyset.kids),
+        )
+        return now
+
+    def _rotate(
+        self,
+        source: RotatableSource,
+        keyset: Keyset | None,
+        history: Mapping[str, KeyRecord],
+        now: float,
+    ) -> float | None:
+        """Ask a KMS-held key for its next version when due (compare-and-swap on active_kid)."""
+        step = next_version(
+            keyset,
+            history,
+            every=self._settings.every,
+            activation_delay=self._activation_delay,
+            now=now,
+        )
+        if not step.due:
+            return step.next_at
+        assert keyset is not None
+        where = source.describe()
+        try:
+            kid = source.rotate(keyset.active_kid)
+        except SourceError as exc:
+            event("rotation_failed", logging.ERROR, source=where, error=exc.reason)
+            return None
+        if kid is None:
+            event(
+                "rotation_skipped",
+                logging.WARNING,
+                source=where,
+                reason="the source's active key moved meanwhile; the next cycle reads it",
+            )
+            return now
+        event("rotation_step", reason=step.reason, active_kid=kid)
+        self._recorder.audit(
+            "managed_rotation", reason=f"{step.reason}; created {kid}", active_kid=kid, kids=[kid]
         )
         return now

@@ -20,7 +20,7 @@ from keysetd.model import Keyset
 from keysetd.plan import current_signer_kid
 from keysetd.state import KeyRecord
 
-__all__ = ["RotationStep", "new_kid", "next_source"]
+__all__ = ["RotationStep", "VersionStep", "new_kid", "next_source", "next_version"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +30,37 @@ class RotationStep:
     keyset: Keyset | None
     reason: str
     next_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class VersionStep:
+    """For a source that rotates its own keys: create the next version now, or look again."""
+
+    due: bool
+    reason: str
+    next_at: float | None
+
+
+def next_version(
+    keyset: Keyset | None,
+    history: Mapping[str, KeyRecord],
+    *,
+    every: float,
+    activation_delay: float,
+    now: float,
+) -> VersionStep:
+    """When a KMS-held key (vault_transit) gets its next version: the file schedule, less
+    the writing. Old versions stay in the source; the KMS owns their retirement."""
+    signer_kid = current_signer_kid(history)
+    if keyset is None or signer_kid is None or keyset.active_kid is None:
+        return VersionStep(False, "waiting for the first publish", None)
+    if keyset.active_kid != signer_kid:
+        return VersionStep(False, f"{keyset.active_kid} waits for its activation delay", None)
+    started = history[signer_kid].active_from or now
+    due = started + max(0.0, every - activation_delay)
+    if now < due:
+        return VersionStep(False, f"next version due at {due:.0f}", due)
+    return VersionStep(True, f"signers use {signer_kid} since {started:.0f}", None)
 
 
 def new_kid(prefix: str, now: float) -> str:

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from keysetd.config import Config
 from keysetd.errors import ConfigError
-from keysetd.extension import PluginConfig, Role
+from keysetd.extension import PluginConfig
 from keysetd.fscheck import filesystem_violations
 from keysetd.httpcheck import is_loopback
 
@@ -75,7 +75,7 @@ def config_violations(config: Config) -> list[str]:
         found.append(f"source.path: {path} is group- or world-writable ({mode})")
     for index, output in enumerate(config.build_outputs()):
         found += _table_rules(f"outputs.{index}", output.config)
-        if output.role is Role.SIGNER and output.mode & ~_PRIVATE_MODE_LIMIT & 0o777:
+        if output.private and output.mode & ~_PRIVATE_MODE_LIMIT & 0o777:
             found.append(
                 f"outputs.{index}.mode: {output.mode:04o} is wider than 0640 for an output "
                 "holding private keys"

@@ -47,6 +47,7 @@ PINNED = {
     "PositiveDuration",
     "Problem",
     "Role",
+    "RotatableSource",
     "Secret",
     "Snapshot",
     "Source",

@@ -82,7 +82,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     a = command("audit", cmd_audit, "check the audit log's hash chain")
     a.add_argument("action", choices=["verify"])
-    rot = command("rotate", cmd_rotate, "add a new key to a file source and make it active")
+    rot = command(
+        "rotate",
+        cmd_rotate,
+        "add a new key to a file source (or a transit key version) and make it active",
+    )
     rot.add_argument("--alg", choices=["ES256", "ES384", "ES512", "EdDSA", "RS256", "PS256"])
     rot.add_argument("--kid")
     k = command("keygen", cmd_keygen, "print a new private JWK", needs_config=False)

@@ -1,4 +1,5 @@
-"""``rotate``: add a new key to a writable source as its active_kid, by compare-and-swap."""
+"""``rotate``: add a new key to a writable source as its active_kid, by compare-and-swap;
+or ask a source that rotates its own keys (vault_transit) for its next version."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from keysetd.cli.configured import config_from
-from keysetd.cli.exits import EXIT_FAILED, EXIT_OK
+from keysetd.cli.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 if TYPE_CHECKING:
     from keysetd.config import Config
@@ -17,14 +18,48 @@ __all__ = ["cmd_rotate"]
 
 
 def cmd_rotate(args: argparse.Namespace) -> int:
+    from keysetd.extension import RotatableSource
     from keysetd.managed import writable_source
 
     config = config_from(args)
     source = writable_source(config)  # ConfigError naming a source type keysetd cannot write
     try:
+        if isinstance(source, RotatableSource):
+            return _rotate_version(args, config, source)
         return _rotate(args, config, source)
     finally:
         source.close()
+
+
+def _rotate_version(args: argparse.Namespace, config: Config, source: Any) -> int:
+    """Ask a KMS-held key for its next version (compare-and-swap on the active kid)."""
+    from keysetd.errors import SourceError
+    from keysetd.validate import check
+
+    where = source.describe()
+    if args.alg or args.kid:
+        print(
+            f"keysetd: --alg and --kid do not apply to {where}: the key's type and the"
+            " source's kid_format decide them",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    try:
+        current = source.fetch().data
+        keyset = check(current, config.source.format, hmac_alg=config.policy.hmac_alg, where=where)
+        kid = source.rotate(keyset.active_kid)
+    except SourceError as exc:
+        print(f"keysetd: {exc.reason}", file=sys.stderr)
+        return EXIT_FAILED
+    if kid is None:
+        print(f"keysetd: {where} rotated meanwhile; nothing done, try again", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"created {kid} in {where}; previous {keyset.active_kid or '-'}")
+    print(
+        "verifiers get it at the daemon's next fetch; signers (the signer outputs name the"
+        " version) after policy.activation_delay"
+    )
+    return EXIT_OK
 
 
 def _rotate(args: argparse.Namespace, config: Config, source: Any) -> int:

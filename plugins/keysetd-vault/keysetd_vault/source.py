@@ -42,9 +42,9 @@ from keysetd.plugin import (
     HttpConnectError,
     HttpFailure,
     Key,
+    RotatableSource,
     Secret,
     Snapshot,
-    Source,
     SourceConfig,
     SourceError,
     canonical_json,
@@ -207,8 +207,11 @@ class _Lease:
         return self.period > 0 and now >= self.expires
 
 
-class VaultTransitSource(Source):
-    """Publishes the public keys of transit key versions as a JWKS; holds no private keys."""
+class VaultTransitSource(RotatableSource):
+    """Publishes the public keys of transit key versions as a JWKS; holds no private keys.
+
+    ``rotate`` (``keysetd rotate``, ``[rotation]``) creates the first key's next version.
+    """
 
     Config: ClassVar[type[SourceConfig]] = VaultTransitConfig
     public_only: ClassVar[bool] = True
@@ -237,18 +240,8 @@ class VaultTransitSource(Source):
     # --- fetch --------------------------------------------------------------------------------
 
     def fetch(self) -> Snapshot:
-        client = self._connect()
-        assert self._adapter is not None
-        self._adapter.begin()  # one deadline for every call of this fetch
-        logged_in = self._authenticate(client)
-        retry = self._can_login and not logged_in
-        try:
-            replies = self._read_keys(client, passing=vault_errors.Forbidden if retry else None)
-        except vault_errors.Forbidden:
-            # An expired or revoked login token: one new login per fetch, then the answer stands.
-            event("vault_token_refused", logging.WARNING, source=self.describe())
-            self._login(client)
-            replies = self._read_keys(client, passing=None)
+        client = self._begin()
+        replies = self._authorized(client, lambda passing: self._read_keys(client, passing))
         keys: list[Key] = []
         active_kid = ""
         for index, (name, data) in enumerate(replies):
@@ -261,6 +254,51 @@ class VaultTransitSource(Source):
             "keys": [key.public_jwk() for key in sorted(keys, key=lambda k: k.kid)],
         }
         return Snapshot(canonical_json(document), origin=self.describe(), format="jwks")
+
+    def rotate(self, expected_active: str | None) -> str | None:
+        """``POST {mount}/keys/{first key}/rotate`` unless its latest version moved from
+        ``expected_active``; the new version's kid. Needs ``update`` on that path."""
+        client = self._begin()
+        name = self.config.keys[0]
+        mount = self.config.mount
+
+        def latest(passing: type[Exception] | None) -> str:
+            reply = self._read_keys(client, passing, names=(name,))
+            return self._convert(name, reply[0][1])[1]
+
+        if expected_active is not None and self._authorized(client, latest) != expected_active:
+            return None
+        action = f"rotate key {name!r}"
+
+        def rotate(passing: type[Exception] | None) -> Any:
+            def call() -> Any:
+                return client.secrets.transit.rotate_key(name=name, mount_point=mount)
+
+            return self._call(action, call, passing)
+
+        self._authorized(client, rotate)
+        kid = latest(None)
+        event("vault_key_rotated", source=self.describe(), key=name, kid=kid)
+        return kid
+
+    def _begin(self) -> Any:
+        """The client, with one deadline starting now for every call of this fetch."""
+        client = self._connect()
+        assert self._adapter is not None
+        self._adapter.begin()
+        return client
+
+    def _authorized(self, client: Any, calls: Callable[[type[Exception] | None], _T]) -> _T:
+        """Run ``calls`` with a live token; a refused login token is replaced once."""
+        logged_in = self._authenticate(client)
+        retry = self._can_login and not logged_in
+        try:
+            return calls(vault_errors.Forbidden if retry else None)
+        except vault_errors.Forbidden:
+            # An expired or revoked login token: one new login per fetch, then the answer stands.
+            event("vault_token_refused", logging.WARNING, source=self.describe())
+            self._login(client)
+            return calls(None)
 
     def _connect(self) -> Any:
         if self._client is None:
@@ -279,10 +317,15 @@ class VaultTransitSource(Source):
             )
         return self._client
 
-    def _read_keys(self, client: Any, *, passing: type[Exception] | None) -> list[tuple[str, Any]]:
+    def _read_keys(
+        self,
+        client: Any,
+        passing: type[Exception] | None,
+        names: tuple[str, ...] | None = None,
+    ) -> list[tuple[str, Any]]:
         mount = self.config.mount
         replies: list[tuple[str, Any]] = []
-        for name in self.config.keys:
+        for name in self.config.keys if names is None else names:
             action = f"read key {name!r}"
 
             def read(name: str = name) -> Any:

@@ -1,0 +1,136 @@
+"""The ``transit_signer`` output: which transit key version signers pass to ``transit/sign``.
+
+Transit signs with the latest version unless told otherwise, and a version is
+the latest the moment it is rotated, before any verifier has it. This output is
+how keysetd's publish-before-use order reaches signers whose keys live in
+transit: a small JSON file naming the mount, key and ``key_version`` of the kid
+the planner activated (``activation_delay`` after verifiers got it; in fleet
+mode, once every replica acknowledged it), with the ``transit/sign`` parameters
+its JWS alg needs. It is a signer output (committed after the verifier outputs,
+gated like any signer output) that holds no secret, so its default mode is 0644
+and a public-only source can feed it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from string import Formatter
+from typing import Annotated, ClassVar
+
+from keysetd.plugin import (
+    After,
+    Keyset,
+    Output,
+    OutputConfig,
+    OutputError,
+    Role,
+    SourceConfig,
+    canonical_json,
+)
+from keysetd_vault.source import VaultTransitConfig, _kid_format, _mount
+
+__all__ = ["TransitSignerConfig", "TransitSignerOutput", "transit_version"]
+
+#: JWS alg -> the ``transit/sign`` parameters whose signature is that alg's JWS signature
+#: (ECDSA marshalled as JWS r||s; ed25519 and RSA return standard base64 of raw bytes).
+SIGN_PARAMETERS: Mapping[str, Mapping[str, str]] = {
+    "ES256": {"hash_algorithm": "sha2-256", "marshaling_algorithm": "jws"},
+    "ES384": {"hash_algorithm": "sha2-384", "marshaling_algorithm": "jws"},
+    "ES512": {"hash_algorithm": "sha2-512", "marshaling_algorithm": "jws"},
+    "EdDSA": {},
+    "RS256": {"hash_algorithm": "sha2-256", "signature_algorithm": "pkcs1v15"},
+    "PS256": {"hash_algorithm": "sha2-256", "signature_algorithm": "pss", "salt_length": "hash"},
+}
+_NAME = r"[A-Za-z0-9_.-]+"
+
+
+class TransitSignerConfig(OutputConfig):
+    """``[[outputs]]`` with ``type = "transit_signer"``: mount and kid_format as the source's."""
+
+    mount: Annotated[str, After(_mount)] = "transit"
+    kid_format: Annotated[str, After(_kid_format)] = "{name}-v{version}"
+
+
+def transit_version(kid_format: str, kid: str) -> tuple[str, int] | None:
+    """The (key name, version) ``kid_format`` made ``kid`` from; None if it made no such kid."""
+    pattern = ""
+    named = False
+    for literal, field, _spec, _conversion in Formatter().parse(kid_format):
+        pattern += re.escape(literal)
+        if field == "name":
+            pattern += "(?P=name)" if named else f"(?P<name>{_NAME})"
+            named = True
+        elif field == "version":
+            pattern += "(?P<version>[0-9]+)" if "(?P<version>" not in pattern else "(?P=version)"
+    found = re.fullmatch(pattern, kid)
+    if found is None or not named:
+        return None
+    name, version = found.group("name"), int(found.group("version"))
+    # Round trip: a format spec ({version:03d}) or an ambiguous split must give kid back.
+    if version < 1 or kid_format.format(name=name, version=version) != kid:
+        return None
+    return name, version
+
+
+class TransitSignerOutput(Output):
+    """``{"alg", "key", "key_version", "kid", "mount", ...}``: the version signers sign with."""
+
+    Config: ClassVar[type[OutputConfig]] = TransitSignerConfig
+
+    def __init__(self, config: TransitSignerConfig) -> None:
+        super().__init__(config)
+        self.config: TransitSignerConfig = config
+
+    @property
+    def role(self) -> Role:
+        return Role.SIGNER
+
+    @property
+    def private(self) -> bool:
+        return False
+
+    def check_source(self, source: SourceConfig) -> list[str]:
+        if not isinstance(source, VaultTransitConfig):
+            return [f"a transit_signer output needs a vault_transit source, not {source.type!r}"]
+        problems = []
+        for key in ("mount", "kid_format"):
+            mine, theirs = getattr(self.config, key), getattr(source, key)
+            if mine != theirs:
+                problems.append(
+                    f"{key}: {mine!r} differs from the source's {theirs!r}"
+                    " (signers would sign with another key than verifiers get)"
+                )
+        return problems
+
+    def render(self, keyset: Keyset) -> dict[Path, bytes]:
+        path = self.config.path
+        active = keyset.active
+        if active is None:
+            raise OutputError(self.name, str(path), "a signer output needs an active_kid")
+        found = transit_version(self.config.kid_format, active.kid)
+        if found is None:
+            raise OutputError(
+                self.name,
+                str(path),
+                f"active kid {active.kid!r} is not a kid_format {self.config.kid_format!r}"
+                " makes from a transit key name and version",
+            )
+        parameters = SIGN_PARAMETERS.get(active.alg)
+        if parameters is None:
+            raise OutputError(
+                self.name,
+                str(path),
+                f"active kid {active.kid!r} has alg {active.alg!r}, which transit cannot sign",
+            )
+        name, version = found
+        document = {
+            "alg": active.alg,
+            "kid": active.kid,
+            "mount": self.config.mount,
+            "key": name,
+            "key_version": version,
+            **parameters,
+        }
+        return {path: canonical_json(document) + b"\n"}

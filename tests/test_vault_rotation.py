@@ -1,0 +1,391 @@
+"""Publish-before-use for transit keys: rotation, the transit_signer output, real OpenBao.
+
+Transit signs with its latest version the moment it is rotated. keysetd rotates the key
+(``keysetd rotate``, ``[rotation]``), publishes the new version to verifiers at once and
+moves the ``transit_signer`` output, which names the ``key_version`` signers pass to
+``transit/sign``, only ``activation_delay`` later. The end-to-end test signs tokens through
+``transit/sign`` all along ≥ 20 managed rotations and verifies each against the JWKS a
+lagging consumer loaded: none fails; the same tokens signed with "the latest" version do.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from keysetd_vault.signer import TransitSignerConfig, TransitSignerOutput, transit_version
+from keysetd_vault.source import VaultTransitConfig, VaultTransitSource
+
+from keysetd.config import load_config
+from keysetd.errors import ConfigError, OutputError
+from keysetd.extension import Role
+from keysetd.model import Keyset
+from keysetd.validate import check
+from tests.conftest import Env, wait_for
+from tests.keys import b64u
+from tests.test_vault_plugin import Bao, b64
+
+
+@pytest.fixture
+def bao(tmp_path: Path) -> Iterator[Bao]:
+    """A server of its own: these tests rotate its keys."""
+    server = Bao(tmp_path / "bao").start()
+    try:
+        server.api("POST", "sys/mounts/transit", {"type": "transit"})
+        yield server
+    finally:
+        server.stop()
+
+
+def transit_config(bao: Bao, token_file: Path, key: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "type": "vault_transit",
+        "address": bao.address,
+        "token_file": str(token_file),
+        "keys": [key],
+        "timeout": "5s",
+        **extra,
+    }
+
+
+def token_file(bao: Bao, tmp_path: Path) -> Path:
+    path = tmp_path / "vault-token"
+    path.write_text(bao.root + "\n")
+    path.chmod(0o600)
+    return path
+
+
+# --- the transit_signer output --------------------------------------------------------------
+
+
+def test_kids_map_back_to_transit_key_versions() -> None:
+    assert transit_version("{name}-v{version}", "jwt-signing-v12") == ("jwt-signing", 12)
+    # A name holding "-v" still splits at the last one: versions are digits to the end.
+    assert transit_version("{name}-v{version}", "a-v2-b-v3") == ("a-v2-b", 3)
+    assert transit_version("vault/{name}/{version}", "vault/k/7") == ("k", 7)
+    assert transit_version("{name}-{version:03d}", "k-007") == ("k", 7)
+    for kid in ("jwt-signing", "jwt-signing-v", "jwt-signing-v0", "other/k-v1", "k-vx"):
+        assert transit_version("{name}-v{version}", kid) is None, kid
+    assert transit_version("{name}-{version:03d}", "k-7") is None  # not what the format makes
+
+
+def signer_output(tmp_path: Path, **config: Any) -> TransitSignerOutput:
+    table = {"type": "transit_signer", "path": str(tmp_path / "signer.json"), **config}
+    return TransitSignerOutput(TransitSignerConfig.parse(table))
+
+
+def public_keyset(kids: list[str], active: str, alg: str = "ES256") -> Keyset:
+    from tests.keys import jwk
+
+    keys = []
+    for kid in kids:
+        key = {k: v for k, v in jwk(alg, kid).items() if k not in ("d",)}
+        keys.append(key)
+    document = {"active_kid": active, "keys": keys}
+    return check(json.dumps(document).encode(), "jwks", declared_public=True)
+
+
+def test_the_output_names_the_version_and_the_sign_parameters(tmp_path: Path) -> None:
+    output = signer_output(tmp_path)
+    assert output.role is Role.SIGNER and not output.private and output.mode == 0o644
+    rendered = output.render(public_keyset(["jwt-v1", "jwt-v2"], "jwt-v1"))
+    data = rendered[tmp_path / "signer.json"]
+    assert json.loads(data) == {
+        "alg": "ES256",
+        "kid": "jwt-v1",
+        "mount": "transit",
+        "key": "jwt",
+        "key_version": 1,
+        "hash_algorithm": "sha2-256",
+        "marshaling_algorithm": "jws",
+    }
+    assert data.endswith(b"\n") and output.render(public_keyset(["jwt-v1"], "jwt-v1")) == rendered
+    ed = output.render(public_keyset(["ed-v3"], "ed-v3", alg="EdDSA"))
+    assert json.loads(ed[tmp_path / "signer.json"])["key_version"] == 3
+    with pytest.raises(OutputError, match="'es-a' is not a kid_format"):
+        output.render(public_keyset(["es-a"], "es-a"))
+
+
+def test_config_ties_the_output_to_a_vault_transit_source(env: Env, tmp_path: Path) -> None:
+    signer = {"type": "transit_signer", "path": str(env.out / "transit-signer.json")}
+    source = {
+        "type": "vault_transit",
+        "address": "http://127.0.0.1:8200",
+        "token": "s.example-token-value",
+    }
+    env.config(source=source, outputs=[{"type": "jwks", "path": str(env.jwks)}, signer])
+    config = load_config(env.config_path, environ={})
+    assert [o.name for o in config.build_outputs()] == ["jwks", "transit_signer"]
+    # A mount or kid_format other than the source's would name another key.
+    env.config(
+        source={**source, "mount": "kms", "kid_format": "{name}/{version}"},
+        outputs=[{"type": "jwks", "path": str(env.jwks)}, signer],
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(env.config_path, environ={})
+    problems = "\n".join(caught.value.problems)
+    assert "outputs.1: mount: 'transit' differs from the source's 'kms'" in problems
+    assert "outputs.1: kid_format:" in problems
+    # Another source type: no key versions to name.
+    env.config(outputs=[{"type": "jwks", "path": str(env.jwks)}, signer])
+    with pytest.raises(ConfigError, match="needs a vault_transit source, not 'file'"):
+        load_config(env.config_path, environ={})
+    # A signer output with private keys still needs a source that has them.
+    env.config(
+        source=source,
+        outputs=[
+            {"type": "jwks", "path": str(env.jwks)},
+            {"type": "keyset", "path": str(env.signer)},
+        ],
+    )
+    with pytest.raises(ConfigError, match="a keyset output needs private keys"):
+        load_config(env.config_path, environ={})
+
+
+# --- rotating the transit key ---------------------------------------------------------------
+
+
+def test_rotate_creates_the_next_version_unless_it_moved(bao: Bao, tmp_path: Path) -> None:
+    bao.create_key("rot", "ecdsa-p256")
+    source = VaultTransitSource(
+        VaultTransitConfig.parse(transit_config(bao, token_file(bao, tmp_path), "rot"))
+    )
+    try:
+        assert source.rotate("rot-v1") == "rot-v2"
+        assert source.rotate("rot-v1") is None  # someone rotated meanwhile: nothing done
+        assert json.loads(source.fetch().data)["active_kid"] == "rot-v2"
+        assert source.rotate(None) == "rot-v3"
+    finally:
+        source.close()
+    assert bao.api("GET", "transit/keys/rot")["data"]["latest_version"] == 3
+
+
+def test_keysetd_rotate_on_vault_transit_and_its_refusals(
+    bao: Bao, env: Env, tmp_path: Path
+) -> None:
+    bao.create_key("cli", "ed25519")
+    signer = env.out / "transit-signer.json"
+    env.config(
+        source=transit_config(bao, token_file(bao, tmp_path), "cli"),
+        policy={"activation_delay": "1h"},
+        outputs=[
+            {"type": "jwks", "path": str(env.jwks)},
+            {"type": "transit_signer", "path": str(signer)},
+        ],
+    )
+    assert env.keysetd("once", "-c", str(env.config_path)).returncode == 0
+    assert json.loads(signer.read_text())["key_version"] == 1
+    done = env.keysetd("rotate", "-c", str(env.config_path))
+    assert done.returncode == 0, done.stderr
+    assert "created cli-v2" in done.stdout and "previous cli-v1" in done.stdout
+    assert bao.root not in done.stdout + done.stderr
+    done = env.keysetd("once", "-c", str(env.config_path))
+    assert done.returncode == 0, done.stderr
+    # Verifiers have v2 now; signers keep v1 for the activation delay.
+    assert [k["kid"] for k in json.loads(env.jwks.read_text())["keys"]] == ["cli-v1", "cli-v2"]
+    assert json.loads(signer.read_text())["key_version"] == 1
+    done = env.keysetd("rotate", "--alg", "ES256", "-c", str(env.config_path))
+    assert done.returncode == 2 and "--alg and --kid do not apply" in done.stderr
+    # A token that may read but not rotate: the 403 is named, the token is not.
+    policy = 'path "transit/keys/*" { capabilities = ["read"] }'
+    bao.api("POST", "sys/policies/acl/read-only", {"policy": policy})
+    reader = bao.api("POST", "auth/token/create", {"policies": ["read-only"]})["auth"]
+    (tmp_path / "vault-token").write_text(reader["client_token"])
+    done = env.keysetd("rotate", "-c", str(env.config_path))
+    assert done.returncode == 1
+    assert "rotate key 'cli': 403 Forbidden" in done.stderr
+    assert reader["client_token"] not in done.stdout + done.stderr
+
+
+def test_bad_input_from_vault_keeps_the_outputs_byte_for_byte(
+    bao: Bao, env: Env, tmp_path: Path
+) -> None:
+    bao.create_key("lkg", "ecdsa-p256")
+    env.config(
+        source=transit_config(bao, token_file(bao, tmp_path), "lkg"),
+        outputs=[
+            {"type": "jwks", "path": str(env.jwks)},
+            {"type": "transit_signer", "path": str(env.out / "transit-signer.json")},
+        ],
+    )
+    assert env.keysetd("once", "-c", str(env.config_path)).returncode == 0
+    before = env.snapshot_outputs()
+    # The key turns into one transit cannot sign JWTs with: refused by name, outputs kept.
+    bao.api("POST", "transit/keys/lkg/config", {"deletion_allowed": True})
+    bao.api("DELETE", "transit/keys/lkg")
+    bao.api("POST", "transit/keys/lkg", {"type": "aes256-gcm96"})
+    done = env.keysetd("once", "-c", str(env.config_path))
+    assert done.returncode == 1
+    assert "key 'lkg' is of type 'aes256-gcm96'" in done.stderr
+    assert env.snapshot_outputs() == before
+    assert bao.root not in done.stdout + done.stderr
+
+
+# --- end to end: signing through transit/sign across managed rotations ----------------------
+
+
+@dataclass
+class LaggingConsumer:
+    """A verifier that reloads the JWKS ``lag`` seconds after keysetd wrote it."""
+
+    path: Path
+    lag: float
+    seen: list[tuple[float, bytes]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def poll(self, stop: threading.Event) -> None:
+        while not stop.wait(0.01):
+            try:
+                data = self.path.read_bytes()
+            except FileNotFoundError:
+                continue
+            with self.lock:
+                if not self.seen or self.seen[-1][1] != data:
+                    self.seen.append((time.monotonic(), data))
+
+    def loaded(self) -> jwt.PyJWKSet | None:
+        """The JWKS this consumer uses now: the newest one read at least ``lag`` ago."""
+        cutoff = time.monotonic() - self.lag
+        with self.lock:
+            usable = [data for at, data in self.seen if at <= cutoff]
+        return jwt.PyJWKSet.from_json(usable[-1].decode()) if usable else None
+
+    def verify(self, token: str, alg: str) -> str | None:
+        """None when the token verifies, else why not."""
+        jwks = self.loaded()
+        kid = jwt.get_unverified_header(token)["kid"]
+        if jwks is None:
+            return "no jwks loaded yet"
+        try:
+            jwt.decode(token, jwks[kid].key, algorithms=[alg])
+        except KeyError:
+            return f"{kid} not in the consumer's jwks"
+        except jwt.InvalidTokenError as exc:
+            return f"{kid}: {exc}"
+        return None
+
+
+@dataclass
+class Tally:
+    tokens: int = 0
+    failures: list[str] = field(default_factory=list)
+    versions: set[int] = field(default_factory=set)
+
+
+def sign_jwt(bao: Bao, key: str, alg: str, version: int | None, kid: str | None) -> str:
+    """A JWT signed by transit/sign: pinned to ``version``, or with the latest when None."""
+    parameters: dict[str, Any] = {}
+    if alg == "ES256":
+        parameters = {"hash_algorithm": "sha2-256", "marshaling_algorithm": "jws"}
+    body_kid = kid or "pending"
+    for _ in range(5):  # signing with the latest: the kid is known only from the signature
+        header = b64u(json.dumps({"alg": alg, "typ": "JWT", "kid": body_kid}).encode())
+        payload = b64u(json.dumps({"sub": "e2e", "iat": int(time.time())}).encode())
+        signing_input = f"{header}.{payload}"
+        body = {"input": b64(signing_input.encode()), **parameters}
+        if version is not None:
+            body["key_version"] = version
+        signature = bao.api("POST", f"transit/sign/{key}", body)["data"]["signature"]
+        _, used, encoded = signature.split(":", 2)
+        used_kid = f"{key}-{used}"  # "vault:v7:..." -> jwt-v7
+        if version is not None and used != f"v{version}":
+            raise AssertionError(f"transit signed with {used}, not the pinned v{version}")
+        if used_kid == body_kid:
+            sig = encoded if alg == "ES256" else b64u(base64.b64decode(encoded))
+            return f"{signing_input}.{sig}"
+        body_kid = used_kid
+    raise AssertionError(f"the latest version kept moving ({body_kid}, {kid}, {version})")
+
+
+@pytest.mark.parametrize(("key_type", "alg"), [("ecdsa-p256", "ES256"), ("ed25519", "EdDSA")])
+def test_tokens_signed_through_transit_verify_throughout_managed_rotations(
+    bao: Bao, env: Env, tmp_path: Path, key_type: str, alg: str
+) -> None:
+    rotations_wanted, lag, delay = 20, 0.4, 0.8
+    bao.create_key("jwt", key_type)
+    signer_path = env.out / "transit-signer.json"
+    env.config(
+        source=transit_config(bao, token_file(bao, tmp_path), "jwt", refresh_interval="5s"),
+        policy={"activation_delay": f"{delay}s", "max_staleness": "1h"},
+        rotation={"every": "1200ms"},
+        outputs=[
+            {"type": "jwks", "path": str(env.jwks)},
+            {"type": "transit_signer", "path": str(signer_path)},
+        ],
+    )
+    consumer = LaggingConsumer(env.jwks, lag)
+    pinned, latest = Tally(), Tally()
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def signer(tally: Tally, pin: bool) -> None:
+        try:
+            while not stop.wait(0.015):
+                try:
+                    told = json.loads(signer_path.read_text())
+                except (FileNotFoundError, json.JSONDecodeError):
+                    continue
+                assert told["alg"] == alg and told["key"] == "jwt"
+                version = told["key_version"] if pin else None
+                token = sign_jwt(bao, "jwt", alg, version, told["kid"] if pin else None)
+                failure = consumer.verify(token, alg)
+                tally.tokens += 1
+                tally.versions.add(int(jwt.get_unverified_header(token)["kid"].rsplit("-v")[-1]))
+                if failure is not None:
+                    tally.failures.append(failure)
+        except BaseException as exc:  # reported by the test thread
+            errors.append(exc)
+            stop.set()
+
+    env.start()
+    threads = [
+        threading.Thread(target=consumer.poll, args=(stop,), daemon=True),
+        threading.Thread(target=signer, args=(pinned, True), daemon=True),
+        threading.Thread(target=signer, args=(latest, False), daemon=True),
+    ]
+    started = time.monotonic()
+    threads[0].start()
+    try:
+        # The very first key is active at once (nothing was published before): signers
+        # start once the consumer has loaded it, as a consumer is deployed with its JWKS.
+        wait_for(lambda: consumer.loaded() is not None, timeout=20, what="the first jwks")
+        for thread in threads[1:]:
+            thread.start()
+        wait_for(
+            lambda: errors or len(pinned.versions) > rotations_wanted,
+            timeout=rotations_wanted * 6,
+            what=f"{rotations_wanted} rotations signed through",
+        )
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=10)
+    took = time.monotonic() - started
+    assert not errors, errors
+    latest_version = bao.api("GET", "transit/keys/jwt")["data"]["latest_version"]
+    report = (
+        f"{alg}: {latest_version - 1} rotations in {took:.1f}s; pinned: {pinned.tokens} tokens,"
+        f" {len(pinned.failures)} failures; latest: {latest.tokens} tokens,"
+        f" {len(latest.failures)} failures"
+    )
+    print(report)
+    assert latest_version - 1 >= rotations_wanted, report
+    assert pinned.failures == [], report
+    assert len(pinned.versions) > rotations_wanted and pinned.tokens >= 10 * rotations_wanted
+    # Without the gating (transit's latest version), the lagging consumer refuses tokens.
+    assert latest.failures, report
+    assert all("not in the consumer's jwks" in f for f in latest.failures), latest.failures[:3]
+    # The Vault token is in no output, state file or log line.
+    env.stop_all()
+    secret = bao.root.encode()
+    for path in [*env.out.rglob("*"), *env.state.rglob("*"), env.root / "keysetd.log"]:
+        if path.is_file():
+            assert secret not in path.read_bytes(), path
