@@ -991,10 +991,10 @@ def test_the_core_never_imports_hvac(tmp_path: Path) -> None:
     assert modules_after_loading(vault) == ["hvac", "keysetd_vault"]
 
 
-@pytest.mark.parametrize("index", range(3))
+@pytest.mark.parametrize("index", range(4))
 def test_the_readme_configs_load(index: int, tmp_path: Path) -> None:
     blocks = re.findall(r"```toml\n(.*?)```", README.read_text(), flags=re.S)
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     path = tmp_path / "keysetd.toml"
     path.write_text(blocks[index])
     config = load_config(path)

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import hvac  # type: ignore[import-untyped]
 import jwt
 import pytest
 from keysetd_vault.signer import TransitSignerConfig, TransitSignerOutput, transit_version
@@ -232,6 +234,49 @@ def test_bad_input_from_vault_keeps_the_outputs_byte_for_byte(
 # --- end to end: signing through transit/sign across managed rotations ----------------------
 
 
+def readme_signer() -> Callable[[Any, str, dict[str, Any]], str]:
+    """``transit_jwt`` from the plugin README: the signer the docs tell users to write."""
+    text = (Path(__file__).resolve().parent.parent / "plugins/keysetd-vault/README.md").read_text()
+    (code,) = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "plugins/keysetd-vault/README.md", "exec"), namespace)
+    function: Callable[[Any, str, dict[str, Any]], str] = namespace["transit_jwt"]
+    return function
+
+
+@pytest.mark.parametrize(
+    ("key_type", "alg", "rsa_alg"),
+    [
+        ("ecdsa-p384", "ES384", "RS256"),
+        ("ed25519", "EdDSA", "RS256"),
+        ("rsa-2048", "RS256", "RS256"),
+        ("rsa-2048", "PS256", "PS256"),
+    ],
+)
+def test_the_readme_signer_signs_what_the_jwks_verifies(
+    bao: Bao, env: Env, tmp_path: Path, key_type: str, alg: str, rsa_alg: str
+) -> None:
+    bao.create_key("doc", key_type, rotations=1)
+    signer_path = env.out / "transit-signer.json"
+    env.config(
+        source=transit_config(bao, token_file(bao, tmp_path), "doc", rsa_alg=rsa_alg),
+        outputs=[
+            {"type": "jwks", "path": str(env.jwks)},
+            {"type": "transit_signer", "path": str(signer_path)},
+        ],
+    )
+    done = env.keysetd("once", "-c", str(env.config_path))
+    assert done.returncode == 0, done.stderr
+    client = hvac.Client(url=bao.address, token=bao.root, timeout=10)
+    try:
+        token = readme_signer()(client, str(signer_path), {"sub": "readme"})
+    finally:
+        client.adapter.close()
+    assert jwt.get_unverified_header(token) == {"alg": alg, "typ": "JWT", "kid": "doc-v2"}
+    jwks = jwt.PyJWKSet.from_json(env.jwks.read_text())
+    assert jwt.decode(token, jwks["doc-v2"].key, algorithms=[alg]) == {"sub": "readme"}
+
+
 @dataclass
 class LaggingConsumer:
     """A verifier that reloads the JWKS ``lag`` seconds after keysetd wrote it."""
@@ -280,29 +325,26 @@ class Tally:
     versions: set[int] = field(default_factory=set)
 
 
-def sign_jwt(bao: Bao, key: str, alg: str, version: int | None, kid: str | None) -> str:
-    """A JWT signed by transit/sign: pinned to ``version``, or with the latest when None."""
-    parameters: dict[str, Any] = {}
-    if alg == "ES256":
-        parameters = {"hash_algorithm": "sha2-256", "marshaling_algorithm": "jws"}
-    body_kid = kid or "pending"
-    for _ in range(5):  # signing with the latest: the kid is known only from the signature
-        header = b64u(json.dumps({"alg": alg, "typ": "JWT", "kid": body_kid}).encode())
-        payload = b64u(json.dumps({"sub": "e2e", "iat": int(time.time())}).encode())
+def sign_with_latest(bao: Bao, key: str, alg: str) -> str:
+    """What a signer without keysetd's gating does: transit/sign with the latest version.
+
+    The kid is known only from the signature ("vault:v7:..."), so sign again until the
+    header names the version that signed.
+    """
+    parameters = {"hash_algorithm": "sha2-256", "marshaling_algorithm": "jws"}
+    kid = "unknown"
+    for _ in range(5):
+        header = b64u(json.dumps({"alg": alg, "typ": "JWT", "kid": kid}).encode())
+        payload = b64u(json.dumps({"sub": "latest"}).encode())
         signing_input = f"{header}.{payload}"
-        body = {"input": b64(signing_input.encode()), **parameters}
-        if version is not None:
-            body["key_version"] = version
+        body = {"input": b64(signing_input.encode()), **(parameters if alg == "ES256" else {})}
         signature = bao.api("POST", f"transit/sign/{key}", body)["data"]["signature"]
         _, used, encoded = signature.split(":", 2)
-        used_kid = f"{key}-{used}"  # "vault:v7:..." -> jwt-v7
-        if version is not None and used != f"v{version}":
-            raise AssertionError(f"transit signed with {used}, not the pinned v{version}")
-        if used_kid == body_kid:
+        if f"{key}-{used}" == kid:
             sig = encoded if alg == "ES256" else b64u(base64.b64decode(encoded))
             return f"{signing_input}.{sig}"
-        body_kid = used_kid
-    raise AssertionError(f"the latest version kept moving ({body_kid}, {kid}, {version})")
+        kid = f"{key}-{used}"
+    raise AssertionError("the latest version kept moving")
 
 
 @pytest.mark.parametrize(("key_type", "alg"), [("ecdsa-p256", "ES256"), ("ed25519", "EdDSA")])
@@ -326,16 +368,17 @@ def test_tokens_signed_through_transit_verify_throughout_managed_rotations(
     stop = threading.Event()
     errors: list[BaseException] = []
 
+    transit_jwt = readme_signer()
+
     def signer(tally: Tally, pin: bool) -> None:
+        client = hvac.Client(url=bao.address, token=bao.root, timeout=10)
         try:
             while not stop.wait(0.015):
-                try:
-                    told = json.loads(signer_path.read_text())
-                except (FileNotFoundError, json.JSONDecodeError):
-                    continue
-                assert told["alg"] == alg and told["key"] == "jwt"
-                version = told["key_version"] if pin else None
-                token = sign_jwt(bao, "jwt", alg, version, told["kid"] if pin else None)
+                if pin:  # the README's signer: the version the transit_signer output names
+                    token = transit_jwt(client, str(signer_path), {"sub": "pinned"})
+                else:
+                    token = sign_with_latest(bao, "jwt", alg)
+                assert jwt.get_unverified_header(token)["alg"] == alg
                 failure = consumer.verify(token, alg)
                 tally.tokens += 1
                 tally.versions.add(int(jwt.get_unverified_header(token)["kid"].rsplit("-v")[-1]))
@@ -344,6 +387,8 @@ def test_tokens_signed_through_transit_verify_throughout_managed_rotations(
         except BaseException as exc:  # reported by the test thread
             errors.append(exc)
             stop.set()
+        finally:
+            client.adapter.close()
 
     env.start()
     threads = [
