@@ -13,10 +13,11 @@ from __future__ import annotations
 import base64
 import json
 import re
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +151,49 @@ def test_config_ties_the_output_to_a_vault_transit_source(env: Env, tmp_path: Pa
     )
     with pytest.raises(ConfigError, match="a keyset output needs private keys"):
         load_config(env.config_path, environ={})
+
+
+def test_in_fleet_mode_the_output_moves_only_once_every_replica_holds_the_version(
+    tmp_path: Path,
+) -> None:
+    """The fleet planner's before_signers gating applies to it as to any signer output."""
+    from keysetd.fleet.planner import plan_replica
+    from keysetd.fleet.state import Ack
+    from keysetd.history import observe
+    from keysetd.plan import Policy
+
+    source = public_keyset(["jwt-v1", "jwt-v2"], "jwt-v2")
+    history = {
+        kid: replace(record, first_published=0.0, active_from=0.0 if kid == "jwt-v1" else None)
+        for kid, record in observe({}, source, 0.0).items()
+    }
+    previous = public_keyset(["jwt-v1"], "jwt-v1")
+    output = signer_output(tmp_path)
+
+    def version(acks: dict[str, Ack]) -> int:
+        planned = plan_replica(
+            source,
+            history,
+            acks,
+            replica_id="r0",
+            policy=Policy(activation_delay=10.0),
+            now=100.0,
+            previous_signer=previous,
+        )
+        rendered = output.render(planned.plan.signer)[tmp_path / "signer.json"]
+        assert planned.plan.verifier.get("jwt-v2") is not None  # verifiers have it at once
+        value: int = json.loads(rendered)["key_version"]
+        return value
+
+    acks = {
+        "r0": Ack("r0", 0.0, "f" * 64, {"jwt-v1": 0.0, "jwt-v2": 50.0}, "jwt-v1"),
+        "r1": Ack("r1", 0.0, "f" * 64, {"jwt-v1": 0.0}, "jwt-v1"),
+    }
+    assert version(acks) == 1  # r1 has not published v2 yet
+    acks["r1"] = Ack("r1", 0.0, "f" * 64, {"jwt-v1": 0.0, "jwt-v2": 95.0}, "jwt-v1")
+    assert version(acks) == 1  # r1 has published it for 5 s only: the delay counts per replica
+    acks["r1"] = Ack("r1", 0.0, "f" * 64, {"jwt-v1": 0.0, "jwt-v2": 90.0}, "jwt-v1")
+    assert version(acks) == 2
 
 
 # --- rotating the transit key ---------------------------------------------------------------
@@ -434,3 +478,114 @@ def test_tokens_signed_through_transit_verify_throughout_managed_rotations(
     for path in [*env.out.rglob("*"), *env.state.rglob("*"), env.root / "keysetd.log"]:
         if path.is_file():
             assert secret not in path.read_bytes(), path
+
+
+def test_a_fleet_rotating_a_transit_key_signs_only_what_every_consumer_loaded(
+    bao: Bao, tmp_path: Path
+) -> None:
+    """Two replicas on a real etcd; r1's verifier consumer loads a new JWKS 0.8 s after it is
+    told, longer than the 0.3 s activation delay. The leader rotates the transit key; each
+    replica's transit_signer output moves only once both replicas acknowledged the version
+    (their consumers loaded it), so tokens signed by following either output verify with
+    either consumer."""
+    from tests.conftest import KEYSETD, render_toml
+    from tests.etcd import running_cluster
+
+    rotations_wanted, lags = 8, (0.0, 0.8)
+    bao.create_key("fleet", "ecdsa-p256")
+    vault_token = token_file(bao, tmp_path)
+    procs: list[subprocess.Popen[bytes]] = []
+    roots = [tmp_path / f"r{i}" for i in range(len(lags))]
+    transit_jwt = readme_signer()
+    tokens = 0
+    failures: list[str] = []
+    used: set[int] = set()
+    with running_cluster(tmp_path / "etcd", 1) as cluster:
+        try:
+            for index, (root, lag) in enumerate(zip(roots, lags, strict=True)):
+                (root / "out").mkdir(parents=True)
+                config = {
+                    "state_dir": str(root / "state"),
+                    "log_format": "json",
+                    "source": transit_config(bao, vault_token, "fleet", refresh_interval="1s"),
+                    "rotation": {"every": "1s"},
+                    "policy": {"activation_delay": "300ms", "retention": "1h"},
+                    "fleet": {
+                        "endpoints": list(cluster.endpoints),
+                        "prefix": "/transit-fleet",
+                        "replica_id": f"r{index}",
+                        "lease_ttl": "3s",
+                    },
+                    "outputs": [
+                        {"type": "jwks", "path": str(root / "out/jwks.json")},
+                        {"type": "transit_signer", "path": str(root / "out/signer.json")},
+                    ],
+                    "notify": [
+                        {
+                            "type": "command",
+                            "argv": [
+                                "/bin/sh",
+                                "-c",
+                                f'sleep {lag}; cp "$1" "$2.tmp" && mv "$2.tmp" "$2"',
+                                "reload",
+                                str(root / "out/jwks.json"),
+                                str(root / "out/consumer.json"),
+                            ],
+                            "outputs": ["jwks"],
+                        }
+                    ],
+                }
+                (root / "keysetd.toml").write_text(render_toml(config))
+                with (root / "keysetd.log").open("ab") as log:
+                    procs.append(
+                        subprocess.Popen(
+                            [*KEYSETD, "run", "--config", str(root / "keysetd.toml")],
+                            stdin=subprocess.DEVNULL,
+                            stdout=log,
+                            stderr=log,
+                        )
+                    )
+            wait_for(
+                lambda: (
+                    all((r / "out/signer.json").exists() for r in roots)
+                    and all((r / "out/consumer.json").exists() for r in roots)
+                ),
+                timeout=30,
+                what="both replicas publishing",
+            )
+            client = hvac.Client(url=bao.address, token=bao.root, timeout=10)
+            deadline = time.monotonic() + rotations_wanted * 8
+            try:
+                pace = threading.Event()  # never set: a 10 ms pause per round
+                while len(used) <= rotations_wanted and time.monotonic() < deadline:
+                    pace.wait(0.01)
+                    for root in roots:  # an issuer behind each replica
+                        token = transit_jwt(client, str(root / "out/signer.json"), {"sub": "f"})
+                        kid = jwt.get_unverified_header(token)["kid"]
+                        used.add(int(kid.rsplit("-v", 1)[1]))
+                        for verifier in roots:  # a verifier behind each replica
+                            loaded = jwt.PyJWKSet.from_json(
+                                (verifier / "out/consumer.json").read_text()
+                            )
+                            tokens += 1
+                            try:
+                                jwt.decode(token, loaded[kid].key, algorithms=["ES256"])
+                            except (KeyError, jwt.InvalidTokenError) as exc:
+                                failures.append(f"{kid} at {verifier.name}: {exc!r}")
+            finally:
+                client.adapter.close()
+        finally:
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+    report = f"fleet: {len(used) - 1} versions signed through, {tokens} checks, {failures[:3]}"
+    print(report)
+    assert failures == [], report
+    assert len(used) > rotations_wanted, report
+    latest = bao.api("GET", "transit/keys/fleet")["data"]["latest_version"]
+    assert latest <= len(used) + 1, "only the leader rotates, one version at a time"
