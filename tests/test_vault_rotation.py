@@ -273,6 +273,15 @@ def test_bad_input_from_vault_keeps_the_outputs_byte_for_byte(
     assert "key 'lkg' is of type 'aes256-gcm96'" in done.stderr
     assert env.snapshot_outputs() == before
     assert bao.root not in done.stdout + done.stderr
+    # Re-created under the same name: version 1 is another key now. Signers must not be
+    # told to sign with it while verifiers hold the old one: refused, outputs kept.
+    bao.api("POST", "transit/keys/lkg/config", {"deletion_allowed": True})
+    bao.api("DELETE", "transit/keys/lkg")
+    bao.api("POST", "transit/keys/lkg", {"type": "ecdsa-p256"})
+    done = env.keysetd("once", "-c", str(env.config_path))
+    assert done.returncode == 1
+    assert "lkg-v1" in done.stderr and "different key material" in done.stderr
+    assert env.snapshot_outputs() == before
 
 
 # --- end to end: signing through transit/sign across managed rotations ----------------------
