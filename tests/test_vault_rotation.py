@@ -196,6 +196,31 @@ def test_in_fleet_mode_the_output_moves_only_once_every_replica_holds_the_versio
     assert version(acks) == 2
 
 
+def test_the_schedule_of_a_source_that_rotates_its_own_keys() -> None:
+    from keysetd.history import observe
+    from keysetd.rotation import next_version
+
+    source = public_keyset(["k-v1", "k-v2"], "k-v2")
+    records = observe({}, source, 0.0)
+    timing = {"every": 10.0, "activation_delay": 4.0}
+    assert not next_version(None, records, now=0.0, **timing).due
+    assert (
+        next_version(source, records, now=0.0, **timing).reason == "waiting for the first publish"
+    )
+    # Signers still on v1: v2 waits for its activation delay, no new version meanwhile.
+    held = {**records, "k-v1": replace(records["k-v1"], active_from=0.0)}
+    step = next_version(source, held, now=100.0, **timing)
+    assert not step.due and "k-v2 waits for its activation delay" in step.reason
+    # Signers on v2 since 50: the next version is due activation_delay before every is over.
+    moved = {
+        **held,
+        "k-v1": replace(held["k-v1"], active_until=50.0),
+        "k-v2": replace(held["k-v2"], active_from=50.0),
+    }
+    assert next_version(source, moved, now=55.0, **timing).next_at == 56.0
+    assert next_version(source, moved, now=56.0, **timing).due
+
+
 # --- rotating the transit key ---------------------------------------------------------------
 
 

@@ -8,8 +8,11 @@ its TTL, and a login token that cannot be renewed or was refused is replaced by
 one new login per fetch. Every call goes through keysetd's HTTP client (see
 ``keysetd_vault.transport``), so ``timeout`` bounds the whole fetch; every
 hvac/HTTP failure becomes a ``SourceError`` that names the source and the fault,
-never a token. A credential (config, file or login answer) holding whitespace, a
-control or a non-ASCII character is refused by name before it reaches a header:
+never a token. ``rotate`` (``keysetd rotate``, ``[rotation]``) creates the first key's
+next version; signers learn which version to use from the ``transit_signer`` output
+(``keysetd_vault.signer``), never "the latest". A credential (config, file or login
+answer) holding whitespace, a control or a non-ASCII character is refused by name
+before it reaches a header:
 the errors of HTTP libraries quote a header they refuse, in a form no redaction
 recognises.
 """
