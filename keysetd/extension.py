@@ -116,6 +116,13 @@ class RotatableSource(Source):
         """
         raise NotImplementedError
 
+    def retire(self, left: tuple[str, ...], signer_kid: str) -> tuple[str, ...]:
+        """Take ``left`` (kids signers left at least ``policy.retention`` ago) and what is
+        older out of the source, never ``signer_kid``, if the source is configured to; return
+        the kids it took (``policy.retention`` keeps them published from history). The
+        default keeps them: the KMS owns its versions."""
+        return ()
+
 
 class Role(enum.Enum):
     """Verifier outputs hold public material and are committed first; signer outputs after."""

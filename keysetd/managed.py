@@ -60,10 +60,12 @@ class ManagedRotation:
         *,
         activation_delay: float,
         recorder: Recorder,
+        retention: float = 0.0,
     ) -> None:
         self.source = source
         self._settings = settings
         self._activation_delay = activation_delay
+        self._retention = retention
         self._recorder = recorder
 
     def missing(self) -> bool:
@@ -132,11 +134,15 @@ class ManagedRotation:
             every=self._settings.every,
             activation_delay=self._activation_delay,
             now=now,
+            retention=self._retention,
         )
-        if not step.due:
-            return step.next_at
-        assert keyset is not None
         where = source.describe()
+        retired = False
+        if step.left and step.signer_kid is not None:
+            retired = self._retire(source, step.left, step.signer_kid)
+        if not step.due:
+            return now if retired else step.next_at
+        assert keyset is not None
         try:
             kid = source.rotate(keyset.active_kid)
         except SourceError as exc:
@@ -155,3 +161,19 @@ class ManagedRotation:
             "managed_rotation", reason=f"{step.reason}; created {kid}", active_kid=kid, kids=[kid]
         )
         return now
+
+    def _retire(self, source: RotatableSource, left: tuple[str, ...], signer_kid: str) -> bool:
+        """Let the source drop the versions signers left long ago; True when it did."""
+        try:
+            retired = source.retire(left, signer_kid)
+        except SourceError as exc:
+            event("retire_failed", logging.ERROR, source=source.describe(), error=exc.reason)
+            return False
+        if not retired:
+            return False
+        reason = f"signers use {signer_kid}; retired {', '.join(retired)}"
+        event("rotation_step", reason=reason, active_kid=signer_kid)
+        self._recorder.audit(
+            "managed_rotation", reason=reason, active_kid=signer_kid, kids=list(retired)
+        )
+        return True

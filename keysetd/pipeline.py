@@ -145,6 +145,7 @@ class Pipeline:
                 rotation,
                 activation_delay=self.policy.activation_delay,
                 recorder=self.recorder,
+                retention=self.policy.retention,
             )
         self._keyset: Keyset | None = None
         self._last_data: bytes | None = None

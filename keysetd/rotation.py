@@ -39,6 +39,9 @@ class VersionStep:
     due: bool
     reason: str
     next_at: float | None
+    #: The kid signers use, and the kids they left at least the retention ago (retirable).
+    signer_kid: str | None = None
+    left: tuple[str, ...] = ()
 
 
 def next_version(
@@ -48,19 +51,39 @@ def next_version(
     every: float,
     activation_delay: float,
     now: float,
+    retention: float = 0.0,
 ) -> VersionStep:
     """When a KMS-held key (vault_transit) gets its next version: the file schedule, less
-    the writing. Old versions stay in the source; the KMS owns their retirement."""
+    the writing; and which versions signers left long enough ago to retire.
+
+    Retirable: left by signers at least ``retention`` (and ``activation_delay``) ago, so no
+    live token and no signer still reading an old signer output needs it in the KMS.
+    """
     signer_kid = current_signer_kid(history)
     if keyset is None or signer_kid is None or keyset.active_kid is None:
         return VersionStep(False, "waiting for the first publish", None)
+    wait = max(retention, activation_delay)
+    left: list[str] = []
+    later: list[float] = []
+    for kid in keyset.kids:
+        until = history[kid].active_until if kid in history else None
+        if kid == signer_kid or until is None:
+            continue
+        if now >= until + wait:
+            left.append(kid)
+        else:
+            later.append(until + wait)
+    retire = min(later, default=None)
     if keyset.active_kid != signer_kid:
-        return VersionStep(False, f"{keyset.active_kid} waits for its activation delay", None)
+        reason = f"{keyset.active_kid} waits for its activation delay"
+        return VersionStep(False, reason, retire, signer_kid, tuple(left))
     started = history[signer_kid].active_from or now
     due = started + max(0.0, every - activation_delay)
     if now < due:
-        return VersionStep(False, f"next version due at {due:.0f}", due)
-    return VersionStep(True, f"signers use {signer_kid} since {started:.0f}", None)
+        when = due if retire is None else min(due, retire)
+        return VersionStep(False, f"next version due at {due:.0f}", when, signer_kid, tuple(left))
+    reason = f"signers use {signer_kid} since {started:.0f}"
+    return VersionStep(True, reason, None, signer_kid, tuple(left))
 
 
 def new_kid(prefix: str, now: float) -> str:

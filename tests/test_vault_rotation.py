@@ -24,8 +24,8 @@ from typing import Any
 import hvac  # type: ignore[import-untyped]
 import jwt
 import pytest
-from keysetd_vault.signer import TransitSignerConfig, TransitSignerOutput, transit_version
-from keysetd_vault.source import VaultTransitConfig, VaultTransitSource
+from keysetd_vault.signer import TransitSignerConfig, TransitSignerOutput
+from keysetd_vault.source import VaultTransitConfig, VaultTransitSource, transit_version
 
 from keysetd.config import load_config
 from keysetd.errors import ConfigError, OutputError
@@ -219,6 +219,11 @@ def test_the_schedule_of_a_source_that_rotates_its_own_keys() -> None:
     }
     assert next_version(source, moved, now=55.0, **timing).next_at == 56.0
     assert next_version(source, moved, now=56.0, **timing).due
+    # v1 is retirable once signers left it the retention (at least the delay) ago.
+    step = next_version(source, moved, now=52.0, retention=5.0, **timing)
+    assert (step.left, step.next_at, step.signer_kid) == ((), 55.0, "k-v2")
+    assert next_version(source, moved, now=55.0, retention=5.0, **timing).left == ("k-v1",)
+    assert next_version(source, moved, now=54.0, retention=1.0, **timing).left == ("k-v1",)
 
 
 # --- rotating the transit key ---------------------------------------------------------------
@@ -237,6 +242,30 @@ def test_rotate_creates_the_next_version_unless_it_moved(bao: Bao, tmp_path: Pat
     finally:
         source.close()
     assert bao.api("GET", "transit/keys/rot")["data"]["latest_version"] == 3
+
+
+def test_retire_raises_min_decryption_version_to_the_signers_version(
+    bao: Bao, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    bao.create_key("old", "ecdsa-p256", rotations=2)
+    config = transit_config(bao, token_file(bao, tmp_path), "old")
+    keeping = VaultTransitSource(VaultTransitConfig.parse(config))
+    source = VaultTransitSource(VaultTransitConfig.parse({**config, "retire_old_versions": True}))
+    try:
+        left = ("old-v1", "old-v2")
+        assert keeping.retire(left, "old-v3") == ()  # the default: transit keeps its versions
+        assert source.retire(("other-v1",), "old-v3") == ()  # not a version of the first key
+        # Never past the version signers use (it came back: a restored key).
+        assert source.retire(left, "old-v2") == ("old-v1",)
+        assert source.retire(left, "old-v3") == ("old-v2",)
+        assert bao.api("GET", "transit/keys/old")["data"]["min_decryption_version"] == 3
+        assert [k["kid"] for k in json.loads(source.fetch().data)["keys"]] == ["old-v3"]
+        assert source.retire(left, "old-v3") == ()  # nothing that old: no call at all
+        assert source.retire(("old-v8",), "old-v9") == ()  # not a version transit has
+    finally:
+        keeping.close()
+        source.close()
+    assert bao.root not in caplog.text
 
 
 def test_keysetd_rotate_on_vault_transit_and_its_refusals(
@@ -425,16 +454,26 @@ def sign_with_latest(bao: Bao, key: str, alg: str) -> str:
     raise AssertionError("the latest version kept moving")
 
 
-@pytest.mark.parametrize(("key_type", "alg"), [("ecdsa-p256", "ES256"), ("ed25519", "EdDSA")])
+@pytest.mark.parametrize(
+    ("key_type", "alg", "retire"), [("ecdsa-p256", "ES256", False), ("ed25519", "EdDSA", True)]
+)
 def test_tokens_signed_through_transit_verify_throughout_managed_rotations(
-    bao: Bao, env: Env, tmp_path: Path, key_type: str, alg: str
+    bao: Bao, env: Env, tmp_path: Path, key_type: str, alg: str, retire: bool
 ) -> None:
+    """EdDSA with retire_old_versions: versions signers left a retention ago leave transit's
+    published range, and the JWKS a retention later."""
     rotations_wanted, lag, delay = 20, 0.4, 0.8
     bao.create_key("jwt", key_type)
     signer_path = env.out / "transit-signer.json"
     env.config(
-        source=transit_config(bao, token_file(bao, tmp_path), "jwt", refresh_interval="5s"),
-        policy={"activation_delay": f"{delay}s", "max_staleness": "1h"},
+        source=transit_config(
+            bao,
+            token_file(bao, tmp_path),
+            "jwt",
+            refresh_interval="5s",
+            retire_old_versions=retire,
+        ),
+        policy={"activation_delay": f"{delay}s", "retention": "3s", "max_staleness": "1h"},
         rotation={"every": "1200ms"},
         outputs=[
             {"type": "jwks", "path": str(env.jwks)},
@@ -506,6 +545,13 @@ def test_tokens_signed_through_transit_verify_throughout_managed_rotations(
     # Without the gating (transit's latest version), the lagging consumer refuses tokens.
     assert latest.failures, report
     assert all("not in the consumer's jwks" in f for f in latest.failures), latest.failures[:3]
+    published = [k["kid"] for k in json.loads(env.jwks.read_text())["keys"]]
+    if retire:  # the versions signers left more than the retention ago are gone
+        floor = bao.api("GET", "transit/keys/jwt")["data"]["min_decryption_version"]
+        # Retired retention after signers left (3 s: 2-3 versions), published a retention more.
+        assert floor >= latest_version - 5 and len(published) <= 8, (floor, published)
+    else:
+        assert len(published) == latest_version
     # The Vault token is in no output, state file or log line.
     env.stop_all()
     secret = bao.root.encode()

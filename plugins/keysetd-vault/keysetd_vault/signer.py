@@ -13,10 +13,8 @@ and a public-only source can feed it.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from pathlib import Path
-from string import Formatter
 from typing import Annotated, ClassVar
 
 from keysetd.plugin import (
@@ -29,7 +27,7 @@ from keysetd.plugin import (
     SourceConfig,
     canonical_json,
 )
-from keysetd_vault.source import VaultTransitConfig, _kid_format, _mount
+from keysetd_vault.source import VaultTransitConfig, _kid_format, _mount, transit_version
 
 __all__ = ["TransitSignerConfig", "TransitSignerOutput", "transit_version"]
 
@@ -43,7 +41,6 @@ SIGN_PARAMETERS: Mapping[str, Mapping[str, str]] = {
     "RS256": {"hash_algorithm": "sha2-256", "signature_algorithm": "pkcs1v15"},
     "PS256": {"hash_algorithm": "sha2-256", "signature_algorithm": "pss", "salt_length": "hash"},
 }
-_NAME = r"[A-Za-z0-9_.-]+"
 
 
 class TransitSignerConfig(OutputConfig):
@@ -51,27 +48,6 @@ class TransitSignerConfig(OutputConfig):
 
     mount: Annotated[str, After(_mount)] = "transit"
     kid_format: Annotated[str, After(_kid_format)] = "{name}-v{version}"
-
-
-def transit_version(kid_format: str, kid: str) -> tuple[str, int] | None:
-    """The (key name, version) ``kid_format`` made ``kid`` from; None if it made no such kid."""
-    pattern = ""
-    named = False
-    for literal, field, _spec, _conversion in Formatter().parse(kid_format):
-        pattern += re.escape(literal)
-        if field == "name":
-            pattern += "(?P=name)" if named else f"(?P<name>{_NAME})"
-            named = True
-        elif field == "version":
-            pattern += "(?P<version>[0-9]+)" if "(?P<version>" not in pattern else "(?P=version)"
-    found = re.fullmatch(pattern, kid)
-    if found is None or not named:
-        return None
-    name, version = found.group("name"), int(found.group("version"))
-    # Round trip: a format spec ({version:03d}) or an ambiguous split must give kid back.
-    if version < 1 or kid_format.format(name=name, version=version) != kid:
-        return None
-    return name, version
 
 
 class TransitSignerOutput(Output):
@@ -95,6 +71,8 @@ class TransitSignerOutput(Output):
         if not isinstance(source, VaultTransitConfig):
             return [f"a transit_signer output needs a vault_transit source, not {source.type!r}"]
         problems = []
+        if "{name}" not in self.config.kid_format:
+            problems.append("kid_format: must include {name}, the key signers call transit/sign on")
         for key in ("mount", "kid_format"):
             mine, theirs = getattr(self.config, key), getattr(source, key)
             if mine != theirs:

@@ -59,7 +59,7 @@ from keysetd.plugin import (
 )
 from keysetd_vault.transport import DeadlineAdapter, session
 
-__all__ = ["KEY_TYPES", "VaultTransitConfig", "VaultTransitSource"]
+__all__ = ["KEY_TYPES", "VaultTransitConfig", "VaultTransitSource", "transit_version"]
 
 #: Transit key types with a public key -> the JWS alg (None: ``rsa_alg`` decides).
 KEY_TYPES: Mapping[str, str | None] = {
@@ -91,6 +91,7 @@ _STATUS: Mapping[type[Exception], str] = {
     vault_errors.VaultDown: "503 Service Unavailable",
 }
 _T = TypeVar("_T")
+_NAME = r"[A-Za-z0-9_.-]+"
 
 
 def _address(value: str) -> str:
@@ -142,6 +143,27 @@ def _kid_format(value: str) -> str:
     return value
 
 
+def transit_version(kid_format: str, kid: str) -> tuple[str, int] | None:
+    """The (key name, version) ``kid_format`` made ``kid`` from; None if it made no such kid."""
+    pattern = ""
+    named = False
+    for literal, part, _spec, _conversion in Formatter().parse(kid_format):
+        pattern += re.escape(literal)
+        if part == "name":
+            pattern += "(?P=name)" if named else f"(?P<name>{_NAME})"
+            named = True
+        elif part == "version":
+            pattern += "(?P<version>[0-9]+)" if "(?P<version>" not in pattern else "(?P=version)"
+    found = re.fullmatch(pattern, kid)
+    if found is None or not named:
+        return None
+    name, version = found.group("name"), int(found.group("version"))
+    # Round trip: a format spec ({version:03d}) or an ambiguous split must give kid back.
+    if version < 1 or kid_format.format(name=name, version=version) != kid:
+        return None
+    return name, version
+
+
 class VaultTransitConfig(SourceConfig):
     address: Annotated[str, After(_address)]
     mount: Annotated[str, After(_mount)] = "transit"
@@ -161,6 +183,9 @@ class VaultTransitConfig(SourceConfig):
     ca_file: Path | None = None
     rsa_alg: Literal["RS256", "PS256"] = "RS256"
     kid_format: Annotated[str, After(_kid_format)] = "{name}-v{version}"
+    #: With [rotation]: once signers left a version of the first key policy.retention ago,
+    #: raise the key's min_decryption_version past it (it leaves the JWKS after a retention).
+    retire_old_versions: bool = False
 
     def __post_init__(self) -> None:
         token_given = self.token is not None or self.token_file is not None
@@ -225,6 +250,8 @@ class VaultTransitSource(RotatableSource):
         self._client: Any = None
         self._adapter: DeadlineAdapter | None = None
         self._lease: _Lease | None = None
+        #: The first key's min_decryption_version as the last read saw it.
+        self._oldest: int | None = None
         # Values that must never reach a message: tokens, secret ids, Kubernetes JWTs. The
         # newest few only (insertion order): a daemon that logs in for months keeps no log.
         self._secrets: dict[str, None] = {}
@@ -283,6 +310,48 @@ class VaultTransitSource(RotatableSource):
         kid = latest(None)
         event("vault_key_rotated", source=self.describe(), key=name, kid=kid)
         return kid
+
+    def retire(self, left: tuple[str, ...], signer_kid: str) -> tuple[str, ...]:
+        """With ``retire_old_versions``: raise the first key's ``min_decryption_version``
+        past the versions in ``left``, never past ``signer_kid``'s
+        (``POST {mount}/keys/{name}/config``); the kids it retired."""
+        name = self.config.keys[0]
+        if not self.config.retire_old_versions:
+            return ()
+        versions = [v for n, v in filter(None, (self._version(kid) for kid in left)) if n == name]
+        if not versions:
+            return ()
+        floor = max(versions) + 1
+        signer = self._version(signer_kid)
+        if signer is not None and signer[0] == name:
+            floor = min(floor, signer[1])
+        if self._oldest is not None and self._oldest >= floor:
+            return ()  # the last read shows nothing that old: no call
+        client = self._begin()
+        reply = self._authorized(client, lambda p: self._read_keys(client, p, names=(name,)))
+        self._convert(name, reply[0][1])  # a reply that makes no sense is refused here
+        oldest, latest = self._oldest or 1, int(reply[0][1]["latest_version"])
+        if oldest >= floor or floor > latest:
+            return ()
+        action = f"retire versions of key {name!r}"
+
+        def configure(passing: type[Exception] | None) -> Any:
+            def call() -> Any:
+                return client.secrets.transit.update_key_configuration(
+                    name=name, min_decryption_version=floor, mount_point=self.config.mount
+                )
+
+            return self._call(action, call, passing)
+
+        self._authorized(client, configure)
+        self._oldest = floor
+        kid_format = self.config.kid_format
+        kids = tuple(kid_format.format(name=name, version=v) for v in range(oldest, floor))
+        event("vault_versions_retired", source=self.describe(), key=name, kids=",".join(kids))
+        return kids
+
+    def _version(self, kid: str) -> tuple[str, int] | None:
+        return transit_version(self.config.kid_format, kid)
 
     def _begin(self) -> Any:
         """The client, with one deadline starting now for every call of this fetch."""
@@ -355,6 +424,8 @@ class VaultTransitSource(RotatableSource):
                 raise TypeError("keys is not an object")
         except (KeyError, TypeError, ValueError) as exc:
             raise self._error(f"key {name!r}: unexpected response ({exc})") from None
+        if name == self.config.keys[0]:
+            self._oldest = oldest
         keys: list[Key] = []
         latest_kid = ""
         for version in range(oldest, latest + 1):
