@@ -137,6 +137,16 @@ def test_config_ties_the_output_to_a_vault_transit_source(env: Env, tmp_path: Pa
     problems = "\n".join(caught.value.problems)
     assert "outputs.1: mount: 'transit' differs from the source's 'kms'" in problems
     assert "outputs.1: kid_format:" in problems
+    # A kid_format whose kids cannot be split back into key and version.
+    env.config(
+        source={**source, "keys": ["jwt1"], "kid_format": "{name}{version}"},
+        outputs=[
+            {"type": "jwks", "path": str(env.jwks)},
+            {**signer, "kid_format": "{name}{version}"},
+        ],
+    )
+    with pytest.raises(ConfigError, match="does not tell key name and version apart"):
+        load_config(env.config_path, environ={})
     # Another source type: no key versions to name.
     env.config(outputs=[{"type": "jwks", "path": str(env.jwks)}, signer])
     with pytest.raises(ConfigError, match="needs a vault_transit source, not 'file'"):

@@ -71,8 +71,19 @@ class TransitSignerOutput(Output):
         if not isinstance(source, VaultTransitConfig):
             return [f"a transit_signer output needs a vault_transit source, not {source.type!r}"]
         problems = []
-        if "{name}" not in self.config.kid_format:
+        kid_format = self.config.kid_format
+        if "{name}" not in kid_format:
             problems.append("kid_format: must include {name}, the key signers call transit/sign on")
+        elif any(
+            transit_version(kid_format, kid_format.format(name=name, version=version))
+            != (name, version)
+            for name in source.keys
+            for version in (1, 12, 123)
+        ):
+            problems.append(
+                f"kid_format: {kid_format!r} does not tell key name and version apart"
+                " (put a separator such as '-v' between them)"
+            )
         for key in ("mount", "kid_format"):
             mine, theirs = getattr(self.config, key), getattr(source, key)
             if mine != theirs:
