@@ -151,6 +151,16 @@ def test_config_ties_the_output_to_a_vault_transit_source(env: Env, tmp_path: Pa
     env.config(outputs=[{"type": "jwks", "path": str(env.jwks)}, signer])
     with pytest.raises(ConfigError, match="needs a vault_transit source, not 'file'"):
         load_config(env.config_path, environ={})
+    # Strict mode: the output holds no secret, so 0644 is no violation.
+    from keysetd.strict import config_violations
+
+    env.config(
+        strict=True,
+        source={k: v for k, v in source.items() if k != "token"} | {"token_file": "/run/t"},
+        policy={"max_staleness": "1h"},
+        outputs=[{"type": "jwks", "path": str(env.jwks)}, signer],
+    )
+    assert config_violations(load_config(env.config_path, environ={})) == []
     # A signer output with private keys still needs a source that has them.
     env.config(
         source=source,
