@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import subprocess
 import threading
@@ -406,7 +407,8 @@ def test_the_readme_signer_signs_what_the_jwks_verifies(
 
 @dataclass
 class LaggingConsumer:
-    """A verifier that reloads the JWKS ``lag`` seconds after keysetd wrote it."""
+    """A verifier that loads each JWKS ``lag`` seconds after keysetd wrote it (its mtime, so a
+    poll that runs late on a busy machine does not add to the lag)."""
 
     path: Path
     lag: float
@@ -416,16 +418,17 @@ class LaggingConsumer:
     def poll(self, stop: threading.Event) -> None:
         while not stop.wait(0.01):
             try:
-                data = self.path.read_bytes()
+                with self.path.open("rb") as file:  # mtime and bytes of the same file
+                    written, data = os.fstat(file.fileno()).st_mtime, file.read()
             except FileNotFoundError:
                 continue
             with self.lock:
                 if not self.seen or self.seen[-1][1] != data:
-                    self.seen.append((time.monotonic(), data))
+                    self.seen.append((written, data))
 
     def loaded(self) -> jwt.PyJWKSet | None:
-        """The JWKS this consumer uses now: the newest one read at least ``lag`` ago."""
-        cutoff = time.monotonic() - self.lag
+        """The JWKS this consumer uses now: the newest one written at least ``lag`` ago."""
+        cutoff = time.time() - self.lag
         with self.lock:
             usable = [data for at, data in self.seen if at <= cutoff]
         return jwt.PyJWKSet.from_json(usable[-1].decode()) if usable else None
