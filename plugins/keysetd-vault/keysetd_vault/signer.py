@@ -29,7 +29,7 @@ from keysetd.plugin import (
 )
 from keysetd_vault.source import VaultTransitConfig, _kid_format, _mount, transit_version
 
-__all__ = ["TransitSignerConfig", "TransitSignerOutput", "transit_version"]
+__all__ = ["SIGN_PARAMETERS", "TransitSignerConfig", "TransitSignerOutput"]
 
 #: JWS alg -> the ``transit/sign`` parameters whose signature is that alg's JWS signature
 #: (ECDSA marshalled as JWS r||s; ed25519 and RSA return standard base64 of raw bytes).
