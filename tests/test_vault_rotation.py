@@ -363,6 +363,37 @@ def test_bad_input_from_vault_keeps_the_outputs_byte_for_byte(
     assert env.snapshot_outputs() == before
 
 
+def test_revoking_the_signing_version_withdraws_the_output_until_it_leaves_transit(
+    bao: Bao, env: Env, tmp_path: Path
+) -> None:
+    """Break-glass on transit: the revoked version is withdrawn from signers at once; transit
+    keeps returning it, so every fetch is refused until min_decryption_version passes it."""
+    bao.create_key("rv", "ecdsa-p256")
+    signer = env.out / "transit-signer.json"
+    env.config(
+        source=transit_config(bao, token_file(bao, tmp_path), "rv"),
+        outputs=[
+            {"type": "jwks", "path": str(env.jwks)},
+            {"type": "transit_signer", "path": str(signer)},
+        ],
+    )
+    assert env.keysetd("once", "-c", str(env.config_path)).returncode == 0
+    assert env.keysetd("revoke", "rv-v1", "-c", str(env.config_path)).returncode == 0
+    done = env.keysetd("once", "-c", str(env.config_path))
+    assert done.returncode == 1 and "rv-v1" in done.stderr and "revoked" in done.stderr
+    assert not signer.exists()  # no signing key is better than a revoked one
+    assert json.loads(env.jwks.read_text())["keys"] == []
+    # The way out: a new version, then the revoked one out of transit's published range.
+    done = env.keysetd("rotate", "-c", str(env.config_path))
+    assert done.returncode == 0, done.stderr
+    assert env.keysetd("once", "-c", str(env.config_path)).returncode == 1  # v1 still there
+    bao.api("POST", "transit/keys/rv/config", {"min_decryption_version": 2})
+    done = env.keysetd("once", "-c", str(env.config_path))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(signer.read_text())["kid"] == "rv-v2"
+    assert [k["kid"] for k in json.loads(env.jwks.read_text())["keys"]] == ["rv-v2"]
+
+
 # --- end to end: signing through transit/sign across managed rotations ----------------------
 
 
