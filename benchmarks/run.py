@@ -30,6 +30,7 @@ NAMES = (
     "verify",
     "nats",
     "fleet",
+    "sealing",
 )
 
 
@@ -43,6 +44,7 @@ def _benchmarks() -> dict[str, Callable[[], Sequence[object]]]:
         peer,
         propagation,
         scale,
+        sealing,
         sources,
         verify,
     )
@@ -58,6 +60,7 @@ def _benchmarks() -> dict[str, Callable[[], Sequence[object]]]:
         "verify": verify.run,
         "nats": nats_rotation.run,
         "fleet": fleet.run,
+        "sealing": sealing.run,
     }
 
 

@@ -1,4 +1,4 @@
-"""The audit log: ``audit.jsonl`` in state_dir, JSON lines chained by SHA-256.
+"""The audit log: ``audit.jsonl`` in state_dir, JSON lines chained by SHA-256 or an HMAC.
 
 Each line carries ``prev``, the SHA-256 (hex) of the previous line's bytes, and
 ``seq``; the first line's ``prev`` is 64 zeros. Deleting, reordering or inserting
@@ -18,35 +18,69 @@ the head, so the gap stays visible. A log without ``audit.head`` (written
 before it existed, or the head lost) verifies by its chain alone, with a note.
 Moving ``audit.jsonl`` away continues the chain from its head; to start a new
 chain, move ``audit.head`` away too.
+
+The chain alone is unkeyed: whoever can write the files can rewrite them whole.
+With ``[state] encryption`` it is keyed from ``AuditKey.since`` on: ``prev`` is the
+HMAC-SHA256 of the previous line under the audit key (sealed in ``audit.key``),
+lines say ``"chain": "hmac-sha256"``, and the head carries a ``mac``; a rewrite
+without the key fails ``verify``. Past ``max_bytes`` the log is moved to
+``audit.<first seq>.jsonl`` and the next line chains on from its last one;
+``verify`` and ``export`` read the rotated files first, oldest to newest.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import hmac
 import json
 import os
+import re
 import stat
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from keysetd.atomic import append_durable, write_atomic
+from keysetd.atomic import append_durable, fsync_dir, write_atomic
 
-__all__ = ["GENESIS", "AuditLog", "Head", "Verdict", "head_path", "read_head", "verify"]
+if TYPE_CHECKING:
+    from keysetd.state import AuditKey
+
+__all__ = [
+    "CHAIN_KEYED",
+    "GENESIS",
+    "AuditLog",
+    "Head",
+    "Verdict",
+    "export",
+    "head_mac",
+    "head_path",
+    "read_head",
+    "rotated_files",
+    "verify",
+]
 
 GENESIS = "0" * 64
 AUDIT_MODE = 0o600
 _TAIL_WINDOW = 1 << 16
-_RESERVED = frozenset({"seq", "time", "prev"})
+_RESERVED = frozenset({"seq", "time", "prev", "chain"})
+#: ``chain`` of a line whose ``prev`` is the HMAC-SHA256 of the line before, under the audit key.
+CHAIN_KEYED = "hmac-sha256"
 _MAX_HEAD = 4096
 _HEX = frozenset("0123456789abcdef")
 
 
 def _digest(line: bytes) -> str:
     return hashlib.sha256(line).hexdigest()
+
+
+def _link(line: bytes, key: bytes | None) -> str:
+    """What the next line's ``prev`` holds: the HMAC-SHA256 under the audit key, or SHA-256."""
+    if key is None:
+        return _digest(line)
+    return hmac.new(key, line, hashlib.sha256).hexdigest()
 
 
 def _last_newline(fd: int, end: int) -> int:
@@ -82,9 +116,19 @@ class Head:
 
     seq: int
     sha256: str
+    #: With a keyed chain: the HMAC of seq and sha256 under the audit key (``head_mac``), so
+    #: the last line cannot be edited with the head rewritten to match.
+    mac: str | None = None
 
     def render(self) -> bytes:
-        return json.dumps({"seq": self.seq, "sha256": self.sha256}, sort_keys=True).encode() + b"\n"
+        doc: dict[str, Any] = {"seq": self.seq, "sha256": self.sha256}
+        if self.mac is not None:
+            doc["mac"] = self.mac
+        return json.dumps(doc, sort_keys=True).encode() + b"\n"
+
+
+def head_mac(key: bytes, seq: int, sha256: str) -> str:
+    return hmac.new(key, f"audit.head:{seq}:{sha256}".encode(), hashlib.sha256).hexdigest()
 
 
 def read_head(path: Path) -> Head | None:
@@ -112,7 +156,8 @@ def read_head(path: Path) -> Head | None:
         raise ValueError("no seq >= 1")
     if not isinstance(digest, str) or len(digest) != 64 or not _HEX.issuperset(digest):
         raise ValueError("no sha256 of 64 hex digits")
-    return Head(seq, digest)
+    mac = doc.get("mac")
+    return Head(seq, digest, mac if isinstance(mac, str) else None)
 
 
 def _usable_head(path: Path) -> Head | None:
@@ -143,12 +188,31 @@ def _next_link(last: bytes | None, head: Head | None) -> tuple[int, str]:
 
 
 class AuditLog:
-    """Appends events to one ``audit.jsonl`` and records its head in ``audit.head``."""
+    """Appends events to one ``audit.jsonl`` and records its head in ``audit.head``.
 
-    def __init__(self, path: Path, clock: Any = time.time) -> None:
+    ``key`` (with ``[state] encryption``): called under the lock with the seq of the next
+    line, it returns the audit key (made then if there is none), or None when it cannot be
+    had now (the key provider is down): those lines are chained unkeyed, and ``verify``
+    fails until a keyed line covers them. ``max_bytes``: past it the log is rotated to
+    ``audit.<first seq>.jsonl`` and a new file chains on from its last line; ``keep``
+    rotated files are kept.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        clock: Any = time.time,
+        *,
+        key: Callable[[int], AuditKey | None] | None = None,
+        max_bytes: int | None = None,
+        keep: int = 8,
+    ) -> None:
         self.path = path
         self.head_path = head_path(path)
         self.clock = clock
+        self._key = key
+        self._max_bytes = max_bytes
+        self._keep = keep
 
     def append(self, event: str, **fields: Any) -> None:
         """Write one event line, chained to the line before it."""
@@ -161,11 +225,18 @@ class AuditLog:
         for fields in entries:
             if reserved := _RESERVED & fields.keys():
                 raise ValueError(f"audit fields {sorted(reserved)} are set by the log itself")
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, AUDIT_MODE)
+        fd = self._open_locked()
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
             self._repair_torn_tail(fd)
-            first, prev = _next_link(_last_line(fd), _usable_head(self.head_path))
+            last = _last_line(fd)
+            if last is None:  # a new file after a rotation chains on from the rotated one
+                last = _last_rotated_line(self.path)
+            head = _usable_head(self.head_path)
+            first, prev = _next_link(last, head)
+            audit_key = self._key(first) if self._key is not None and first > 0 else None
+            key = audit_key.key if audit_key is not None and first >= audit_key.since else None
+            if last is not None and (first, prev) == _next_link(last, None):
+                prev = _link(last, key)  # not a gap after a cut: chain to the line itself
             seq = first
             now = round(self.clock(), 3)
             lines = []
@@ -173,16 +244,46 @@ class AuditLog:
                 entry = {"seq": seq, "time": now, "event": fields["event"]}
                 entry.update({k: v for k, v in fields.items() if v is not None})
                 entry["prev"] = prev
+                if key is not None:
+                    entry["chain"] = CHAIN_KEYED
                 line = json.dumps(entry, sort_keys=True, separators=(",", ":"), default=str)
                 lines.append(line.encode())
-                seq, prev = seq + 1, _digest(lines[-1])
+                seq, prev = seq + 1, _link(lines[-1], key)
             append_durable(fd, b"\n".join(lines) + b"\n")
             if first > 0:  # seq 0 follows an unreadable line: no head worth recording
                 # Still under the lock, so heads are written in the order of their lines.
-                head = Head(seq - 1, prev).render()
-                write_atomic(self.head_path, head, AUDIT_MODE, durable=False)
+                last_sha = _digest(lines[-1])
+                mac = head_mac(key, seq - 1, last_sha) if key is not None else None
+                head_line = Head(seq - 1, last_sha, mac).render()
+                write_atomic(self.head_path, head_line, AUDIT_MODE, durable=False)
+            if self._max_bytes is not None and os.fstat(fd).st_size >= self._max_bytes:
+                self._rotate(fd)
         finally:
             os.close(fd)
+
+    def _open_locked(self) -> int:
+        """The log's fd, locked; reopened when another writer rotated it meanwhile."""
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, AUDIT_MODE)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    return fd
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+
+    def _rotate(self, fd: int) -> None:
+        """Move the full log aside as ``audit.<first seq>.jsonl``; drop the oldest past keep."""
+        first_line = os.pread(fd, _TAIL_WINDOW, 0).split(b"\n", 1)[0]
+        try:
+            first = int(json.loads(first_line)["seq"])
+        except (ValueError, TypeError, KeyError, OverflowError):
+            return  # a broken log stays where verify can name the break
+        os.rename(self.path, rotated_path(self.path, first))
+        fsync_dir(self.path.parent)
+        for old in rotated_files(self.path)[: -self._keep or None] if self._keep else []:
+            old.unlink(missing_ok=True)
 
     @staticmethod
     def _repair_torn_tail(fd: int) -> None:
@@ -195,32 +296,63 @@ class AuditLog:
         os.fsync(fd)
 
 
+def rotated_path(log: Path, first_seq: int) -> Path:
+    """Where a rotated log goes: ``audit.<first seq, 12 digits>.jsonl`` beside ``audit.jsonl``."""
+    return log.with_name(f"{log.stem}.{first_seq:012d}{log.suffix}")
+
+
+def rotated_files(log: Path) -> list[Path]:
+    """The rotated files of ``log``, oldest first."""
+    pattern = re.compile(rf"{re.escape(log.stem)}\.(\d{{12}}){re.escape(log.suffix)}")
+    try:
+        names = os.listdir(log.parent)
+    except FileNotFoundError:
+        return []
+    return [log.parent / name for name in sorted(names) if pattern.fullmatch(name)]
+
+
+def _last_rotated_line(log: Path) -> bytes | None:
+    rotated = rotated_files(log)
+    if not rotated:
+        return None
+    fd = os.open(rotated[-1], os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return _last_line(fd)
+    finally:
+        os.close(fd)
+
+
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """The result of checking the chain: ``broken_line`` is 1-based, None when intact.
 
     ``reason`` says why it is broken, or, when intact, anything the check could not cover.
+    ``keyed``: lines from ``AuditKey.since`` on were checked with the audit key.
     """
 
     lines: int
     broken_line: int | None = None
     reason: str = ""
+    keyed: bool = False
 
     @property
     def ok(self) -> bool:
         return self.broken_line is None
 
 
-def _lines(path: Path) -> Iterator[bytes]:
-    with path.open("rb") as handle:
-        yield from handle
+def _lines(paths: Sequence[Path]) -> Iterator[tuple[Path, bytes]]:
+    for path in paths:
+        with path.open("rb") as handle:
+            for raw in handle:
+                yield path, raw
 
 
-def _broken_link(number: int) -> str:
+def _broken_link(number: int, keyed: bool) -> str:
     if number == 1:
         return "prev is not the genesis value: the log does not start here"
+    what = "the audit key's HMAC" if keyed else "the SHA-256"
     return (
-        f"prev does not match the SHA-256 of line {number - 1}"
+        f"prev does not match {what} of line {number - 1}"
         f" (line {number - 1} edited, or lines removed, inserted or reordered here)"
     )
 
@@ -229,24 +361,136 @@ def _seqs(first: int, last: int) -> str:
     return f"seq {first}" if first == last else f"seq {first}-{last}"
 
 
-def _cut_short(count: int, head: Head, where: Path, *, exists: bool = True) -> Verdict:
-    """The log ends (after ``count`` good lines) before the head recorded in ``where``."""
+def _cut_short(
+    count: int, last_seq: int, head: Head, where: Path, *, exists: bool = True
+) -> Verdict:
+    """The log ends (after ``count`` good lines, at ``last_seq``) before the head in ``where``."""
     if not exists:
         ends = "there is no audit log"
     else:
-        ends = f"the log ends at seq {count}" if count else "the log is empty"
+        ends = f"the log ends at seq {last_seq}" if count else "the log is empty"
     return Verdict(
         count,
         count + 1,
         f"{ends} but {where.name} records seq {head.seq}:"
-        f" {_seqs(count + 1, head.seq)} missing (lines cut off the end)",
+        f" {_seqs(last_seq + 1, head.seq)} missing (lines cut off the end)",
     )
 
 
-def verify(path: Path, head_file: Path | None = None) -> Verdict:
-    """Check every line's JSON, sequence number and hash link, and the end against the head.
+@dataclass(slots=True)
+class _Walk:
+    """What ``verify`` carries from one line to the next."""
 
-    Stops at the first break. ``head_file`` defaults to ``audit.head`` beside ``path``.
+    path: Path
+    first_file: Path
+    key: AuditKey | None
+    head: Head | None
+    where: Path
+    note: str = ""
+    previous: bytes | None = None
+    expected_seq: int | None = None
+    count: int = 0
+    last_seq: int = 0
+    #: Unkeyed seqs from key.since on, after the last keyed line; and those a keyed line covered.
+    uncovered: list[int] = field(default_factory=list)
+    covered: int = 0
+
+    def line(self, number: int, file: Path, raw: bytes) -> Verdict | None:
+        """Check one line; the Verdict of the break, or None."""
+        self.count = number
+        named = "" if file == self.path else f" ({file.name})"
+        if not raw.endswith(b"\n"):
+            return Verdict(number, number, f"the line is torn (no newline){named}")
+        line = raw[:-1]
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            return Verdict(number, number, f"not valid JSON{named}")
+        if not isinstance(entry, dict):
+            return Verdict(number, number, f"not a JSON object{named}")
+        seq, keyed = entry.get("seq"), entry.get("chain") == CHAIN_KEYED
+        if keyed and self.key is None:
+            return Verdict(
+                number,
+                number,
+                f"the line is keyed (HMAC) but no audit key is configured to check it{named}:"
+                " set [state] encryption as the daemon has it",
+            )
+        rotated_away = number == 1 and self.first_file != self.path
+        if rotated_away and type(seq) is int and seq > 1:
+            self.expected_seq = seq  # older rotated files were removed: the chain starts here
+            self.note = f"starts at seq {seq} (older files rotated away)"
+        else:
+            key = self.key.key if keyed and self.key is not None else None
+            link = _link(self.previous, key) if self.previous is not None else GENESIS
+            if entry.get("prev") != link:
+                return Verdict(number, number, _broken_link(number, keyed) + named)
+        expected = 1 if self.expected_seq is None else self.expected_seq
+        if type(seq) is not int or seq != expected:
+            return Verdict(number, number, f"seq {seq!r}, expected {expected}{named}")
+        if self.key is not None and seq >= self.key.since:
+            if keyed:
+                self.covered, self.uncovered = self.covered + len(self.uncovered), []
+            else:
+                self.uncovered.append(seq)
+        self.previous, self.expected_seq, self.last_seq = line, seq + 1, seq
+        head = self.head
+        if head is not None and seq == head.seq and _digest(line) != head.sha256:
+            return Verdict(
+                number,
+                number,
+                f"the SHA-256 of seq {seq} is not the one {self.where.name} records"
+                " (the line was edited or replaced)",
+            )
+        return None
+
+    def end(self) -> Verdict:
+        count, key = self.count, self.key
+        if self.head is not None and self.last_seq < self.head.seq:
+            return _cut_short(count, self.last_seq, self.head, self.where)
+        if self.uncovered:
+            first, last = self.uncovered[0], self.uncovered[-1]
+            return Verdict(
+                count,
+                count - len(self.uncovered) + 1,
+                f"{_seqs(first, last)} not keyed though the chain is keyed from"
+                f" seq {key.since if key else '?'}: rewritten, or written while the key"
+                " provider was down and not yet covered by a keyed line",
+                keyed=True,
+            )
+        head = self.head
+        signed = key is not None and head is not None and head.seq >= key.since
+        if signed and not _signed_by(head, key):
+            return Verdict(
+                count,
+                count,
+                f"{self.where.name} is not signed by the audit key: edited or replaced, so"
+                " the end of the log cannot be trusted",
+                keyed=True,
+            )
+        notes = [self.note] if self.note else []
+        if key is not None and self.covered:
+            notes.append(
+                f"{self.covered} line(s) written while the key provider was down,"
+                " covered by keyed lines"
+            )
+        return Verdict(count, None, "; ".join(notes) if count else "", keyed=key is not None)
+
+
+def _signed_by(head: Head | None, key: AuditKey | None) -> bool:
+    if head is None or key is None or head.mac is None:
+        return False
+    return hmac.compare_digest(head.mac, head_mac(key.key, head.seq, head.sha256))
+
+
+def verify(path: Path, head_file: Path | None = None, *, key: AuditKey | None = None) -> Verdict:
+    """Check every line's JSON, sequence number and link, across rotated files, and the end
+    against the head. Stops at the first break.
+
+    ``head_file`` defaults to ``audit.head`` beside ``path``. With ``key``, lines from
+    ``key.since`` on must be linked by the key's HMAC: a full rewrite cannot forge them.
+    Unkeyed lines there (written while the key provider was down) are accepted only when
+    a keyed line after them covers them.
     """
     where = head_path(path) if head_file is None else head_file
     try:
@@ -255,37 +499,33 @@ def verify(path: Path, head_file: Path | None = None) -> Verdict:
         head, note = None, f"{where.name} is unreadable ({exc}): the end of the log is unchecked"
     else:
         note = "" if head else f"no {where.name}: the end of the log is unchecked"
-    prev, expected_seq, count = GENESIS, 1, 0
+    files = rotated_files(path)
+    if path.exists() or not files:
+        files.append(path)
+    walk = _Walk(path, files[0], key, head, where)
     try:
-        lines = _lines(path)
-        for number, raw in enumerate(lines, start=1):
-            count = number
-            if not raw.endswith(b"\n"):
-                return Verdict(number, number, "the line is torn (no newline)")
-            line = raw[:-1]
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                return Verdict(number, number, "not valid JSON")
-            if not isinstance(entry, dict):
-                return Verdict(number, number, "not a JSON object")
-            if entry.get("prev") != prev:
-                return Verdict(number, number, _broken_link(number))
-            seq = entry.get("seq")
-            if type(seq) is not int or seq != expected_seq:
-                return Verdict(number, number, f"seq {entry.get('seq')!r}, expected {expected_seq}")
-            prev, expected_seq = _digest(line), expected_seq + 1
-            if head is not None and seq == head.seq and prev != head.sha256:
-                return Verdict(
-                    number,
-                    number,
-                    f"the SHA-256 of seq {seq} is not the one {where.name} records"
-                    " (the line was edited or replaced)",
-                )
+        for number, (file, raw) in enumerate(_lines(files), start=1):
+            if (broken := walk.line(number, file, raw)) is not None:
+                return broken
     except FileNotFoundError:
         if head is not None:
-            return _cut_short(0, head, where, exists=False)
-        return Verdict(0, None, "no audit log yet")
-    if head is not None and count < head.seq:
-        return _cut_short(count, head, where)
-    return Verdict(count, None, note if count else "")
+            return _cut_short(0, 0, head, where, exists=False)
+        return Verdict(0, None, "no audit log yet", keyed=key is not None)
+    if note and not walk.note:
+        walk.note = note
+    elif note:
+        walk.note = f"{note}; {walk.note}"
+    return walk.end()
+
+
+def export(path: Path, first_seq: int = 1) -> Iterator[bytes]:
+    """The log's lines (newline included) from ``first_seq`` on, across rotated files."""
+    files = [*rotated_files(path), path]
+    for _file, raw in _lines([f for f in files if f.exists()]):
+        try:
+            seq = json.loads(raw).get("seq")
+        except (ValueError, AttributeError):
+            seq = None
+        if type(seq) is int and seq < first_seq:
+            continue
+        yield raw if raw.endswith(b"\n") else raw + b"\n"

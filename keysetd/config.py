@@ -34,6 +34,8 @@ from pydantic_settings import (
 
 from keysetd.errors import ConfigError, PluginError
 from keysetd.extension import (
+    KeyProvider,
+    KeyProviderConfig,
     Notifier,
     NotifierConfig,
     Output,
@@ -46,6 +48,7 @@ from keysetd.extension import (
 from keysetd.httpcheck import check_http_url
 from keysetd.readfile import read_limited
 from keysetd.registry import load
+from keysetd.sealing import Sealer
 from keysetd.tables import (
     After,
     Before,
@@ -71,6 +74,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_MAX_STALENESS",
     "RGS_SOURCE_VARS",
+    "AuditSettings",
     "Config",
     "FleetSettings",
     "PolicySettings",
@@ -117,6 +121,19 @@ class RotationSettings(Table):
     every: RotationPeriod
     alg: Literal["ES256", "ES384", "EdDSA", "RS256", "PS256"] = "ES256"
     kid_prefix: str = ""
+
+
+def _whole(value: int) -> int:
+    if value < 1:
+        raise ValueError("must be 1 or more")
+    return value
+
+
+class AuditSettings(Table):
+    """``[audit]``: audit.jsonl is rotated past ``max_bytes``; ``keep`` rotated files stay."""
+
+    max_bytes: Annotated[int, After(_whole)] = 16 << 20
+    keep: Annotated[int, After(_whole)] = 8
 
 
 def _default_replica_id() -> str:
@@ -220,6 +237,9 @@ class Settings(BaseSettings):
     policy: PolicySettings = PolicySettings()
     rotation: RotationSettings | None = None
     fleet: FleetSettings | None = None
+    #: ``[state]``: ``encryption`` names the key provider; the rest is that provider's table.
+    state: dict[str, Any] = Field(default_factory=dict)
+    audit: AuditSettings = AuditSettings()
     outputs: list[dict[str, Any]] = Field(default_factory=list)
     notify: list[dict[str, Any]] = Field(default_factory=list)
 
@@ -315,10 +335,24 @@ class Config:
     source: SourceConfig
     outputs: tuple[tuple[type[Output], OutputConfig], ...]
     notifiers: tuple[tuple[type[Notifier], NotifierConfig], ...]
+    #: ``[state] encryption``: the key provider and its table (None: state in plaintext).
+    key_provider: tuple[type[KeyProvider], KeyProviderConfig] | None = None
 
     @property
     def state_dir(self) -> Path:
         return self.settings.state_dir
+
+    @property
+    def key_provider_name(self) -> str:
+        """``[state] encryption``: the key provider's name, or "none"."""
+        return "none" if self.key_provider is None else self.key_provider[1].type
+
+    def build_sealer(self) -> Sealer | None:
+        """The sealer of state_dir's private files, or None when encryption is off."""
+        if self.key_provider is None:
+            return None
+        cls, table = self.key_provider
+        return Sealer(cls(table))
 
     @property
     def policy(self) -> PolicySettings:
@@ -646,6 +680,29 @@ def _check_names(
                 problems.append(f"notify.{index}.outputs: no output is named {wanted!r}")
 
 
+def _key_provider(
+    table: dict[str, Any], problems: list[str], origins: Mapping[str, str]
+) -> tuple[type[KeyProvider], KeyProviderConfig] | None:
+    """``[state]``: the key provider ``encryption`` names, its table checked by its Config."""
+    table = dict(table)
+    kind = table.get("encryption", "none")
+    if kind == "none":
+        if extra := sorted(set(table) - {"encryption"}):
+            problems.append(f"state.{extra[0]}: only with an encryption other than 'none'")
+        return None
+    if not isinstance(kind, str) or not kind:
+        problems.append("state.encryption: must be a provider name or 'none'")
+        return None
+    rest = {key: value for key, value in table.items() if key != "encryption"}
+    found = _plugin_table(
+        "keysetd.key_providers", {**rest, "type": kind}, "state", problems, origins
+    )
+    if found is None:
+        for index, problem in enumerate(problems):  # the table's key is encryption, not type
+            problems[index] = problem.replace("state.type:", "state.encryption:")
+    return found
+
+
 def _check_rotation(
     settings: Settings, source_class: type[Source] | None, problems: list[str]
 ) -> None:
@@ -741,6 +798,7 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
             problems += [f"outputs.{index}: {p}" for p in output.check_source(source[1])]
     if settings is not None and settings.rotation is not None:
         _check_rotation(settings, source[0] if source else None, problems)
+    key_provider = _key_provider(settings.state if settings else {}, problems, origins)
     if source is not None and (problem := _external_keyset_problem(env, source[1].type)):
         problems.append(problem)
     if problems or settings is None or source is None:
@@ -752,5 +810,6 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
         source=source[1],
         outputs=tuple(outputs.values()),
         notifiers=tuple(notifiers),
+        key_provider=key_provider,
     )
     return config

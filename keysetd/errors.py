@@ -7,7 +7,8 @@
     ├── InvalidKeyset   .problems: tuple of Problem(kid, rule, detail); never key bytes
     ├── OutputError     names output and path
     ├── NotifyError     names the notifier; never rolls back outputs
-    └── StoreError      fleet store (etcd): names the endpoint and operation; never values
+    ├── StoreError      fleet store (etcd): names the endpoint and operation; never values
+    └── SealError       encrypted state: names the file and the key provider; never key bytes
 
 Messages name kids, rules, paths and plugins; they never carry key material.
 Foreign errors are translated at the seam: ``raise SourceError(...) from exc``.
@@ -25,6 +26,7 @@ __all__ = [
     "OutputError",
     "PluginError",
     "Problem",
+    "SealError",
     "SourceError",
     "StoreError",
 ]
@@ -116,3 +118,13 @@ class StoreError(KeysetdError):
         self.endpoint = endpoint
         self.reason = reason
         super().__init__(f"etcd {operation} ({endpoint}): {reason}")
+
+
+class SealError(KeysetdError):
+    """An encrypted state file could not be sealed or opened (key provider down, wrong key,
+    corrupt or swapped file). Names what and where; never a data key or what it protects."""
+
+    def __init__(self, where: str, reason: str) -> None:
+        self.where = where
+        self.reason = reason
+        super().__init__(f"encrypted state {where}: {reason}")

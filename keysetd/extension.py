@@ -1,24 +1,29 @@
-"""The three extension points: source, output and notifier, with their config tables.
+"""The extension points: source, output, notifier and key provider, with their config tables.
 
-A plugin is a class registered under ``keysetd.sources``, ``keysetd.outputs`` or
-``keysetd.notifiers`` (see ``keysetd.registry``); its ``Config`` (a ``Table``: a pydantic
-model that forbids unknown keys) validates its config table, and ``__init__(config)`` builds it.
+A plugin is a class registered under ``keysetd.sources``, ``keysetd.outputs``,
+``keysetd.notifiers`` or ``keysetd.key_providers`` (see ``keysetd.registry``); its
+``Config`` (a ``Table``: a pydantic model that forbids unknown keys) validates its config
+table, and ``__init__(config)`` builds it.
 Internal: plugins import these from ``keysetd.plugin``, the public API.
 """
 
 from __future__ import annotations
 
 import enum
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from keysetd.model import Keyset, Snapshot
+from keysetd.sealing import DATA_KEY_BYTES, WrappedKey
 from keysetd.tables import Table
-from keysetd.units import FileMode, RefreshInterval, Timeout
+from keysetd.units import Duration, FileMode, RefreshInterval, Timeout
 
 __all__ = [
+    "KeyProvider",
+    "KeyProviderConfig",
     "Notifier",
     "NotifierConfig",
     "NotifyEvent",
@@ -228,3 +233,42 @@ class Notifier:
     def notify(self, event: NotifyEvent) -> None:
         """Deliver one notification or raise NotifyError."""
         raise NotImplementedError
+
+
+class KeyProviderConfig(PluginConfig):
+    """``[state]`` with ``encryption = TYPE``: the provider's table (``type`` is ``encryption``)."""
+
+    #: How long an unwrapped data key stays in memory (0: not at all).
+    cache_ttl: Duration = 300.0
+    timeout: Timeout = 10.0
+
+
+class KeyProvider:
+    """Wraps and unwraps data keys; failures raise ``SealError`` naming the provider.
+
+    A provider wraps with the associated data it is given and refuses to unwrap
+    with any other. ``wrap`` uses the provider's current key version.
+    """
+
+    Config: ClassVar[type[KeyProviderConfig]] = KeyProviderConfig
+
+    def __init__(self, config: Any) -> None:
+        self.config: KeyProviderConfig = config
+
+    def describe(self) -> str:
+        """How errors name the provider, e.g. ``vault_transit:https://vault:8200/transit/state``."""
+        return self.config.type
+
+    def new_key(self, aad: bytes) -> tuple[bytes, WrappedKey]:
+        """A fresh data key and its wrapped form (KMS overrides this: GenerateDataKey)."""
+        data_key = os.urandom(DATA_KEY_BYTES)
+        return data_key, self.wrap(data_key, aad)
+
+    def wrap(self, data_key: bytes, aad: bytes) -> WrappedKey:
+        raise NotImplementedError
+
+    def unwrap(self, wrapped: WrappedKey, aad: bytes) -> bytes:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release connections; called on shutdown and config reload."""

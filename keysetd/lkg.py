@@ -13,6 +13,7 @@ import logging
 from collections.abc import Sequence
 
 from keysetd import failpoints
+from keysetd.errors import SealError
 from keysetd.history import Records
 from keysetd.log import event
 from keysetd.record import Recorder
@@ -46,6 +47,10 @@ class Keeper:
         except UntrustedLastKnownGood as exc:
             self.refuse(str(exc))
             return None
+        except SealError as exc:  # the key provider is down, or the file does not open
+            self._recorder.status["state_error"] = str(exc)
+            self.refuse(str(exc))
+            return None
 
     def refuse(self, message: str) -> None:
         """Log every refusal; audit and put in status each new reason once (no flood)."""
@@ -62,6 +67,7 @@ class Keeper:
         """Record that outputs now hold the last-known-good again."""
         status = self._recorder.status
         status.pop("lkg_error", None)
+        status.pop("state_error", None)  # it opened: the key provider answers again
         status["lkg_fetched_at"] = lkg.fetched_at
         event("published_last_known_good", fingerprint=fingerprint, outputs=",".join(changed))
         self._recorder.audit("published_last_known_good", fingerprint=fingerprint)

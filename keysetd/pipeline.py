@@ -32,6 +32,7 @@ from keysetd.errors import (
     NotifyError,
     OutputError,
     Problem,
+    SealError,
     SourceError,
 )
 from keysetd.extension import Notifier, Output, Role, Source
@@ -106,11 +107,13 @@ class Pipeline:
         self.state = state
         rotation = config.settings.rotation
         # ConfigError when [rotation] names a source keysetd cannot write.
-        managed = None if rotation is None else writable_source(config)
+        managed = None
+        if rotation is not None:
+            managed = writable_source(config, state.sealer, upgrade=not read_only)
         self.source: Source = config.build_source() if managed is None else managed
         self.outputs: tuple[Output, ...] = config.build_outputs()
         self.notifiers: tuple[Notifier, ...] = config.build_notifiers()
-        self.recorder = Recorder(state, self.source, self.outputs, clock)
+        self.recorder = Recorder(state, self.source, self.outputs, clock, config.settings.audit)
         self.ledger = Ledger(state, self.recorder)
         self.fleet: FleetMember | None = None
         if config.settings.fleet is not None:
@@ -147,6 +150,8 @@ class Pipeline:
                 recorder=self.recorder,
                 retention=self.policy.retention,
             )
+        #: Plaintext private files left in state_dir are sealed (once) before the first cycle.
+        self._secured = state.sealer is None
         self._keyset: Keyset | None = None
         self._last_data: bytes | None = None
         #: Kids the last fetched snapshot was refused for as ``kid-reused``.
@@ -164,9 +169,13 @@ class Pipeline:
         backlog: Backlog | None = None,
         fleet: FleetMember | None = None,
     ) -> Pipeline:
-        """The pipeline of a writer (the daemon, ``keysetd once``): state_dir made if missing."""
-        state = StateStore(config.state_dir)
+        """The pipeline of a writer (the daemon, ``keysetd once``): state_dir made if missing.
+
+        ConfigError when state_dir is encrypted and ``[state] encryption`` is not set.
+        """
+        state = StateStore(config.state_dir, config.build_sealer())
         state.ensure()
+        state.check_encryption()
         return cls(config, state, clock=clock, rand=rand, backlog=backlog, fleet=fleet)
 
     @property
@@ -202,6 +211,8 @@ class Pipeline:
             self.fleet.close()
         self.source.close()
         self.recorder.close()
+        if self.state.sealer is not None:
+            self.state.sealer.close()
 
     # -- the cycle ---------------------------------------------------------
 
@@ -228,8 +239,24 @@ class Pipeline:
             failure = OutputError("state_dir", str(where), exc.strerror or str(exc))
             return self._failed(failure, "record", self.clock())
 
+    def _secure(self, now: float) -> None:
+        """Seal plaintext private files from before encryption was configured (read once,
+        written sealed); a key provider that fails is tried again next cycle."""
+        try:
+            sealed = self.state.secure(now)
+        except SealError as exc:
+            event("state_seal_failed", logging.ERROR, error=str(exc))
+            self.status["state_error"] = str(exc)
+            return
+        self._secured = True
+        if sealed:
+            event("state_sealed", files=",".join(sealed), encryption=self.config.key_provider_name)
+            self.recorder.audit("state_sealed", files=sealed)
+
     def _cycle(self, force: bool, fetch: bool) -> CycleResult:
         now = self.clock()
+        if not self._secured:
+            self._secure(now)
         if self.ledger.sync_revocations(now) and self._keyset is not None:
             self._apply_revocations(now)
         if self.fleet is None:
@@ -251,11 +278,16 @@ class Pipeline:
         except InvalidKeyset as exc:
             self._note_reused(exc, now)
             return self._failed(exc, "validate", now)
+        except SealError as exc:  # the signer keyset cannot be opened: nothing written
+            return self._failed(exc, "state", now)
         except KeysetdError as exc:
             return self._failed(exc, "commit", now)
         fmt = snapshot.format or self.config.source.format
         lkg = LastKnownGood(snapshot.data, fmt, snapshot.origin, now, result.fingerprint or "")
-        self.lkg.keep(lkg, self.ledger.saved)
+        try:
+            self.lkg.keep(lkg, self.ledger.saved)
+        except SealError as exc:  # never a plaintext fallback: the old sealed one stays
+            return self._failed(exc, "record", now)
         self._last_data = snapshot.data
         self._record_success(now, result)
         return self._manage(result, now)
@@ -426,6 +458,8 @@ class Pipeline:
     def _failed(self, exc: KeysetdError, stage: str, now: float) -> CycleResult:
         source = self.source.describe()
         event("cycle_failed", logging.ERROR, stage=stage, source=source, error=str(exc))
+        if isinstance(exc, SealError):
+            self.status["state_error"] = str(exc)
         from_lkg = False
         try:
             self.recorder.failed(stage, str(exc), failure_entry(exc, source), now)

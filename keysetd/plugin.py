@@ -7,7 +7,8 @@ major version. Nothing inside keysetd imports this module, so it can re-export f
 every layer without making a cycle.
 
 A plugin is a class registered under the entry-point group ``keysetd.sources``,
-``keysetd.outputs`` or ``keysetd.notifiers``; the name is the config ``type``. Its
+``keysetd.outputs``, ``keysetd.notifiers`` or ``keysetd.key_providers``; the name is
+the config ``type`` (``[state] encryption`` for a key provider). Its
 ``Config`` (a ``Table``: a pydantic model, unknown keys refused) validates its config table, and
 ``__init__(config)`` builds it.
 """
@@ -23,9 +24,12 @@ from keysetd.errors import (
     OutputError,
     PluginError,
     Problem,
+    SealError,
     SourceError,
 )
 from keysetd.extension import (
+    KeyProvider,
+    KeyProviderConfig,
     Notifier,
     NotifierConfig,
     NotifyEvent,
@@ -59,6 +63,7 @@ from keysetd.model import Key, Keyset, Snapshot, canonical_json
 from keysetd.outputs.nats import NatsPermissions, NatsSubjects
 from keysetd.readfile import read_limited
 from keysetd.sdnotify import notify as sd_notify
+from keysetd.sealing import WrappedKey
 from keysetd.tables import After, Before, Secret, Table, TableError, matches, non_empty, positive
 from keysetd.units import Duration, PositiveDuration, parse_duration
 
@@ -76,6 +81,10 @@ __all__ = [  # noqa: RUF022 (grouped by what a plugin needs)
     "SourceConfig",
     "SourceFormat",
     "WritableSource",
+    # [state] encryption: key providers
+    "KeyProvider",
+    "KeyProviderConfig",
+    "WrappedKey",
     # errors
     "ConfigError",
     "InvalidKeyset",
@@ -84,6 +93,7 @@ __all__ = [  # noqa: RUF022 (grouped by what a plugin needs)
     "OutputError",
     "PluginError",
     "Problem",
+    "SealError",
     "SourceError",
     # the keyset model
     "Key",

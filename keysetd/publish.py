@@ -73,8 +73,20 @@ class Publisher:
         #: Notifications that failed and are owed again (the daemon retries them).
         self.backlog = Backlog() if backlog is None else backlog
         self._written = Written()
-        #: The signer keyset last committed (private keys included): what signers hold.
-        self.signer: Keyset | None = _load_signer(state)
+        self._signer: Keyset | None = None
+        self._signer_loaded = False
+
+    @property
+    def signer(self) -> Keyset | None:
+        """The signer keyset last committed (private keys included): what signers hold.
+
+        Read from state_dir on first use; SealError while it is sealed and cannot be
+        opened (the key provider is down), so no plan is made without it.
+        """
+        if not self._signer_loaded:
+            self._signer = _load_signer(self._state)
+            self._signer_loaded = True
+        return self._signer
 
     def publish(self, planned: Plan, rendered: list[Rendered], now: float) -> Delivery:
         """A new plan: let notifiers veto the rendered bytes, then commit, notify and announce."""
@@ -182,7 +194,7 @@ class Publisher:
             return
         self._state.save_signer(render_keyset(signer))
         failpoints.hit("state.after-signer-save")  # failpoint (tests only)
-        self.signer = signer
+        self._signer, self._signer_loaded = signer, True
 
 
 def _load_signer(state: StateStore) -> Keyset | None:

@@ -9,20 +9,54 @@ and ``GET /status`` read; rewritten every cycle, so a failed write is logged, no
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from keysetd import failpoints
 from keysetd.audit import AuditLog
 from keysetd.dispatch import Backlog
-from keysetd.errors import InvalidKeyset, KeysetdError, SourceError
+from keysetd.errors import InvalidKeyset, KeysetdError, SealError, SourceError
 from keysetd.extension import Output, Source
 from keysetd.log import event
 from keysetd.plan import Plan
 from keysetd.repeats import RepeatedFailures
-from keysetd.state import StateStore
+from keysetd.state import AuditKey, StateStore
 
-__all__ = ["Recorder", "failure_entry"]
+if TYPE_CHECKING:
+    from keysetd.config import AuditSettings
+
+__all__ = ["AUDIT_KEY_RETRY", "Recorder", "audit_log", "failure_entry"]
+
+#: Seconds between attempts to unwrap the audit key after the key provider failed.
+AUDIT_KEY_RETRY = 30.0
+
+
+def audit_log(
+    state: StateStore, clock: Callable[[], float] = time.time, audit: AuditSettings | None = None
+) -> AuditLog:
+    """The audit log of ``state``: keyed with [state] encryption, rotated per ``[audit]``."""
+
+    failed_at = [-math.inf]
+
+    def key(first_seq: int) -> AuditKey | None:
+        if time.monotonic() - failed_at[0] < AUDIT_KEY_RETRY:
+            return None  # the provider just failed: no call (and its timeout) per line
+        try:
+            return state.audit_key(first_seq)
+        except SealError as exc:  # chained unkeyed until a keyed line covers it
+            failed_at[0] = time.monotonic()
+            event("audit_key_unavailable", logging.ERROR, error=str(exc))
+            return None
+
+    return AuditLog(
+        state.audit_path,
+        clock,
+        key=key if state.sealer is not None else None,
+        max_bytes=None if audit is None else audit.max_bytes,
+        keep=8 if audit is None else audit.keep,
+    )
 
 
 def failure_entry(exc: KeysetdError, source: str) -> dict[str, Any]:
@@ -48,12 +82,13 @@ class Recorder:
         source: Source,
         outputs: Sequence[Output],
         clock: Callable[[], float],
+        audit: AuditSettings | None = None,
     ) -> None:
         self.state = state
         self.clock = clock
         self._source = source
         self._outputs = tuple(outputs)
-        self._log = AuditLog(state.audit_path, clock)
+        self._log = audit_log(state, clock, audit)
         self._repeats = RepeatedFailures()
         #: What was last recorded in status.json (read at start, so a restart keeps it).
         self.status: dict[str, Any] = state.load_status() or {}
@@ -121,6 +156,7 @@ class Recorder:
         status = self._base(published)
         if fetched:
             self.recovered()
+            status.pop("state_error", None)
             status.update(last_error=self.reload_error, last_success_at=now, lkg_fetched_at=now)
             status["reload_error"] = self.reload_error
         status.update(notify_errors=backlog.errors, notify_retry_at=backlog.retry_at)

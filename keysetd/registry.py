@@ -1,10 +1,10 @@
 """The entry-point registry of sources, outputs and notifiers: list them, load one by name.
 
-A plugin is a class registered under ``keysetd.sources``, ``keysetd.outputs`` or
-``keysetd.notifiers``; the built-ins register through the same groups. Only the
-plugins a config names are imported, each checked when it loads (its base class and
-its ``Config`` table), and a name two distributions register is an error, not "last
-one wins" (as pluggy does it).
+A plugin is a class registered under ``keysetd.sources``, ``keysetd.outputs``,
+``keysetd.notifiers`` or ``keysetd.key_providers`` (``[state] encryption``); the
+built-ins register through the same groups. Only the plugins a config names are
+imported, each checked when it loads (its base class and its ``Config`` table), and
+a name two distributions register is an error, not "last one wins" (as pluggy does it).
 
 A built-in name resolves from ``BUILTINS`` without scanning the installed
 distributions: importlib.metadata costs ~28 ms and ~3 MB at start, a third of what
@@ -35,6 +35,7 @@ GROUPS: dict[str, str] = {
     "keysetd.sources": "Source",
     "keysetd.outputs": "Output",
     "keysetd.notifiers": "Notifier",
+    "keysetd.key_providers": "KeyProvider",
 }
 
 
@@ -60,6 +61,9 @@ BUILTINS: dict[str, dict[str, str]] = {
         "http": "keysetd.notifiers.http:HttpNotifier",
         "nats": "keysetd.notifiers.nats:NatsNotifier",
         "systemd": "keysetd.notifiers.systemd:SystemdNotifier",
+    },
+    "keysetd.key_providers": {
+        "key_file": "keysetd.keyfile:KeyFileProvider",
     },
 }
 

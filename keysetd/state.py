@@ -12,6 +12,14 @@ flipped, or the file swapped for another valid keyset) is refused by name
 older file than history names, which is refused too: republishing it would take
 outputs back to a keyset older than the one they hold. A history from before
 ``lkg_sha256`` existed checks nothing until the next save.
+
+With ``[state] encryption`` (a ``Sealer``), the files holding private material,
+``last-known-good.json``, ``signer-keyset.json`` and the audit chain's key
+``audit.key``, are sealed (keysetd.sealing);
+the digest history records is of the sealed bytes. ``secure`` seals plaintext
+files left from before and then writes ``encryption.json``; from then on a
+plaintext file there is refused, and a store without a sealer refuses to open
+it at all: encrypted state is never silently downgraded.
 """
 
 from __future__ import annotations
@@ -31,14 +39,41 @@ from pathlib import Path
 from typing import Any
 
 from keysetd.atomic import clean_temp_files, write_atomic
-from keysetd.errors import ConfigError
+from keysetd.errors import ConfigError, SealError
 from keysetd.model import canonical_json
+from keysetd.sealing import SealedInfo, Sealer, is_sealed, sealed_provider
 
-__all__ = ["KeyRecord", "LastKnownGood", "StateStore", "UntrustedLastKnownGood"]
+__all__ = ["AuditKey", "KeyRecord", "LastKnownGood", "StateStore", "UntrustedLastKnownGood"]
 
 STATE_MODE = 0o600
 _MAX_STATE_FILE = 64 << 20
 _LKG_FIELDS = ("data", "format", "origin", "fetched_at", "fingerprint")
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class AuditKey:
+    """The HMAC key of the audit chain and the seq of the first line it keys."""
+
+    key: bytes
+    since: int
+
+    def __repr__(self) -> str:
+        return f"AuditKey(since={self.since})"
+
+    def render(self) -> bytes:
+        return canonical_json({"key": base64.b64encode(self.key).decode(), "since": self.since})
+
+    @classmethod
+    def parse(cls, raw: bytes, where: str) -> AuditKey:
+        try:
+            doc = json.loads(raw)
+            key = base64.b64decode(doc["key"], validate=True)
+            since = doc["since"]
+        except (ValueError, TypeError, KeyError, binascii.Error):
+            raise SealError(where, "corrupt: not an audit key") from None
+        if len(key) != 32 or type(since) is not int or since < 1:
+            raise SealError(where, "corrupt: not an audit key")
+        return cls(key, since)
 
 
 class UntrustedLastKnownGood(ValueError):
@@ -131,8 +166,11 @@ def _record_dict(record: KeyRecord) -> dict[str, Any]:
 class StateStore:
     """Reads and writes the files of one ``state_dir``."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, sealer: Sealer | None = None) -> None:
         self.directory = directory
+        #: Seals and opens the files holding private material (None: plaintext state).
+        self.sealer = sealer
+        self._audit_key: AuditKey | None = None
         self._lock_fd: int | None = None
         #: The last-known-good digest history.json holds (read with history, or on demand).
         self._lkg_sha256: str | None = None
@@ -167,6 +205,149 @@ class StateStore:
     @property
     def audit_path(self) -> Path:
         return self.directory / "audit.jsonl"
+
+    @property
+    def encryption_path(self) -> Path:
+        """Written once every private file is sealed: from then on plaintext is refused."""
+        return self.directory / "encryption.json"
+
+    @property
+    def audit_key_path(self) -> Path:
+        """The audit chain's HMAC key, sealed (written once, with encryption only)."""
+        return self.directory / "audit.key"
+
+    @property
+    def private_paths(self) -> tuple[Path, ...]:
+        """The files that hold private material: sealed when encryption is configured."""
+        return (self.lkg_path, self.signer_path, self.audit_key_path)
+
+    def audit_key(self, first_seq: int | None = None) -> AuditKey | None:
+        """The audit chain's key: None without encryption. ``first_seq`` (a writer, under the
+        log's lock): make the key if there is none yet, keyed from that seq on.
+
+        SealError when it exists and cannot be opened (the key provider is down).
+        """
+        if self.sealer is None:
+            return None
+        if self._audit_key is not None:
+            return self._audit_key
+        path = self.audit_key_path
+        try:
+            raw = self._read_bytes(path)
+        except FileNotFoundError:
+            if first_seq is None:
+                return None
+            key = AuditKey(os.urandom(32), first_seq)
+            write_atomic(path, self.sealer.seal(path, key.render()), STATE_MODE)
+            self._audit_key = key
+            return key
+        except OSError as exc:
+            raise SealError(str(path), f"cannot be read: {exc.strerror or exc}") from None
+        if not is_sealed(raw):  # keysetd only ever writes it sealed
+            raise SealError(str(path), "is plaintext, but keysetd writes it sealed: refused")
+        self._audit_key = AuditKey.parse(self._opened(path, raw), str(path))
+        return self._audit_key
+
+    # -- encryption --------------------------------------------------------------
+
+    def encrypted(self) -> bool:
+        """state_dir has been sealed (``encryption.json``, even an unreadable one)."""
+        return os.path.lexists(self.encryption_path)
+
+    def check_encryption(self) -> None:
+        """ConfigError when state_dir holds sealed state but no encryption is configured."""
+        if self.sealer is not None:
+            return
+        sealed = [p.name for p in self.private_paths if self._sealed_on_disk(p)]
+        if self.encrypted() or sealed:
+            what = ", ".join(sealed) if sealed else self.encryption_path.name
+            raise ConfigError(
+                f"state_dir {self.directory} holds encrypted state ({what}) but [state]"
+                " encryption is not configured: keysetd never reads it as plaintext nor"
+                " writes it back unencrypted; configure the provider that sealed it"
+            )
+
+    def _sealed_on_disk(self, path: Path) -> bool:
+        try:
+            return is_sealed(self._read_bytes(path))
+        except OSError:
+            return False
+
+    def secure(self, now: float) -> list[str]:
+        """With a sealer: seal each plaintext private file (read once, written sealed), then
+        mark state_dir encrypted. The names of the files sealed; SealError if the provider
+        fails (call again later: nothing is lost, nothing is written in plaintext)."""
+        if self.sealer is None:
+            self.check_encryption()
+            return []
+        marked = self.encrypted()
+        sealed: list[str] = []
+        for path in (self.lkg_path, self.signer_path):  # audit.key is never plaintext
+            try:
+                raw = self._read_bytes(path)
+            except OSError:
+                continue
+            if is_sealed(raw) or marked:  # plaintext after the mark is refused when read
+                continue
+            if path == self.lkg_path:
+                recorded = self._recorded_lkg_sha256()
+                if recorded is not None and hashlib.sha256(raw).hexdigest() != recorded:
+                    continue  # not the recorded file: verified_lkg refuses it by name
+                self._store_lkg(self.sealer.seal(path, raw), self.load_history())
+            else:
+                write_atomic(path, self.sealer.seal(path, raw), STATE_MODE)
+            sealed.append(path.name)
+        if not marked:
+            doc = {"version": 1, "encryption": self.sealer.name, "since": now}
+            self._write_json(self.encryption_path, doc)
+        return sealed
+
+    def rewrap(self, previous: Sealer | None = None) -> list[tuple[str, SealedInfo, SealedInfo]]:
+        """Re-seal every sealed private file under the provider's current key version (a
+        fresh data key each): (file name, sealed with, sealed now). ``previous``: the
+        sealer of another provider, to open files it sealed (a move between providers).
+        Hold the lock: the last-known-good's digest in history changes too."""
+        assert self.sealer is not None
+        done: list[tuple[str, SealedInfo, SealedInfo]] = []
+        for path in self.private_paths:
+            try:
+                raw = self._read_bytes(path)
+            except OSError:
+                continue
+            if not is_sealed(raw):
+                continue
+            opener = self.sealer
+            if previous is not None and sealed_provider(raw) == previous.name:
+                opener = previous
+            before = opener.info(path, raw)
+            if path == self.lkg_path:  # a replaced file is not re-sealed
+                self._check_lkg_digest(
+                    raw, self._recorded_lkg_sha256(), f"last-known-good ({path})"
+                )
+            fresh = self.sealer.seal(path, opener.open(path, raw))
+            if path == self.lkg_path:
+                self._store_lkg(fresh, self.load_history())
+            else:
+                write_atomic(path, fresh, STATE_MODE)
+            done.append((path.name, before, self.sealer.info(path, fresh)))
+        return done
+
+    def _sealed(self, path: Path, plaintext: bytes) -> bytes:
+        return plaintext if self.sealer is None else self.sealer.seal(path, plaintext)
+
+    def _opened(self, path: Path, raw: bytes) -> bytes:
+        """The plaintext of a private file; SealError when it cannot or must not be read."""
+        if is_sealed(raw):
+            if self.sealer is None:
+                raise SealError(str(path), "is encrypted, but [state] encryption is not configured")
+            return self.sealer.open(path, raw)
+        if self.sealer is not None and self.encrypted():
+            raise SealError(
+                str(path),
+                f"is plaintext, but state_dir is encrypted ({self.encryption_path.name}):"
+                " written by something other than keysetd; refused",
+            )
+        return raw
 
     def ensure(self) -> None:
         """Create the directory (0700) if it is missing."""
@@ -223,15 +404,16 @@ class StateStore:
     def load_lkg(self) -> LastKnownGood | None:
         """The last-known-good as the file holds it, unchecked; None when absent or corrupt."""
         try:
-            return _parse_lkg(self._read_bytes(self.lkg_path))
-        except (OSError, ValueError):
+            return _parse_lkg(self._opened(self.lkg_path, self._read_bytes(self.lkg_path)))
+        except (OSError, ValueError, SealError):
             return None
 
     def verified_lkg(self) -> LastKnownGood | None:
         """The last-known-good if it is the file history recorded; None when there is none.
 
         Raises UntrustedLastKnownGood, naming the file, when it is missing though
-        recorded, unreadable, corrupt, or another file than the one recorded.
+        recorded, unreadable, corrupt, or another file than the one recorded; SealError
+        when it is encrypted and cannot be opened now (key provider down, wrong key).
         """
         path, recorded = self.lkg_path, self._recorded_lkg_sha256()
         where = f"last-known-good ({path})"
@@ -245,22 +427,32 @@ class StateStore:
             ) from None
         except OSError as exc:
             raise UntrustedLastKnownGood(f"{where} cannot be read: {exc.strerror or exc}") from None
+        sealed = is_sealed(raw)
+        if sealed:  # the digest first: a replaced file is not worth a call to the provider
+            self._check_lkg_digest(raw, recorded, where)
         try:
-            lkg = _parse_lkg(raw)
+            lkg = _parse_lkg(self._opened(path, raw))
         except ValueError as exc:
             raise UntrustedLastKnownGood(f"{where} is corrupt: {exc}") from None
+        if not sealed:
+            self._check_lkg_digest(raw, recorded, where)
+        return lkg
+
+    def _check_lkg_digest(self, raw: bytes, recorded: str | None, where: str) -> None:
         actual = hashlib.sha256(raw).hexdigest()
         if recorded is not None and actual != recorded:
             raise UntrustedLastKnownGood(
                 f"{where} does not match the digest recorded in {self.history_path}"
                 f" (SHA-256 {actual[:12]}, recorded {recorded[:12]}): replaced or edited"
             )
-        return lkg
 
     def save_lkg(self, lkg: LastKnownGood, history: dict[str, KeyRecord]) -> None:
         """Record the new file's SHA-256 in history (``history``: the records history.json
         holds now), then write the file: a crash between leaves it refused, not trusted."""
-        raw = canonical_json(_lkg_dict(lkg)) + b"\n"
+        raw = self._sealed(self.lkg_path, canonical_json(_lkg_dict(lkg)) + b"\n")
+        self._store_lkg(raw, history)
+
+    def _store_lkg(self, raw: bytes, history: dict[str, KeyRecord]) -> None:
         previous = self._recorded_lkg_sha256()
         self._lkg_sha256 = hashlib.sha256(raw).hexdigest()
         try:
@@ -297,14 +489,15 @@ class StateStore:
         return self._lkg_sha256
 
     def load_signer(self) -> bytes | None:
+        """None when absent or unreadable; SealError when sealed and it cannot be opened."""
         try:
-            with self.signer_path.open("rb") as handle:
-                return handle.read(_MAX_STATE_FILE)
+            raw = self._read_bytes(self.signer_path)
         except OSError:
             return None
+        return self._opened(self.signer_path, raw)
 
     def save_signer(self, document: bytes) -> None:
-        write_atomic(self.signer_path, document, STATE_MODE)
+        write_atomic(self.signer_path, self._sealed(self.signer_path, document), STATE_MODE)
 
     def load_fleet(self) -> bytes | None:
         try:

@@ -57,6 +57,10 @@ def readiness(doc: dict[str, Any], max_staleness: float) -> tuple[bool, str]:
     """Ready when outputs were published and the last good fetch is younger than the limit."""
     if doc.get("fingerprint") is None:
         return False, "nothing published yet"
+    if state_error := doc.get("state_error"):
+        # Encrypted state cannot be opened or sealed (key provider down): outputs stay as
+        # they are, but nothing new is kept, so this replica is not ready.
+        return False, f"encrypted state unusable: {state_error}"
     age = doc.get("lkg_age_seconds")
     if age is None or age > max_staleness:
         return False, f"last good fetch {age}s ago, older than max_staleness {max_staleness:g}s"

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from keysetd.config import Config
 from keysetd.errors import ConfigError
-from keysetd.extension import PluginConfig
+from keysetd.extension import PluginConfig, WritableSource
 from keysetd.fscheck import filesystem_violations
 from keysetd.httpcheck import is_loopback
 
@@ -64,6 +64,33 @@ def _writable_by_others(path: Path) -> str | None:
     return None
 
 
+def _state_rules(config: Config) -> list[str]:
+    """Private material in state_dir (signer outputs, managed keys) must be encrypted."""
+    private = [o.name for o in config.build_outputs() if o.private]
+    if config.settings.rotation is not None and issubclass(config.source_class, WritableSource):
+        private.append("[rotation]")  # keys keysetd generates (a KMS rotating its own: none)
+    if config.key_provider is None:
+        if private:
+            return [
+                "state.encryption: not set, and state_dir keeps private keys for"
+                f" {', '.join(private)} (set vault_transit, aws_kms or key_file)"
+            ]
+        return []
+    found = list(_table_rules("state", config.key_provider[1]))
+    key_file = getattr(config.key_provider[1], "key_file", None)
+    if isinstance(key_file, Path):
+        try:
+            mode = key_file.stat().st_mode
+        except OSError:
+            mode = 0
+        if mode & 0o077:
+            found.append(
+                f"state.key_file: {key_file} is readable or writable by group or others"
+                f" ({stat.filemode(mode)})"
+            )
+    return found
+
+
 def config_violations(config: Config) -> list[str]:
     """Every strict-mode rule the config breaks, each naming the key."""
     found: list[str] = []
@@ -84,6 +111,7 @@ def config_violations(config: Config) -> list[str]:
         found += _table_rules(f"notify.{index}", table)
     if config.policy.max_staleness is None:
         found.append("policy.max_staleness: not set (readiness must turn false on stale keys)")
+    found += _state_rules(config)
     fleet = config.settings.fleet
     for index, url in enumerate(fleet.endpoints if fleet is not None else ()):
         parts = urlsplit(url)

@@ -73,7 +73,12 @@ def test_readme_tables_list_every_plugin() -> None:
     done = subprocess.run(
         [*KEYSETD, "plugins"], capture_output=True, text=True, timeout=30, check=True
     )
-    tables = {"sources": "### Sources", "outputs": "### Outputs", "notifiers": "### Notifiers"}
+    tables = {
+        "sources": "### Sources",
+        "outputs": "### Outputs",
+        "notifiers": "### Notifiers",
+        "key_providers": "### Key providers",
+    }
     listed = [line.split()[:2] for line in done.stdout.splitlines() if line.strip()]
     assert {"nats", "systemd"} <= {name for kind, name in listed if kind == "notifiers"}
     for kind, name in listed:

@@ -245,9 +245,20 @@ def test_a_failing_command_shows_no_secret(rgs: Rgs) -> None:
     rgs.assert_state_holds_no_secret()
 
 
+def state_key(path: Path) -> Path:
+    path.write_bytes(os.urandom(32))
+    path.chmod(0o600)
+    return path
+
+
 def test_strict_mode_wants_every_program_of_the_line_absolute(rgs: Rgs) -> None:
     rgs.write_source(commented(keyset_doc("k2", k1=K1, k2=K2)))
     strict = {"RGS_STRICT_PRODUCTION_MODE": "true", "RGS_JWT_KEYSET_FILE": str(rgs.out)}
+    # Strict mode wants the state that keeps the secrets encrypted (README: secrets at rest).
+    sealed = {
+        "KEYSETD_STATE__ENCRYPTION": "key_file",
+        "KEYSETD_STATE__KEY_FILE": str(state_key(rgs.root / "state.key")),
+    }
 
     relative = rgs.environ(RGS_JWT_KEYSET_COMMAND=shell_line(rgs), **strict)
     done = rgs.keysetd("check-config", env=relative)
@@ -262,6 +273,9 @@ def test_strict_mode_wants_every_program_of_the_line_absolute(rgs: Rgs) -> None:
     assert done.returncode == 2 and "command substitution" in done.stderr
 
     absolute = rgs.environ(RGS_JWT_KEYSET_COMMAND=shell_line(rgs, absolute=True), **strict)
+    done = rgs.keysetd("check-config", env=absolute)
+    assert done.returncode == 2 and "state.encryption: not set" in done.stderr
+    absolute.update(sealed)
     done = rgs.keysetd("check-config", env=absolute)
     assert done.returncode == 0, done.stderr
     done = rgs.keysetd("once", env=absolute)

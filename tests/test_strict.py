@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,20 @@ from tests.conftest import Env, render_toml, wait_for
 from tests.keys import jwks_doc
 
 
+def state_key(env: Env) -> Path:
+    """A key file for ``[state] encryption = "key_file"``: strict wants it with a signer output."""
+    path = env.root / "state.key"
+    if not path.exists():
+        path.write_bytes(os.urandom(32))
+        path.chmod(0o600)
+    return path
+
+
 def base(env: Env, **extra: Any) -> dict[str, Any]:
     config: dict[str, Any] = {
         "state_dir": str(env.state),
         "strict": True,
+        "state": {"encryption": "key_file", "key_file": str(state_key(env))},
         "source": {"type": "file", "path": str(env.source)},
         "policy": {"max_staleness": "1h"},
         "outputs": [
@@ -49,6 +60,19 @@ def test_a_clean_strict_config_loads(env: Env) -> None:
     env.source.write_text("{}")
     env.source.chmod(0o600)
     assert checked(load_config(write(env, base(env)))).settings.strict
+
+
+def test_private_keys_in_state_dir_need_encryption(env: Env) -> None:
+    config = base(env)
+    del config["state"]
+    refused(env, config, r"state\.encryption: not set, and state_dir keeps private keys for keyset")
+    verifiers_only = {**config, "outputs": [{"type": "jwks", "path": str(env.jwks)}]}
+    assert checked(load_config(write(env, verifiers_only))).settings.strict
+
+
+def test_a_state_key_file_others_can_read(env: Env) -> None:
+    state_key(env).chmod(0o640)
+    refused(env, base(env), r"state\.key_file: .* readable or writable by group or others")
 
 
 def test_env_source(env: Env) -> None:

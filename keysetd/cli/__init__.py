@@ -3,7 +3,8 @@
 The commands live by stage, each importing what it needs only when it runs:
 keyset_commands (validate, verify, keygen: no config), daemon_commands (run, once),
 config_commands (check-config, plugins), state_commands (status, plan, evidence),
-revocation_commands (revoke, unrevoke, forget, audit), rotate_command (rotate).
+revocation_commands (revoke, unrevoke, forget, audit), rotate_command (rotate),
+seal_commands (state rewrap).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from keysetd.cli.exits import EXIT_FAILED, EXIT_USAGE
 from keysetd.cli.keyset_commands import cmd_keygen, cmd_validate, cmd_verify
 from keysetd.cli.revocation_commands import cmd_audit, cmd_forget, cmd_revoke, cmd_unrevoke
 from keysetd.cli.rotate_command import cmd_rotate
+from keysetd.cli.seal_commands import cmd_state
 from keysetd.cli.state_commands import cmd_evidence, cmd_plan, cmd_status
 from keysetd.errors import ConfigError, KeysetdError
 from keysetd.extras import DAEMON_MODULES, missing_daemon_module
@@ -80,8 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--workdir", help="evidence goes to WORKDIR/EVENT_ID/ (default: $RGS_KEYSET_WORKDIR or .)"
     )
-    a = command("audit", cmd_audit, "check the audit log's hash chain")
-    a.add_argument("action", choices=["verify"])
+    _audit_and_state(command)
     rot = command(
         "rotate",
         cmd_rotate,
@@ -115,6 +116,22 @@ def _parser() -> argparse.ArgumentParser:
     ver.add_argument("--leeway", type=float, default=0.0, help="seconds of clock skew allowed")
     ver.add_argument("--hmac-alg", default="HS256", choices=["HS256", "HS384", "HS512"])
     return parser
+
+
+def _audit_and_state(command: Callable[..., argparse.ArgumentParser]) -> None:
+    """``audit verify|export`` and ``state rewrap``: what state_dir keeps, checked or re-sealed."""
+    a = command("audit", cmd_audit, "check the audit log's chain, or export it as JSON lines")
+    a.add_argument("action", choices=["verify", "export"])
+    a.add_argument(
+        "--from", dest="from_seq", type=int, default=1, metavar="SEQ", help="export from SEQ on"
+    )
+    st = command("state", cmd_state, "re-seal encrypted state under the current key version")
+    st.add_argument("action", choices=["rewrap"])
+    st.add_argument(
+        "--from-config",
+        metavar="OLD",
+        help="a config whose [state] provider sealed the files now (a move between providers)",
+    )
 
 
 class _Version(argparse.Action):

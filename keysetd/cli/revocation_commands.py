@@ -23,17 +23,17 @@ __all__ = ["cmd_audit", "cmd_forget", "cmd_revoke", "cmd_unrevoke"]
 def cmd_revoke(args: argparse.Namespace) -> int:
     """Revoke a kid: in fleet mode in the shared revocations, else (or when etcd cannot
     be reached) in this host's ``revocations.json``, which its daemon honours either way."""
-    from keysetd.audit import AuditLog
+    from keysetd.record import audit_log
     from keysetd.state import StateStore
 
     config = config_from(args)
-    state = StateStore(config.state_dir)
+    state = StateStore(config.state_dir, config.build_sealer())
     state.ensure()
     known = args.kid in state.load_history()
     shared = _in_fleet(config, args.kid, args.reason, lift=False)
     if shared in (_NO_FLEET, _UNREACHABLE):
         state.update_revocations(args.kid, {"at": time.time(), "reason": args.reason})
-    AuditLog(state.audit_path).append(
+    audit_log(state, audit=config.settings.audit).append(
         "revoked", kid=args.kid, reason=args.reason, known=known, by=_operator()
     )
     if shared == _UNREACHABLE:
@@ -47,11 +47,11 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
 def cmd_unrevoke(args: argparse.Namespace) -> int:
     """Lift a revocation here and, in fleet mode, in the shared revocations."""
-    from keysetd.audit import AuditLog
+    from keysetd.record import audit_log
     from keysetd.state import StateStore
 
     config = config_from(args)
-    state = StateStore(config.state_dir)
+    state = StateStore(config.state_dir, config.build_sealer())
     state.ensure()
     local = args.kid in state.load_revocations()
     if local:
@@ -62,7 +62,7 @@ def cmd_unrevoke(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     if not local and shared == _UNREACHABLE:
         return EXIT_FAILED  # lifted nowhere
-    AuditLog(state.audit_path).append("unrevoked", kid=args.kid, by=_operator())
+    audit_log(state, audit=config.settings.audit).append("unrevoked", kid=args.kid, by=_operator())
     if shared == _UNREACHABLE:
         return EXIT_FAILED
     print(f"lifted the revocation of {args.kid}; the source may bring it back")
@@ -73,12 +73,12 @@ def cmd_forget(args: argparse.Namespace) -> int:
     """Take the source's other material for a kid at once (the way out of ``kid-reused``
     before the old material's retention is over, for a dev IdP that recreated a fixed
     kid): tokens the old material signed stop verifying."""
-    from keysetd.audit import AuditLog
     from keysetd.history import forget
+    from keysetd.record import audit_log
     from keysetd.state import StateStore
 
     config = config_from(args)
-    state = StateStore(config.state_dir)
+    state = StateStore(config.state_dir, config.build_sealer())
     by = _operator()
     if config.settings.fleet is not None:
         events = _forget_in_fleet(config, args.kid)
@@ -93,7 +93,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
         print(f"keysetd: {args.kid}: {events[0]['reason']}", file=sys.stderr)
         return EXIT_FAILED
     state.ensure()
-    AuditLog(state.audit_path).append("forget_requested", kid=args.kid, by=by)
+    audit_log(state, audit=config.settings.audit).append("forget_requested", kid=args.kid, by=by)
     if config.settings.fleet is None:  # after the audit line: the daemon acts on the request
         state.request_forget(args.kid, {"at": time.time(), "by": by})
     where = (
@@ -155,14 +155,55 @@ def _operator() -> str:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from keysetd.audit import verify
     from keysetd.state import StateStore
 
     config = config_from(args)
-    verdict = verify(StateStore(config.state_dir).audit_path)
+    state = StateStore(config.state_dir, config.build_sealer())
+    if args.action == "export":
+        return _export(state, args.from_seq)
+    return _verify(state)
+
+
+def _verify(state: Any) -> int:
+    from keysetd.audit import verify
+
+    key = state.audit_key()  # SealError (exit 1) when it cannot be opened now
+    if state.sealer is not None and key is None and _has_lines(state.audit_path):
+        print(
+            f"audit log unchecked: [state] encryption is set but {state.audit_key_path.name}"
+            " is missing (removed?): the keyed chain cannot be verified"
+        )
+        return EXIT_FAILED
+    verdict = verify(state.audit_path, key=key)
+    kind = (
+        "keyed chain (HMAC-SHA256 under the audit key)"
+        if key is not None
+        else "unkeyed chain (SHA-256; no [state] encryption: a full rewrite is undetectable)"
+    )
     if verdict.ok:
         note = f" ({verdict.reason})" if verdict.reason else ""
         print(f"audit log intact: {verdict.lines} line(s){note}")
+        print(kind)
         return EXIT_OK
     print(f"audit log broken at line {verdict.broken_line}: {verdict.reason}")
+    print(kind)
     return EXIT_FAILED
+
+
+def _has_lines(path: Any) -> bool:
+    from keysetd.audit import rotated_files
+
+    try:
+        return path.stat().st_size > 0 or bool(rotated_files(path))
+    except FileNotFoundError:
+        return bool(rotated_files(path))
+
+
+def _export(state: Any, first_seq: int) -> int:
+    from keysetd.audit import export
+
+    out = sys.stdout.buffer
+    for line in export(state.audit_path, first_seq):
+        out.write(line)
+    out.flush()
+    return EXIT_OK

@@ -22,7 +22,8 @@ def cmd_rotate(args: argparse.Namespace) -> int:
     from keysetd.managed import writable_source
 
     config = config_from(args)
-    source = writable_source(config)  # ConfigError naming a source type keysetd cannot write
+    # ConfigError naming a source type keysetd cannot write; sealed with [state] encryption.
+    source = writable_source(config, config.build_sealer())
     try:
         if isinstance(source, RotatableSource):
             return _rotate_version(args, config, source)
@@ -65,7 +66,7 @@ def _rotate_version(args: argparse.Namespace, config: Config, source: Any) -> in
 def _rotate(args: argparse.Namespace, config: Config, source: Any) -> int:
     """Add a new key to the source as its active_kid (compare-and-swap; signers wait)."""
     from keysetd.crypto import generate
-    from keysetd.errors import SourceError
+    from keysetd.errors import SealError, SourceError
     from keysetd.managed import write_source
     from keysetd.model import Keyset
     from keysetd.rotation import new_kid
@@ -89,6 +90,9 @@ def _rotate(args: argparse.Namespace, config: Config, source: Any) -> int:
         written = write_source(source, current, rotated)
     except OSError as exc:
         print(f"keysetd: cannot write {where}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except SealError as exc:
+        print(f"keysetd: cannot write {where}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     if not written:
         print(

@@ -86,7 +86,7 @@ def _read_only_pipeline(args: argparse.Namespace) -> Any:
     from keysetd.state import StateStore
 
     config = config_from(args)
-    return Pipeline(config, StateStore(config.state_dir), read_only=True)
+    return Pipeline(config, StateStore(config.state_dir, config.build_sealer()), read_only=True)
 
 
 def _current_keyset(pipeline: Any) -> tuple[Any, str]:
