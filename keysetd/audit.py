@@ -105,6 +105,30 @@ def _last_line(fd: int) -> bytes | None:
     return os.pread(fd, end - begin, begin)
 
 
+def was_keyed(log: Path) -> bool:
+    """Whether the log was last written with a keyed chain (its head carries a MAC, or its
+    last line is keyed): then a missing audit key was removed, not never made."""
+    try:
+        head = json.loads(head_path(log).read_bytes())
+        if isinstance(head, dict) and head.get("mac"):
+            return True
+    except (OSError, ValueError):
+        pass
+    try:
+        fd = os.open(log, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        last = _last_line(fd)
+    finally:
+        os.close(fd)
+    try:
+        doc = json.loads(last) if last else None
+    except ValueError:
+        return False
+    return isinstance(doc, dict) and doc.get("chain") == CHAIN_KEYED
+
+
 def head_path(log: Path) -> Path:
     """Where the head of ``log`` is recorded: ``audit.head`` beside ``audit.jsonl``."""
     return log.with_suffix(".head")

@@ -237,6 +237,12 @@ class StateStore:
         except FileNotFoundError:
             if first_seq is None:
                 return None
+            from keysetd.audit import was_keyed
+
+            if was_keyed(self.audit_path):  # a new key would let a rewritten prefix pass
+                raise SealError(
+                    str(path), "is missing, but the audit log was keyed: restore it"
+                ) from None
             key = AuditKey(os.urandom(32), first_seq)
             write_atomic(path, self.sealer.seal(path, key.render()), STATE_MODE)
             self._audit_key = key

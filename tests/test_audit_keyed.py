@@ -151,6 +151,25 @@ def test_cli_verify_and_export_of_a_keyed_daemon_log(env: Env, keys: dict[str, A
     assert done.returncode == 1 and "audit.key is missing" in done.stdout
 
 
+def test_a_removed_audit_key_is_not_made_anew(env: Env, keys: dict[str, Any]) -> None:
+    """A removed audit.key is an error the daemon names, not a fresh key from the next seq
+    (the chain would restart keyed after lines nobody can check). A full reset of
+    state_dir (log, head and key) still reads as a new install: only a copy shipped off the
+    host with ``keysetd audit export`` shows it."""
+    key = make_key(env.root / "state.key")
+    env.write_source(jwks_doc(keys["es-a"], active="es-a"))
+    encrypted_env(env, key)
+    config = ["--config", str(env.config_path)]
+    assert env.keysetd("once", *config).returncode == 0
+    state = StateStore(env.state, sealer(key))
+    state.audit_key_path.unlink()
+    env.write_source(jwks_doc(keys["es-a"], keys["es-b"], active="es-b"))
+    done = env.keysetd("once", *config)
+    assert "audit.key: is missing, but the audit log was keyed" in done.stderr
+    assert not state.audit_key_path.exists()
+    assert env.keysetd("audit", "verify", *config).returncode == 1
+
+
 def test_the_last_line_edited_with_its_head_rewritten_is_caught_when_keyed(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     log = AuditLog(path, key=lambda _seq: KEY)

@@ -184,6 +184,10 @@ def _verify(state: Any) -> int:
         note = f" ({verdict.reason})" if verdict.reason else ""
         print(f"audit log intact: {verdict.lines} line(s){note}")
         print(kind)
+        if key is not None and key.since > 1:
+            print(
+                f"lines before seq {key.since} are unkeyed: written before the audit key was made"
+            )
         return EXIT_OK
     print(f"audit log broken at line {verdict.broken_line}: {verdict.reason}")
     print(kind)
