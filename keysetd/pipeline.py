@@ -45,6 +45,7 @@ from keysetd.model import Keyset
 from keysetd.plan import Plan, Policy, plan
 from keysetd.publish import Delivery, Publisher
 from keysetd.record import Recorder, failure_entry
+from keysetd.sealing import is_sealed
 from keysetd.state import LastKnownGood, StateStore
 from keysetd.validate import check, weak_secrets
 
@@ -295,6 +296,12 @@ class Pipeline:
     def validate_snapshot(
         self, data: bytes, fmt: str | None, origin: str, *, refuse_revoked: bool = True
     ) -> Keyset:
+        if is_sealed(data):  # SealedSource opens what it reads: here no [rotation] wraps it
+            detail = (
+                "the file is sealed by keysetd ([state] encryption of a managed source): "
+                "only a config with [rotation] and that encryption reads it"
+            )
+            raise InvalidKeyset([Problem("-", "malformed", detail)], origin)
         now = self.clock()
         retention = self.policy.retention
         known = {

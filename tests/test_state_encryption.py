@@ -313,6 +313,13 @@ def test_the_managed_source_is_sealed_written_and_read(env: Env, keys: dict[str,
     done = env.keysetd("once", "--config", str(env.config_path))
     assert done.returncode == 1 and f"source file:{env.source}" in done.stderr
     assert env.snapshot_outputs() == before
+    # A config that dropped [rotation] reads the sealed file as a plain file: named so.
+    (env.root / "gone.key").rename(key)
+    encrypted_env(env, key)
+    done = env.keysetd("once", "--config", str(env.config_path))
+    assert done.returncode == 1 and "sealed by keysetd" in done.stderr
+    assert "only a config with [rotation]" in done.stderr
+    assert env.snapshot_outputs() == before
 
 
 def test_the_daemon_stays_up_unready_while_the_key_is_missing_then_publishes(
