@@ -38,7 +38,7 @@ import os
 import re
 import stat
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -483,6 +483,19 @@ class _Walk:
                 keyed=True,
             )
         head = self.head
+        if (
+            key is not None
+            and self.last_seq >= key.since
+            and (head is None or head.seq < key.since)
+        ):
+            return Verdict(
+                count,
+                count,
+                f"no {self.where.name} signed by the audit key though the chain is keyed from"
+                f" seq {key.since}: removed, or replaced by an older one, so"
+                " the end of the log cannot be trusted",
+                keyed=True,
+            )
         signed = key is not None and head is not None and head.seq >= key.since
         if signed and not _signed_by(head, key):
             return Verdict(
@@ -542,10 +555,41 @@ def verify(path: Path, head_file: Path | None = None, *, key: AuditKey | None = 
     return walk.end()
 
 
+def _open_all(path: Path) -> list[int]:
+    """Read fds of every file of the log, oldest first, opened under the writers' lock, so
+    a rotation meanwhile cannot move lines between the listing and the reading."""
+    while True:
+        try:
+            lock = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return [os.open(f, os.O_RDONLY | os.O_CLOEXEC) for f in rotated_files(path)]
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        try:
+            if os.stat(path).st_ino != os.fstat(lock).st_ino:
+                continue  # rotated between the open and the lock
+            return [
+                *(os.open(f, os.O_RDONLY | os.O_CLOEXEC) for f in rotated_files(path)),
+                os.dup(lock),
+            ]
+        except FileNotFoundError:
+            continue
+        finally:
+            os.close(lock)
+
+
 def export(path: Path, first_seq: int = 1) -> Iterator[bytes]:
     """The log's lines (newline included) from ``first_seq`` on, across rotated files."""
-    files = [*rotated_files(path), path]
-    for _file, raw in _lines([f for f in files if f.exists()]):
+    handles = [os.fdopen(fd, "rb") for fd in _open_all(path)]
+    try:
+        for handle in handles:
+            yield from _from_seq(handle, first_seq)
+    finally:
+        for handle in handles:
+            handle.close()
+
+
+def _from_seq(lines: Iterable[bytes], first_seq: int) -> Iterator[bytes]:
+    for raw in lines:
         try:
             seq = json.loads(raw).get("seq")
         except (ValueError, AttributeError):

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from keysetd import failpoints
-from keysetd.audit import AuditLog
+from keysetd.audit import AuditLog, was_keyed
 from keysetd.dispatch import Backlog
 from keysetd.errors import InvalidKeyset, KeysetdError, SealError, SourceError
 from keysetd.extension import Output, Source
@@ -44,7 +44,9 @@ def audit_log(
         if time.monotonic() - failed_at[0] < AUDIT_KEY_RETRY:
             return None  # the provider just failed: no call (and its timeout) per line
         try:
-            return state.audit_key(first_seq)
+            # A log last written keyed whose key is gone: refused, never a key made anew.
+            missing = not state.audit_key_path.exists()
+            return state.audit_key(first_seq, create=not (missing and was_keyed(state.audit_path)))
         except SealError as exc:  # chained unkeyed until a keyed line covers it
             failed_at[0] = time.monotonic()
             event("audit_key_unavailable", logging.ERROR, error=str(exc))

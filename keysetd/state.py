@@ -221,9 +221,10 @@ class StateStore:
         """The files that hold private material: sealed when encryption is configured."""
         return (self.lkg_path, self.signer_path, self.audit_key_path)
 
-    def audit_key(self, first_seq: int | None = None) -> AuditKey | None:
+    def audit_key(self, first_seq: int | None = None, *, create: bool = True) -> AuditKey | None:
         """The audit chain's key: None without encryption. ``first_seq`` (a writer, under the
-        log's lock): make the key if there is none yet, keyed from that seq on.
+        log's lock): make the key if there is none yet (and ``create``), keyed from that
+        seq on.
 
         SealError when it exists and cannot be opened (the key provider is down).
         """
@@ -237,9 +238,7 @@ class StateStore:
         except FileNotFoundError:
             if first_seq is None:
                 return None
-            from keysetd.audit import was_keyed
-
-            if was_keyed(self.audit_path):  # a new key would let a rewritten prefix pass
+            if not create:  # a new key would restart the chain after lines nobody can check
                 raise SealError(
                     str(path), "is missing, but the audit log was keyed: restore it"
                 ) from None

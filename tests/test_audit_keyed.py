@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -202,3 +203,41 @@ def test_cli_verify_and_export_across_the_files_of_a_bounded_log(
     exported = env.keysetd("audit", "export", *config).stdout.splitlines()
     assert [json.loads(line)["seq"] for line in exported] == list(range(1, len(exported) + 1))
     assert sum(1 for line in exported if '"revoked"' in line) == 6
+
+
+def test_a_keyed_log_cut_short_with_its_head_removed_is_caught(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, key=lambda _seq: KEY)
+    for n in range(5):
+        log.append("published", n=n)
+    path.write_bytes(b"\n".join(lines_of(path)[:3]) + b"\n")
+    path.with_suffix(".head").unlink()
+    verdict = verify(path, key=KEY)
+    assert not verdict.ok and "no audit.head signed by the audit key" in verdict.reason
+    # An unkeyed head (from before the key, or forged) is no better.
+    path.with_suffix(".head").write_bytes(Head(1, "0" * 64).render())
+    assert not verify(path, key=KEY).ok
+
+
+def test_export_while_the_log_rotates_misses_no_line(tmp_path: Path) -> None:
+    """Every file is opened under the writers' lock: a rotation cannot slip between."""
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, max_bytes=400, keep=1000)
+    log.append("published", n=0)
+    done = threading.Event()
+
+    def write() -> None:
+        for n in range(2000):  # bounded: stops by count or when the exports are done
+            if done.is_set():
+                return
+            log.append("published", n=n)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        for _ in range(100):
+            seqs = [json.loads(line)["seq"] for line in export(path)]
+            assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    finally:
+        done.set()
+        writer.join(timeout=30)

@@ -413,3 +413,20 @@ def test_any_single_byte_change_of_a_sealed_file_is_refused(
     changed = raw[:index] + bytes([value]) + raw[index + 1 :]
     with pytest.raises(SealError):
         box.open(path, changed)
+
+
+def test_commands_that_write_state_refuse_encrypted_state_without_encryption(
+    env: Env, keys: dict[str, Any]
+) -> None:
+    """revoke, unrevoke and forget append audit lines: unkeyed ones would break the chain."""
+    key = make_key(env.root / "state.key")
+    env.write_source(jwks_doc(keys["es-a"], active="es-a"))
+    encrypted_env(env, key)
+    assert env.keysetd("once", "--config", str(env.config_path)).returncode == 0
+    audit = (env.state / "audit.jsonl").read_bytes()
+    plain = env.config()  # the same state_dir, no [state] encryption
+    for command in (["revoke", "es-a"], ["unrevoke", "es-a"], ["forget", "es-a"]):
+        done = env.keysetd(*command, "-c", str(plain))
+        assert done.returncode == 2 and "holds encrypted state" in done.stderr, command
+    assert (env.state / "audit.jsonl").read_bytes() == audit
+    assert not (env.state / "revocations.json").exists()

@@ -16,6 +16,7 @@ from keysetd.cli.exits import EXIT_FAILED, EXIT_OK
 
 if TYPE_CHECKING:
     from keysetd.config import Config
+    from keysetd.state import StateStore
 
 __all__ = ["cmd_audit", "cmd_forget", "cmd_revoke", "cmd_unrevoke"]
 
@@ -24,11 +25,9 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     """Revoke a kid: in fleet mode in the shared revocations, else (or when etcd cannot
     be reached) in this host's ``revocations.json``, which its daemon honours either way."""
     from keysetd.record import audit_log
-    from keysetd.state import StateStore
 
     config = config_from(args)
-    state = StateStore(config.state_dir, config.build_sealer())
-    state.ensure()
+    state = _writable_state(config)
     known = args.kid in state.load_history()
     shared = _in_fleet(config, args.kid, args.reason, lift=False)
     if shared in (_NO_FLEET, _UNREACHABLE):
@@ -48,11 +47,9 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 def cmd_unrevoke(args: argparse.Namespace) -> int:
     """Lift a revocation here and, in fleet mode, in the shared revocations."""
     from keysetd.record import audit_log
-    from keysetd.state import StateStore
 
     config = config_from(args)
-    state = StateStore(config.state_dir, config.build_sealer())
-    state.ensure()
+    state = _writable_state(config)
     local = args.kid in state.load_revocations()
     if local:
         state.update_revocations(args.kid, None)
@@ -75,10 +72,9 @@ def cmd_forget(args: argparse.Namespace) -> int:
     kid): tokens the old material signed stop verifying."""
     from keysetd.history import forget
     from keysetd.record import audit_log
-    from keysetd.state import StateStore
 
     config = config_from(args)
-    state = StateStore(config.state_dir, config.build_sealer())
+    state = _writable_state(config)
     by = _operator()
     if config.settings.fleet is not None:
         events = _forget_in_fleet(config, args.kid)
@@ -92,7 +88,6 @@ def cmd_forget(args: argparse.Namespace) -> int:
     if events[0]["event"] == "forget_refused":
         print(f"keysetd: {args.kid}: {events[0]['reason']}", file=sys.stderr)
         return EXIT_FAILED
-    state.ensure()
     audit_log(state, audit=config.settings.audit).append("forget_requested", kid=args.kid, by=by)
     if config.settings.fleet is None:  # after the audit line: the daemon acts on the request
         state.request_forget(args.kid, {"at": time.time(), "by": by})
@@ -143,6 +138,18 @@ def _in_fleet(config: Config, kid: str, reason: str, *, lift: bool) -> str:
     finally:
         store.close()
     return _CHANGED if changed else _UNCHANGED
+
+
+def _writable_state(config: Config) -> StateStore:
+    """state_dir for a command that writes to it (revocations, forgets, audit lines):
+    ConfigError (exit 2) when it holds encrypted state and the config sets no encryption,
+    as the daemon refuses it, so no unkeyed line lands in a keyed chain."""
+    from keysetd.state import StateStore
+
+    state = StateStore(config.state_dir, config.build_sealer())
+    state.check_encryption()
+    state.ensure()
+    return state
 
 
 def _operator() -> str:
