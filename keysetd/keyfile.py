@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from keysetd.errors import SealError
 from keysetd.extension import KeyProvider, KeyProviderConfig
 from keysetd.readfile import read_limited
-from keysetd.sealing import DATA_KEY_BYTES, WrappedKey
+from keysetd.sealing import DATA_KEY_BYTES, WrappedKey, canonical_b64decode
 
 __all__ = ["KeyFileConfig", "KeyFileProvider"]
 
@@ -97,7 +97,7 @@ class KeyFileProvider(KeyProvider):
                 " (list the old one in previous_key_files)",
             )
         try:
-            blob = base64.b64decode(wrapped.blob, validate=True)
+            blob = canonical_b64decode(wrapped.blob)
             return AESGCM(key).decrypt(blob[:_NONCE_BYTES], blob[_NONCE_BYTES:], aad)
         except (ValueError, binascii.Error, InvalidTag):
             raise SealError(

@@ -42,6 +42,7 @@ __all__ = [
     "SealedInfo",
     "Sealer",
     "WrappedKey",
+    "canonical_b64decode",
     "is_sealed",
     "provider_aad",
     "sealed_provider",
@@ -112,6 +113,15 @@ def _payload_aad(name: str, header: dict[str, Any]) -> bytes:
     bound = {"file": name, **{k: header[k] for k in ("provider", "key_id", "key_version")}}
     bound["wrapped_key"] = header["wrapped_key"]
     return json.dumps(bound, sort_keys=True, separators=(",", ":")).encode()
+
+
+def canonical_b64decode(text: str) -> bytes:
+    """Base64 that only its own encoding decodes to: the unused bits before ``=`` padding
+    would otherwise let a changed file open to the same bytes (ValueError)."""
+    data = base64.b64decode(text, validate=True)
+    if base64.b64encode(data).decode() != text:
+        raise ValueError("not canonical base64")
+    return data
 
 
 def _b64(data: bytes) -> str:
@@ -208,8 +218,8 @@ class Sealer:
         if not isinstance(key_id, str) or type(version) is not int or not isinstance(blob, str):
             raise SealError(where, "corrupt: key_id, key_version or wrapped_key is missing")
         try:
-            nonce = base64.b64decode(doc.get("nonce", ""), validate=True)
-            ciphertext = base64.b64decode(doc.get("ciphertext", ""), validate=True)
+            nonce = canonical_b64decode(doc.get("nonce", ""))
+            ciphertext = canonical_b64decode(doc.get("ciphertext", ""))
         except (TypeError, ValueError, binascii.Error):
             raise SealError(where, "corrupt: nonce or ciphertext is not base64") from None
         if len(nonce) != _NONCE_BYTES:
