@@ -136,6 +136,8 @@ class Publisher:
         failures += self._notify(early, planned, changed)
         pending = [n for n in pending if n not in early]
         failpoints.hit("cycle.before-signer-phase")  # failpoint (tests only)
+        # Sealed now: a key provider that fails stops the cycle before signers move.
+        kept = self._seal_signer(planned.signer)
         if fleet is not None:  # the fleet holds the kid open before any signer uses it
             fleet.before_signers(planned, now)
         changed += self._commit_phase(signers)
@@ -145,7 +147,7 @@ class Publisher:
         history, closed = mark_active(ledger.records, planned, now)
         ledger.remember(history, activated + closed)
         self.backlog.schedule(self._clock(), failed=bool(failures), fresh=True, rand=self._rand)
-        self._keep_signer(planned.signer)  # the signer files already hold it; no hurry
+        self._keep_signer(planned.signer, kept)  # the signer files already hold it
         if fleet is not None:
             fleet.acknowledge(planned, now, verifiers_told=self._verifiers_told(verifiers))
         return Delivery(tuple(changed), tuple(failures))
@@ -188,11 +190,17 @@ class Publisher:
         self.backlog.settle(due, what, failures)  # a newer change supersedes an owed one
         return failures
 
-    def _keep_signer(self, signer: Keyset) -> None:
-        """Remember the signer keyset (with private keys) so a held-back key survives restarts."""
+    def _seal_signer(self, signer: Keyset) -> bytes | None:
+        """The bytes ``_keep_signer`` writes for ``signer``; None when nothing is to be kept."""
         if signer == self.signer or signer.active is None:
+            return None
+        return self._state.seal_signer(render_keyset(signer))
+
+    def _keep_signer(self, signer: Keyset, prepared: bytes | None) -> None:
+        """Remember the signer keyset (with private keys) so a held-back key survives restarts."""
+        if prepared is None:
             return
-        self._state.save_signer(render_keyset(signer))
+        self._state.write_signer(prepared)
         failpoints.hit("state.after-signer-save")  # failpoint (tests only)
         self._signer, self._signer_loaded = signer, True
 

@@ -502,7 +502,15 @@ class StateStore:
         return self._opened(self.signer_path, raw)
 
     def save_signer(self, document: bytes) -> None:
-        write_atomic(self.signer_path, self._sealed(self.signer_path, document), STATE_MODE)
+        self.write_signer(self.seal_signer(document))
+
+    def seal_signer(self, document: bytes) -> bytes:
+        """What ``write_signer`` writes (sealed with encryption): SealError before any
+        signer output moves, not after."""
+        return self._sealed(self.signer_path, document)
+
+    def write_signer(self, prepared: bytes) -> None:
+        write_atomic(self.signer_path, prepared, STATE_MODE)
 
     def load_fleet(self) -> bytes | None:
         try:

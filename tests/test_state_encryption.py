@@ -18,8 +18,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from keysetd.config import load_config
 from keysetd.errors import SealError
 from keysetd.keyfile import KeyFileConfig, KeyFileProvider
+from keysetd.pipeline import Pipeline
 from keysetd.sealing import Sealer, WrappedKey, is_sealed
 from keysetd.state import StateStore
 from keysetd.status import readiness, status_document
@@ -430,3 +432,35 @@ def test_commands_that_write_state_refuse_encrypted_state_without_encryption(
         assert done.returncode == 2 and "holds encrypted state" in done.stderr, command
     assert (env.state / "audit.jsonl").read_bytes() == audit
     assert not (env.state / "revocations.json").exists()
+
+
+def test_a_provider_failing_at_the_signer_seal_moves_no_signer(
+    env: Env, keys: dict[str, Any]
+) -> None:
+    """The signer keyset is sealed before the signer outputs move, not after."""
+    key = make_key(env.root / "state.key")
+    env.write_source(jwks_doc(keys["es-a"], active="es-a"))
+    encrypted_env(env, key)
+    cycle = Pipeline.open(load_config(env.config_path))
+    try:
+        assert cycle.cycle().ok
+        env.write_source(jwks_doc(keys["es-a"], keys["es-b"], active="es-b"))
+        real = cycle.state.seal_signer
+
+        def down(document: bytes) -> bytes:
+            raise SealError(str(cycle.state.signer_path), "cannot wrap a data key: provider down")
+
+        cycle.state.seal_signer = down  # type: ignore[method-assign]
+        assert not cycle.cycle(force=True).ok
+        assert json.loads(env.signer.read_bytes())["active_kid"] == "es-a"
+        cycle.state.seal_signer = real  # type: ignore[method-assign]
+        assert cycle.cycle(force=True).ok
+        assert json.loads(env.signer.read_bytes())["active_kid"] == "es-b"
+        published = [
+            json.loads(line)
+            for line in cycle.state.audit_path.read_text().splitlines()
+            if json.loads(line)["event"] == "published"
+        ]
+        assert published[-1]["active_kid"] == "es-b"
+    finally:
+        cycle.close()
