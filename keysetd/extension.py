@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Literal
 from keysetd.model import Keyset, Snapshot
 from keysetd.sealing import DATA_KEY_BYTES, WrappedKey
 from keysetd.tables import Table
-from keysetd.units import Duration, FileMode, RefreshInterval, Timeout
+from keysetd.units import CacheTtl, FileMode, RefreshInterval, Timeout
 
 __all__ = [
     "KeyProvider",
@@ -238,8 +238,8 @@ class Notifier:
 class KeyProviderConfig(PluginConfig):
     """``[state]`` with ``encryption = TYPE``: the provider's table (``type`` is ``encryption``)."""
 
-    #: How long an unwrapped data key stays in memory (0: not at all).
-    cache_ttl: Duration = 300.0
+    #: How long an unwrapped data key stays in memory (0: not at all; at most an hour).
+    cache_ttl: CacheTtl = 300.0
     timeout: Timeout = 10.0
 
 

@@ -256,6 +256,8 @@ class Pipeline:
 
     def _cycle(self, force: bool, fetch: bool) -> CycleResult:
         now = self.clock()
+        if self.state.sealer is not None:
+            self.state.sealer.expire()
         if not self._secured:
             self._secure(now)
         if self.ledger.sync_revocations(now) and self._keyset is not None:

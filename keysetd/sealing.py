@@ -229,6 +229,7 @@ class Sealer:
     def _unwrap(self, path: Path, wrapped: WrappedKey, aad: bytes) -> bytes:
         slot = (wrapped.blob, wrapped.key_id, wrapped.version, aad)
         now = self._clock()
+        self.expire()
         cached = self._cache.get(slot)
         if cached is not None and cached[1] > now:
             return cached[0]
@@ -249,11 +250,17 @@ class Sealer:
         if self._ttl <= 0:
             return
         now = self._clock()
-        for stale in [s for s, (_, until) in self._cache.items() if until <= now]:
-            del self._cache[stale]
+        self.expire()
         while len(self._cache) >= _CACHE_ENTRIES:
             del self._cache[next(iter(self._cache))]
         self._cache[slot] = (data_key, now + self._ttl)
+
+    def expire(self) -> None:
+        """Drop the data keys past ``cache_ttl`` (each cycle calls it, so an idle daemon
+        holds none longer than the TTL plus one refresh)."""
+        now = self._clock()
+        for stale in [s for s, (_, until) in self._cache.items() if until <= now]:
+            del self._cache[stale]
 
     def forget(self) -> None:
         """Drop every cached data key (close, reload)."""

@@ -22,6 +22,7 @@ __all__ = [
     "MAX_TIMEOUT",
     "MIN_REFRESH_INTERVAL",
     "MIN_ROTATION",
+    "CacheTtl",
     "Duration",
     "FileMode",
     "PositiveDuration",
@@ -132,6 +133,8 @@ Duration = Annotated[float, Before(parse_duration)]
 PositiveDuration = Annotated[float, Before(parse_duration), positive]
 #: A deadline for one fetch, request or child process: over 0, at most an hour.
 Timeout = Annotated[float, Before(parse_duration), After(between(0.0, MAX_TIMEOUT, low_open=True))]
+#: How long a secret may stay cached in memory: 0 (not at all) to an hour.
+CacheTtl = Annotated[float, Before(parse_duration), After(between(0.0, MAX_TIMEOUT))]
 #: How often a source is re-fetched: 100ms to 1d.
 RefreshInterval = Annotated[
     float, Before(parse_duration), After(between(MIN_REFRESH_INTERVAL, MAX_REFRESH_INTERVAL))

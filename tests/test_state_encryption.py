@@ -25,6 +25,7 @@ from keysetd.pipeline import Pipeline
 from keysetd.sealing import Sealer, WrappedKey, is_sealed
 from keysetd.state import StateStore
 from keysetd.status import readiness, status_document
+from keysetd.tables import TableError
 from tests.conftest import Env, wait_for
 from tests.keys import assert_clean, jwk, jwks_doc, secrets_of
 
@@ -160,6 +161,19 @@ def test_cached_data_keys_expire(tmp_path: Path) -> None:
     now[0] = 11.0
     with pytest.raises(SealError, match="cannot read key file"):
         box.open(path, raw)
+    make_key(tmp_path / "k")
+    box.seal(path, b"again")  # cached from its own seal...
+    assert box._cache
+    now[0] = 22.0
+    box.expire()  # ...and gone from memory once past the TTL, not only unused
+    assert not box._cache
+
+
+def test_cache_ttl_is_at_most_an_hour(tmp_path: Path) -> None:
+    with pytest.raises(TableError, match="cache_ttl"):
+        KeyFileConfig.parse(
+            {"type": "key_file", "key_file": str(tmp_path / "k"), "cache_ttl": "2h"}
+        )
 
 
 # -- state_dir -----------------------------------------------------------------------------
