@@ -16,7 +16,9 @@ outputs back to a keyset older than the one they hold. A history from before
 With ``[state] encryption`` (a ``Sealer``), the files holding private material,
 ``last-known-good.json``, ``signer-keyset.json`` and the audit chain's key
 ``audit.key``, are sealed (keysetd.sealing);
-the digest history records is of the sealed bytes. ``secure`` seals plaintext
+the digest history records is of the document (the plaintext), so sealing the same
+document anew (first seal, ``rewrap``) writes no history and a crash meanwhile leaves a
+file that still matches. ``secure`` seals plaintext
 files left from before and then writes ``encryption.json``; from then on a
 plaintext file there is refused, and a store without a sealer refuses to open
 it at all: encrypted state is never silently downgraded.
@@ -298,7 +300,7 @@ class StateStore:
                 recorded = self._recorded_lkg_sha256()
                 if recorded is not None and hashlib.sha256(raw).hexdigest() != recorded:
                     continue  # not the recorded file: verified_lkg refuses it by name
-                self._store_lkg(self.sealer.seal(path, raw), self.load_history())
+                self._store_lkg(self.sealer.seal(path, raw), raw, self.load_history())
             else:
                 write_atomic(path, self.sealer.seal(path, raw), STATE_MODE)
             sealed.append(path.name)
@@ -325,13 +327,13 @@ class StateStore:
             if previous is not None and sealed_provider(raw) == previous.name:
                 opener = previous
             before = opener.info(path, raw)
+            plain = opener.open(path, raw)
             if path == self.lkg_path:  # a replaced file is not re-sealed
-                self._check_lkg_digest(
-                    raw, self._recorded_lkg_sha256(), f"last-known-good ({path})"
-                )
-            fresh = self.sealer.seal(path, opener.open(path, raw))
+                where = f"last-known-good ({path})"
+                self._check_lkg_digest(raw, plain, self._recorded_lkg_sha256(), where)
+            fresh = self.sealer.seal(path, plain)
             if path == self.lkg_path:
-                self._store_lkg(fresh, self.load_history())
+                self._store_lkg(fresh, plain, self.load_history())
             else:
                 write_atomic(path, fresh, STATE_MODE)
             done.append((path.name, before, self.sealer.info(path, fresh)))
@@ -433,19 +435,22 @@ class StateStore:
         except OSError as exc:
             raise UntrustedLastKnownGood(f"{where} cannot be read: {exc.strerror or exc}") from None
         sealed = is_sealed(raw)
-        if sealed:  # the digest first: a replaced file is not worth a call to the provider
-            self._check_lkg_digest(raw, recorded, where)
+        plain = self._opened(path, raw)
+        if sealed:  # another document sealed right is still another document
+            self._check_lkg_digest(raw, plain, recorded, where)
         try:
-            lkg = _parse_lkg(self._opened(path, raw))
+            lkg = _parse_lkg(plain)
         except ValueError as exc:
             raise UntrustedLastKnownGood(f"{where} is corrupt: {exc}") from None
-        if not sealed:
-            self._check_lkg_digest(raw, recorded, where)
+        if not sealed:  # what is wrong with a damaged plaintext file comes first
+            self._check_lkg_digest(raw, plain, recorded, where)
         return lkg
 
-    def _check_lkg_digest(self, raw: bytes, recorded: str | None, where: str) -> None:
-        actual = hashlib.sha256(raw).hexdigest()
-        if recorded is not None and actual != recorded:
+    def _check_lkg_digest(self, raw: bytes, plain: bytes, recorded: str | None, where: str) -> None:
+        """The recorded digest is of the document (the plaintext), or, as recorded before,
+        of the sealed bytes: re-sealing the same document needs no history write."""
+        actual = hashlib.sha256(plain).hexdigest()
+        if recorded is not None and recorded not in (actual, hashlib.sha256(raw).hexdigest()):
             raise UntrustedLastKnownGood(
                 f"{where} does not match the digest recorded in {self.history_path}"
                 f" (SHA-256 {actual[:12]}, recorded {recorded[:12]}): replaced or edited"
@@ -454,17 +459,21 @@ class StateStore:
     def save_lkg(self, lkg: LastKnownGood, history: dict[str, KeyRecord]) -> None:
         """Record the new file's SHA-256 in history (``history``: the records history.json
         holds now), then write the file: a crash between leaves it refused, not trusted."""
-        raw = self._sealed(self.lkg_path, canonical_json(_lkg_dict(lkg)) + b"\n")
-        self._store_lkg(raw, history)
+        plain = canonical_json(_lkg_dict(lkg)) + b"\n"
+        self._store_lkg(self._sealed(self.lkg_path, plain), plain, history)
 
-    def _store_lkg(self, raw: bytes, history: dict[str, KeyRecord]) -> None:
+    def _store_lkg(self, raw: bytes, plain: bytes, history: dict[str, KeyRecord]) -> None:
+        """Write ``raw`` (``plain``, sealed or not), its document's digest in history first;
+        the same document sealed anew (first seal, rewrap) writes no history."""
         previous = self._recorded_lkg_sha256()
-        self._lkg_sha256 = hashlib.sha256(raw).hexdigest()
-        try:
-            self.save_history(history)
-        except BaseException:
-            self._lkg_sha256 = previous
-            raise
+        digest = hashlib.sha256(plain).hexdigest()
+        if digest != previous:
+            self._lkg_sha256 = digest
+            try:
+                self.save_history(history)
+            except BaseException:
+                self._lkg_sha256 = previous
+                raise
         write_atomic(self.lkg_path, raw, STATE_MODE)
 
     def load_history(self) -> dict[str, KeyRecord]:

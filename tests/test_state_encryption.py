@@ -23,7 +23,7 @@ from keysetd.errors import SealError
 from keysetd.keyfile import KeyFileConfig, KeyFileProvider
 from keysetd.pipeline import Pipeline
 from keysetd.sealing import Sealer, WrappedKey, is_sealed
-from keysetd.state import StateStore
+from keysetd.state import LastKnownGood, StateStore
 from keysetd.status import readiness, status_document
 from keysetd.tables import TableError
 from tests.conftest import Env, wait_for
@@ -478,3 +478,33 @@ def test_a_provider_failing_at_the_signer_seal_moves_no_signer(
         assert published[-1]["active_kid"] == "es-b"
     finally:
         cycle.close()
+
+
+def test_a_rewrap_cut_off_at_the_last_known_good_leaves_it_trusted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The digest history records is of the document: re-sealing it writes no history, so
+    a kill between the two writes cannot leave a file that history disowns."""
+    import keysetd.state
+
+    key = make_key(tmp_path / "k")
+    state = StateStore(tmp_path / "state", sealer(key))
+    state.ensure()
+    state.save_lkg(LastKnownGood(b'{"keys":[]}', "jwks", "o", 1.0, "fp"), {})
+    history = state.history_path.read_bytes()
+    real = keysetd.state.write_atomic
+
+    def killed(path: Path, *args: Any, **kwargs: Any) -> None:
+        if path.name == "last-known-good.json":
+            raise SystemExit("kill -9 here")
+        real(path, *args, **kwargs)
+
+    monkeypatch.setattr(keysetd.state, "write_atomic", killed)
+    with pytest.raises(SystemExit):
+        StateStore(tmp_path / "state", sealer(key)).rewrap()
+    monkeypatch.setattr(keysetd.state, "write_atomic", real)
+    assert state.history_path.read_bytes() == history
+    assert StateStore(tmp_path / "state", sealer(key)).verified_lkg() is not None
+    StateStore(tmp_path / "state", sealer(key)).rewrap()
+    assert state.history_path.read_bytes() == history
+    assert StateStore(tmp_path / "state", sealer(key)).verified_lkg() is not None
