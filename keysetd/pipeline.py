@@ -149,7 +149,10 @@ class Pipeline:
                 rotation,
                 activation_delay=self.policy.activation_delay,
                 recorder=self.recorder,
-                retention=self.policy.retention,
+                # In a fleet a replica cut off from etcd may sign an old version for
+                # lease_ttl + retention (keysetd.fleet.member): retire none sooner.
+                retention=self.policy.retention
+                + (config.settings.fleet.lease_ttl if config.settings.fleet else 0.0),
             )
         #: Plaintext private files left in state_dir are sealed (once) before the first cycle.
         self._secured = state.sealer is None
