@@ -299,7 +299,7 @@ class AuditLog:
 
     def _rotate(self, fd: int) -> None:
         """Move the full log aside as ``audit.<first seq>.jsonl``; drop the oldest past keep."""
-        first_line = os.pread(fd, _TAIL_WINDOW, 0).split(b"\n", 1)[0]
+        first_line = _first_line(fd)
         try:
             first = int(json.loads(first_line)["seq"])
         except (ValueError, TypeError, KeyError, OverflowError):
@@ -318,6 +318,19 @@ class AuditLog:
         # A torn tail longer than one window must not cut the whole log.
         os.ftruncate(fd, _last_newline(fd, size) + 1)
         os.fsync(fd)
+
+
+def _first_line(fd: int) -> bytes:
+    """The file's first line, however long (a ``published`` line lists every kid)."""
+    chunks: list[bytes] = []
+    offset = 0
+    while chunk := os.pread(fd, _TAIL_WINDOW, offset):
+        head, newline, _ = chunk.partition(b"\n")
+        chunks.append(head)
+        if newline:
+            break
+        offset += len(chunk)
+    return b"".join(chunks)
 
 
 def rotated_path(log: Path, first_seq: int) -> Path:

@@ -241,3 +241,13 @@ def test_export_while_the_log_rotates_misses_no_line(tmp_path: Path) -> None:
     finally:
         done.set()
         writer.join(timeout=30)
+
+
+def test_a_first_line_longer_than_a_read_window_still_rotates(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, max_bytes=100_000, keep=10)
+    log.append("published", kids=[f"kid-{n:06d}" for n in range(8000)])  # ~100 KiB
+    for n in range(3):
+        log.append("published", n=n)
+    assert rotated_files(path), "the log was never rotated"
+    assert verify(path).ok
