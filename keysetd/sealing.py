@@ -25,7 +25,7 @@ import binascii
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -44,6 +44,7 @@ __all__ = [
     "WrappedKey",
     "canonical_b64decode",
     "is_sealed",
+    "open_with",
     "provider_aad",
     "sealed_provider",
 ]
@@ -113,6 +114,24 @@ def _payload_aad(name: str, header: dict[str, Any]) -> bytes:
     bound = {"file": name, **{k: header[k] for k in ("provider", "key_id", "key_version")}}
     bound["wrapped_key"] = header["wrapped_key"]
     return json.dumps(bound, sort_keys=True, separators=(",", ":")).encode()
+
+
+def open_with(path: Path, raw: bytes, sealers: Sequence[Sealer]) -> tuple[Sealer, bytes]:
+    """The first of ``sealers`` (of the provider ``raw`` names) that opens it, and the
+    plaintext: a move between two keys of one provider type (two key files, two transit
+    mounts) that stopped half-way finds each file's opener. SealError when none opens."""
+    named = sealed_provider(raw)
+    failure: SealError | None = None
+    for sealer in sealers:
+        if named is not None and sealer.name != named:
+            continue
+        try:
+            return sealer, sealer.open(path, raw)
+        except SealError as exc:
+            failure = failure or exc
+    if failure is not None:
+        raise failure
+    return sealers[-1], sealers[-1].open(path, raw)  # names the provider mismatch
 
 
 def canonical_b64decode(text: str) -> bytes:

@@ -43,7 +43,7 @@ from typing import Any
 from keysetd.atomic import clean_temp_files, write_atomic
 from keysetd.errors import ConfigError, SealError
 from keysetd.model import canonical_json
-from keysetd.sealing import SealedInfo, Sealer, is_sealed, sealed_provider
+from keysetd.sealing import SealedInfo, Sealer, is_sealed, open_with
 
 __all__ = ["AuditKey", "KeyRecord", "LastKnownGood", "StateStore", "UntrustedLastKnownGood"]
 
@@ -323,11 +323,9 @@ class StateStore:
                 continue
             if not is_sealed(raw):
                 continue
-            opener = self.sealer
-            if previous is not None and sealed_provider(raw) == previous.name:
-                opener = previous
+            openers = [self.sealer] if previous is None else [previous, self.sealer]
+            opener, plain = open_with(path, raw, openers)
             before = opener.info(path, raw)
-            plain = opener.open(path, raw)
             if path == self.lkg_path:  # a replaced file is not re-sealed
                 where = f"last-known-good ({path})"
                 self._check_lkg_digest(raw, plain, self._recorded_lkg_sha256(), where)

@@ -508,3 +508,31 @@ def test_a_rewrap_cut_off_at_the_last_known_good_leaves_it_trusted(
     StateStore(tmp_path / "state", sealer(key)).rewrap()
     assert state.history_path.read_bytes() == history
     assert StateStore(tmp_path / "state", sealer(key)).verified_lkg() is not None
+
+
+def test_a_move_between_two_key_files_cut_off_half_way_completes_when_run_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each file opens with whichever of the two keys sealed it (one provider type)."""
+    import keysetd.state
+
+    old, new = make_key(tmp_path / "a"), make_key(tmp_path / "b")
+    state = StateStore(tmp_path / "state", sealer(old))
+    state.ensure()
+    state.save_lkg(LastKnownGood(b'{"keys":[]}', "jwks", "o", 1.0, "fp"), {})
+    state.save_signer(b'{"keys":[]}')
+    real = keysetd.state.write_atomic
+
+    def killed(path: Path, *args: Any, **kwargs: Any) -> None:
+        if path.name == "signer-keyset.json":
+            raise SystemExit("kill -9 here")
+        real(path, *args, **kwargs)
+
+    monkeypatch.setattr(keysetd.state, "write_atomic", killed)
+    with pytest.raises(SystemExit):
+        StateStore(tmp_path / "state", sealer(new)).rewrap(previous=sealer(old))
+    monkeypatch.setattr(keysetd.state, "write_atomic", real)
+    moved = StateStore(tmp_path / "state", sealer(new)).rewrap(previous=sealer(old))
+    assert {name for name, _, _ in moved} == {"last-known-good.json", "signer-keyset.json"}
+    done = StateStore(tmp_path / "state", sealer(new))
+    assert done.verified_lkg() is not None and done.load_signer() is not None

@@ -56,7 +56,7 @@ def _rewrap_source(config: Any, sealer: Any, previous: Any) -> None:
     """The managed source, re-sealed (compare-and-swap: an edit meanwhile is kept)."""
     from keysetd.extension import WritableSource
     from keysetd.managed import writable_source
-    from keysetd.sealing import is_sealed, sealed_provider
+    from keysetd.sealing import is_sealed, open_with
 
     source = writable_source(config)  # the bytes on disk, sealed or not
     if not isinstance(source, WritableSource):  # a KMS rotating its own keys: nothing sealed
@@ -65,10 +65,8 @@ def _rewrap_source(config: Any, sealer: Any, previous: Any) -> None:
     path = Path(getattr(source.config, "path", ""))
     try:
         raw = source.fetch().data
-        opener = sealer
-        if previous is not None and sealed_provider(raw) == previous.name:
-            opener = previous
-        plain = opener.open(path, raw) if is_sealed(raw) else raw
+        openers = [sealer] if previous is None else [previous, sealer]
+        plain = open_with(path, raw, openers)[1] if is_sealed(raw) else raw
         if source.replace_if_unchanged(raw, sealer.seal(path, plain)):
             print(f"{source.describe()}: re-sealed")
     finally:
