@@ -7,10 +7,12 @@ tests/test_vault_plugin.py and tests/test_aws_kms_plugin.py (``check_sealed_stat
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,15 @@ def assert_no_private_material(state_dir: Path, keys: list[dict[str, Any]]) -> N
 
 def encrypted_env(env: Env, key: Path, **extra: Any) -> Path:
     return env.config(state={"encryption": "key_file", "key_file": str(key)}, **extra)
+
+
+def published_encrypted(env: Env, keys: dict[str, Any]) -> Path:
+    """es-a published once by ``keysetd once`` with key_file encryption; the key file."""
+    key = make_key(env.root / "state.key")
+    env.write_source(jwks_doc(keys["es-a"], active="es-a"))
+    encrypted_env(env, key)
+    assert env.keysetd("once", "--config", str(env.config_path)).returncode == 0
+    return key
 
 
 # -- the sealer ----------------------------------------------------------------------------
@@ -245,10 +256,7 @@ def test_plaintext_state_is_upgraded_once_and_never_downgraded(
 def test_a_plaintext_file_planted_in_encrypted_state_is_refused(
     env: Env, keys: dict[str, Any]
 ) -> None:
-    key = make_key(env.root / "state.key")
-    env.write_source(jwks_doc(keys["es-a"], active="es-a"))
-    encrypted_env(env, key)
-    assert env.keysetd("once", "--config", str(env.config_path)).returncode == 0
+    key = published_encrypted(env, keys)
     state = StateStore(env.state, sealer(key))
     state.signer_path.write_bytes(jwks_doc(keys["es-b"], active="es-b"))
     with pytest.raises(SealError, match="is plaintext, but state_dir is encrypted"):
@@ -266,10 +274,7 @@ def test_key_provider_down_at_start_keeps_outputs_and_is_not_ready(
 ) -> None:
     """No plaintext fallback: the cycle fails by name, outputs stay byte for byte, then
     the daemon publishes from the sealed last-known-good once the key is back."""
-    key = make_key(env.root / "state.key")
-    env.write_source(jwks_doc(keys["es-a"], active="es-a"))
-    encrypted_env(env, key)
-    assert env.keysetd("once", "--config", str(env.config_path)).returncode == 0
+    key = published_encrypted(env, keys)
     before = env.snapshot_outputs()
     hidden = key.rename(env.root / "hidden.key")
     env.write_source(jwks_doc(keys["es-a"], keys["es-b"], active="es-a"))
@@ -380,10 +385,7 @@ def test_the_daemon_stays_up_unready_while_the_key_is_missing_then_publishes(
 def test_a_swapped_or_corrupt_sealed_file_fails_by_name_and_keeps_outputs(
     env: Env, keys: dict[str, Any]
 ) -> None:
-    key = make_key(env.root / "state.key")
-    env.write_source(jwks_doc(keys["es-a"], active="es-a"))
-    encrypted_env(env, key)
-    assert env.keysetd("once", "--config", str(env.config_path)).returncode == 0
+    published_encrypted(env, keys)
     state = StateStore(env.state)
     before = env.snapshot_outputs()
     env.write_source(jwks_doc(keys["es-a"], keys["es-b"], active="es-a"))
@@ -435,10 +437,7 @@ def test_commands_that_write_state_refuse_encrypted_state_without_encryption(
     env: Env, keys: dict[str, Any]
 ) -> None:
     """revoke, unrevoke and forget append audit lines: unkeyed ones would break the chain."""
-    key = make_key(env.root / "state.key")
-    env.write_source(jwks_doc(keys["es-a"], active="es-a"))
-    encrypted_env(env, key)
-    assert env.keysetd("once", "--config", str(env.config_path)).returncode == 0
+    published_encrypted(env, keys)
     audit = (env.state / "audit.jsonl").read_bytes()
     plain = env.config()  # the same state_dir, no [state] encryption
     for command in (["revoke", "es-a"], ["unrevoke", "es-a"], ["forget", "es-a"]):
@@ -480,29 +479,35 @@ def test_a_provider_failing_at_the_signer_seal_moves_no_signer(
         cycle.close()
 
 
-def test_a_rewrap_cut_off_at_the_last_known_good_leaves_it_trusted(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The digest history records is of the document: re-sealing it writes no history, so
-    a kill between the two writes cannot leave a file that history disowns."""
+@contextlib.contextmanager
+def killed_at_write(name: str) -> Iterator[None]:
+    """State writes of ``name`` end the process there (SystemExit), as a kill -9 would."""
     import keysetd.state
 
+    real = keysetd.state.write_atomic
+
+    def killed(path: Path, *args: Any, **kwargs: Any) -> None:
+        if path.name == name:
+            raise SystemExit("kill -9 here")
+        real(path, *args, **kwargs)
+
+    keysetd.state.write_atomic = killed  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        keysetd.state.write_atomic = real
+
+
+def test_a_rewrap_cut_off_at_the_last_known_good_leaves_it_trusted(tmp_path: Path) -> None:
+    """The digest history records is of the document: re-sealing it writes no history, so
+    a kill between the two writes cannot leave a file that history disowns."""
     key = make_key(tmp_path / "k")
     state = StateStore(tmp_path / "state", sealer(key))
     state.ensure()
     state.save_lkg(LastKnownGood(b'{"keys":[]}', "jwks", "o", 1.0, "fp"), {})
     history = state.history_path.read_bytes()
-    real = keysetd.state.write_atomic
-
-    def killed(path: Path, *args: Any, **kwargs: Any) -> None:
-        if path.name == "last-known-good.json":
-            raise SystemExit("kill -9 here")
-        real(path, *args, **kwargs)
-
-    monkeypatch.setattr(keysetd.state, "write_atomic", killed)
-    with pytest.raises(SystemExit):
+    with killed_at_write("last-known-good.json"), pytest.raises(SystemExit):
         StateStore(tmp_path / "state", sealer(key)).rewrap()
-    monkeypatch.setattr(keysetd.state, "write_atomic", real)
     assert state.history_path.read_bytes() == history
     assert StateStore(tmp_path / "state", sealer(key)).verified_lkg() is not None
     StateStore(tmp_path / "state", sealer(key)).rewrap()
@@ -511,27 +516,16 @@ def test_a_rewrap_cut_off_at_the_last_known_good_leaves_it_trusted(
 
 
 def test_a_move_between_two_key_files_cut_off_half_way_completes_when_run_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
     """Each file opens with whichever of the two keys sealed it (one provider type)."""
-    import keysetd.state
-
     old, new = make_key(tmp_path / "a"), make_key(tmp_path / "b")
     state = StateStore(tmp_path / "state", sealer(old))
     state.ensure()
     state.save_lkg(LastKnownGood(b'{"keys":[]}', "jwks", "o", 1.0, "fp"), {})
     state.save_signer(b'{"keys":[]}')
-    real = keysetd.state.write_atomic
-
-    def killed(path: Path, *args: Any, **kwargs: Any) -> None:
-        if path.name == "signer-keyset.json":
-            raise SystemExit("kill -9 here")
-        real(path, *args, **kwargs)
-
-    monkeypatch.setattr(keysetd.state, "write_atomic", killed)
-    with pytest.raises(SystemExit):
+    with killed_at_write("signer-keyset.json"), pytest.raises(SystemExit):
         StateStore(tmp_path / "state", sealer(new)).rewrap(previous=sealer(old))
-    monkeypatch.setattr(keysetd.state, "write_atomic", real)
     moved = StateStore(tmp_path / "state", sealer(new)).rewrap(previous=sealer(old))
     assert {name for name, _, _ in moved} == {"last-known-good.json", "signer-keyset.json"}
     done = StateStore(tmp_path / "state", sealer(new))
