@@ -20,8 +20,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-from hvac import exceptions as vault_errors  # type: ignore[import-untyped]
-
 from keysetd.plugin import (
     After,
     KeyProvider,
@@ -169,19 +167,7 @@ class VaultTransitKeyProvider(KeyProvider):
 
     def _run(self, action: str, call: Callable[[Any], _T]) -> _T:
         """One transit call with the source's login, deadline and error translation."""
-        vault = self._vault
         try:
-            client = vault._connect()
-            assert vault._adapter is not None
-            vault._adapter.begin()
-            logged_in = vault._authenticate(client)
-            retry = vault._can_login and not logged_in
-            try:
-                return vault._call(
-                    action, lambda: call(client), vault_errors.Forbidden if retry else None
-                )
-            except vault_errors.Forbidden:
-                vault._login(client)  # an expired or revoked login token: one new login
-                return vault._call(action, lambda: call(client))
+            return self._vault.run_authorized(action, call)
         except SourceError as exc:
             raise SealError(self.describe(), exc.reason) from None

@@ -353,6 +353,14 @@ class VaultTransitSource(RotatableSource):
     def _version(self, kid: str) -> tuple[str, int] | None:
         return transit_version(self.config.kid_format, kid)
 
+    def run_authorized(self, action: str, call: Callable[[Any], _T]) -> _T:
+        """One call with this source's client, login, deadline and error translation
+        (``SourceError`` naming ``action``): what the transit key provider calls through."""
+        client = self._begin()
+        return self._authorized(
+            client, lambda refused: self._call(action, lambda: call(client), refused)
+        )
+
     def _begin(self) -> Any:
         """The client, with one deadline starting now for every call of this fetch."""
         client = self._connect()
