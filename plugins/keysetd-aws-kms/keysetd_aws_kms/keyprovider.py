@@ -126,14 +126,14 @@ class AwsKmsKeyProvider(KeyProvider):
 
     def _client(self) -> Any:
         try:
-            return self._kms._kms()
+            return self._kms.client()
         except SourceError as exc:
             raise SealError(self.describe(), exc.reason) from None
 
     def _call(self, operation: str, ref: str, call: Any) -> Any:
         deadline = time.monotonic() + float(self.config.timeout)
         try:
-            return self._kms._call(operation, ref, deadline, call)
+            return self._kms.call(operation, ref, deadline, call)
         except SourceError as exc:
             raise SealError(self.describe(), exc.reason) from None
 

@@ -181,8 +181,8 @@ class AwsKmsSource(Source):
         return self.config.kid_format.format(key_id=key_id)
 
     def _describe_key(self, ref: str, deadline: float) -> KeyMetadataTypeDef:
-        client = self._kms()
-        response = self._call("DescribeKey", ref, deadline, lambda: client.describe_key(KeyId=ref))
+        client = self.client()
+        response = self.call("DescribeKey", ref, deadline, lambda: client.describe_key(KeyId=ref))
         return response["KeyMetadata"]
 
     def _public_key(self, ref: str, meta: KeyMetadataTypeDef, deadline: float) -> Key:
@@ -216,9 +216,9 @@ class AwsKmsSource(Source):
             raise SourceError(
                 self.describe(), f"KMS key {name} does not offer {needed}, which {alg} needs"
             )
-        client = self._kms()
+        client = self.client()
         arn = meta.get("Arn", key_id)
-        response = self._call(
+        response = self.call(
             "GetPublicKey", ref, deadline, lambda: client.get_public_key(KeyId=arn)
         )
         try:
@@ -237,7 +237,7 @@ class AwsKmsSource(Source):
 
     # --- the seam to botocore --------------------------------------------------------------
 
-    def _kms(self) -> KMSClient:
+    def client(self) -> KMSClient:
         """The KMS client, made on first use so that config checks never touch AWS."""
         if self._client is None:
             timeout = self.config.timeout
@@ -258,7 +258,7 @@ class AwsKmsSource(Source):
                 ) from exc
         return self._client
 
-    def _call(self, operation: str, ref: str, deadline: float, call: Callable[[], T]) -> T:
+    def call(self, operation: str, ref: str, deadline: float, call: Callable[[], T]) -> T:
         """One KMS request, its failures translated into SourceErrors naming key and fault."""
         if time.monotonic() > deadline:
             raise SourceError(
