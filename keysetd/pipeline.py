@@ -284,7 +284,7 @@ class Pipeline:
         except InvalidKeyset as exc:
             self._note_reused(exc, now)
             return self._failed(exc, "validate", now)
-        except SealError as exc:  # the signer keyset cannot be opened: nothing written
+        except SealError as exc:  # the key provider failed: no signer moved, nothing plaintext
             return self._failed(exc, "state", now)
         except KeysetdError as exc:
             return self._failed(exc, "commit", now)
