@@ -97,9 +97,8 @@ def measure(changes: int = 200) -> tuple[list[float], dict[str, list[float]], di
         )
         with (ws.root / "keysetd.log").open("a") as log_file:
             configure("json", "info")
-            for handler in logger.handlers:  # to the workspace's log, as the daemon's stderr
-                if isinstance(handler, logging.StreamHandler):
-                    handler.setStream(log_file)
+            streams = [h for h in logger.handlers if isinstance(h, logging.StreamHandler)]
+            previous = [h.setStream(log_file) for h in streams]  # the workspace's log
             ws.source.write_bytes(sets[0][1])
             pipeline = Pipeline.open(load_config(ws.config_path))
             pipeline.cycle()
@@ -122,6 +121,8 @@ def measure(changes: int = 200) -> tuple[list[float], dict[str, list[float]], di
                         calls[category] += clock.calls.get(category, 0)
                     parts["other"].append(elapsed * 1000 - sum(clock.spent.values()) * 1000)
             pipeline.close()
+            for handler, stream in zip(streams, previous, strict=True):
+                handler.setStream(stream)  # not left on a closed file for later benchmarks
     measured = len(totals)
     return totals, parts, {k: v / measured for k, v in calls.items()}
 
