@@ -29,7 +29,7 @@ from keysetd.model import Keyset
 from keysetd.pipeline import Pipeline
 from keysetd.plan import Policy
 from keysetd.state import StateStore
-from tests.conftest import render_toml
+from tests.conftest import render_toml, wait_for
 from tests.etcd import EtcdCluster, running_cluster
 
 RETENTION = 3.0
@@ -165,11 +165,12 @@ def test_a_slow_verifier_consumer_keeps_its_replica_counted(
     a, _ = replica(tmp_path, "a", etcd.endpoints)
     b, _ = replica(tmp_path, "b", etcd.endpoints, notify=notify)
     try:
-        for _ in range(4):
+        def both_sign_k0() -> bool:
             a.cycle()
             b.cycle()
-            time.sleep(0.3)
-        assert published(tmp_path, "a")[1] == "k0"
+            return published(tmp_path, "a")[1] == published(tmp_path, "b")[1] == "k0"
+
+        wait_for(both_sign_k0, timeout=10, what="both replicas sign k0")
         write_source(tmp_path, Keyset((k0, k1), "k1"))
         slow_cycle = threading.Thread(target=b.cycle)
         slow_cycle.start()

@@ -18,25 +18,17 @@ import binascii
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 from keysetd.plugin import (
     After,
     KeyProvider,
     KeyProviderConfig,
     SealError,
-    Secret,
     SourceError,
     WrappedKey,
 )
-from keysetd_vault.source import (
-    _KUBERNETES_JWT,
-    VaultTransitConfig,
-    VaultTransitSource,
-    _address,
-    _mount,
-    _namespace,
-)
+from keysetd_vault.source import VaultConnection, VaultTransitConfig, VaultTransitSource
 
 __all__ = ["VaultTransitKeyConfig", "VaultTransitKeyProvider"]
 
@@ -50,23 +42,10 @@ def _key_name(value: str) -> str:
     return value
 
 
-class VaultTransitKeyConfig(KeyProviderConfig):
+class VaultTransitKeyConfig(VaultConnection, KeyProviderConfig):
     """``[state]`` for Vault/OpenBao transit: the source's connection and auth keys, one key."""
 
-    address: Annotated[str, After(_address)]
-    mount: Annotated[str, After(_mount)] = "transit"
     key: Annotated[str, After(_key_name)] = "keysetd-state"
-    auth: Literal["token", "approle", "kubernetes"] = "token"
-    token: Secret | None = None
-    token_file: Path | None = None
-    role_id: str | None = None
-    secret_id_file: Path | None = None
-    role: str | None = None
-    kubernetes_role: str | None = None
-    jwt_file: Path = _KUBERNETES_JWT
-    auth_mount: Annotated[str, After(_mount)] | None = None
-    namespace: Annotated[str, After(_namespace)] | None = None
-    ca_file: Path | None = None
 
     def __post_init__(self) -> None:
         self.connection()  # the auth rules of the source, checked once here
@@ -74,21 +53,9 @@ class VaultTransitKeyConfig(KeyProviderConfig):
     def connection(self) -> VaultTransitConfig:
         """The same server and auth as a ``vault_transit`` source table."""
         table: dict[str, Any] = {"type": "vault_transit", "keys": [self.key]}
-        for name in (
-            "address",
-            "mount",
-            "auth",
-            "token_file",
-            "role_id",
-            "secret_id_file",
-            "role",
-            "kubernetes_role",
-            "jwt_file",
-            "auth_mount",
-            "namespace",
-            "ca_file",
-            "timeout",
-        ):
+        for name in (*VaultConnection.model_fields, "timeout"):
+            if name == "token":
+                continue  # revealed below, only into the source table
             value = getattr(self, name)
             if value is not None:
                 table[name] = str(value) if isinstance(value, Path) else value

@@ -50,6 +50,7 @@ from keysetd.plugin import (
     Snapshot,
     SourceConfig,
     SourceError,
+    Table,
     canonical_json,
     check_http_url,
     event,
@@ -164,12 +165,12 @@ def transit_version(kid_format: str, kid: str) -> tuple[str, int] | None:
     return name, version
 
 
-class VaultTransitConfig(SourceConfig):
+class VaultConnection(Table):
+    """Where the server is and how keysetd logs in: the keys a ``vault_transit`` source
+    and the ``vault_transit`` key provider (``[state]``) share."""
+
     address: Annotated[str, After(_address)]
     mount: Annotated[str, After(_mount)] = "transit"
-    keys: Annotated[list[str], non_empty, After(_keys)] = Field(
-        default_factory=lambda: ["jwt-signing"]
-    )
     auth: Literal["token", "approle", "kubernetes"] = "token"
     token: Secret | None = None
     token_file: Path | None = None
@@ -181,6 +182,12 @@ class VaultTransitConfig(SourceConfig):
     auth_mount: Annotated[str, After(_mount)] | None = None
     namespace: Annotated[str, After(_namespace)] | None = None
     ca_file: Path | None = None
+
+
+class VaultTransitConfig(VaultConnection, SourceConfig):
+    keys: Annotated[list[str], non_empty, After(_keys)] = Field(
+        default_factory=lambda: ["jwt-signing"]
+    )
     rsa_alg: Literal["RS256", "PS256"] = "RS256"
     kid_format: Annotated[str, After(_kid_format)] = "{name}-v{version}"
     #: With [rotation]: once signers left a version of the first key policy.retention ago,
