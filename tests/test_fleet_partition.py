@@ -165,6 +165,7 @@ def test_a_slow_verifier_consumer_keeps_its_replica_counted(
     a, _ = replica(tmp_path, "a", etcd.endpoints)
     b, _ = replica(tmp_path, "b", etcd.endpoints, notify=notify)
     try:
+
         def both_sign_k0() -> bool:
             a.cycle()
             b.cycle()
