@@ -152,6 +152,63 @@ def test_load_errors_carry_a_rule_and_no_material() -> None:
     assert caught.value.rule == "invalid-key"
 
 
+def _with_member(key: Key, name: str, value: int) -> Key:
+    private = tuple(
+        (n, b64u_encode(value.to_bytes((value.bit_length() + 7) // 8 or 1, "big")))
+        if n == name
+        else (n, v)
+        for n, v in key.private
+    )
+    return Key(kid=key.kid, kty=key.kty, alg=key.alg, public=key.public, private=private)
+
+
+def _openssl_accepts(key: Key) -> bool:
+    """OpenSSL's own RSA key check (primality of p and q included) on the same members."""
+    numbers = {n: int.from_bytes(b64u_decode(v), "big") for n, v in (*key.public, *key.private)}
+    public = rsa.RSAPublicNumbers(numbers["e"], numbers["n"])
+    members = (numbers[n] for n in ("p", "q", "d", "dp", "dq", "qi"))
+    try:
+        rsa.RSAPrivateNumbers(*members, public).private_key()
+    except ValueError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("member", ["d", "dp", "dq", "qi"])
+def test_rsa_member_check_agrees_with_openssl(member: str) -> None:
+    """keysetd checks d and the CRT members against n and e itself (OpenSSL's check adds a
+    primality test costing ~40 ms a key at every start): whatever OpenSSL refuses for a
+    changed member, keysetd refuses as private-mismatch, and the untouched key passes both."""
+    key = generate("RS256", "r")
+    assert _openssl_accepts(key)
+    load_private(key)
+    value = int.from_bytes(b64u_decode(key.member(member) or ""), "big")
+    other = int.from_bytes(b64u_decode(generate("RS256", "o").member(member) or ""), "big")
+    for changed in (value + 1, value - 1, value + 2, other, 1):
+        bent = _with_member(key, member, changed)
+        assert not _openssl_accepts(bent)
+        with pytest.raises(KeyMaterialError) as caught:
+            load_private(bent)
+        assert caught.value.rule == "private-mismatch"
+
+
+def test_rsa_pem_with_a_wrong_crt_member_is_refused() -> None:
+    """A PEM private key is loaded without OpenSSL's check, then validated like a JWK."""
+    good = rsa.generate_private_key(65537, 2048).private_numbers()
+    bent = rsa.RSAPrivateNumbers(
+        good.p, good.q, good.d, good.dmp1, good.dmq1, good.iqmp + 1, good.public_numbers
+    ).private_key(unsafe_skip_rsa_key_validation=True)
+    pem = bent.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    (key,) = decode(pem, "pem").keys
+    with pytest.raises(KeyMaterialError) as caught:
+        load_private(key)
+    assert caught.value.rule == "private-mismatch"
+
+
 #: RFC 8032 section 7.1, TEST 1-3 and TEST SHA(abc): published Ed25519 public keys.
 RFC8032_PUBLIC_KEYS = (
     "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a",

@@ -63,7 +63,11 @@ def _load(label: str, block: bytes, number: int, problems: list[Problem]) -> Key
         return None
     try:
         if label in _PRIVATE:
-            private_key = serialization.load_pem_private_key(block, password=None)
+            # An RSA key's members are checked against n and e when the keyset is
+            # validated (crypto.load_private); OpenSSL's primality test is skipped there too.
+            private_key = serialization.load_pem_private_key(
+                block, password=None, unsafe_skip_rsa_key_validation=True
+            )
         else:
             public_key = serialization.load_pem_public_key(block)
     except _REFUSED:
