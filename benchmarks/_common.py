@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import compileall
 import json
 import os
 import platform
@@ -20,11 +19,11 @@ from typing import Any, TypeVar
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
+from benchmarks._install import keysetd_command
 from keysetd.crypto import key_from_private
 from keysetd.model import Key
 
 __all__ = [
-    "KEYSETD",
     "Row",
     "Workspace",
     "binary",
@@ -37,8 +36,6 @@ __all__ = [
     "wait_for",
 ]
 
-#: How the benchmarks start the daemon: with the interpreter running them (`make bench`: the venv).
-KEYSETD = (sys.executable, "-m", "keysetd")
 
 T = TypeVar("T")
 
@@ -57,18 +54,6 @@ class Row:
         if self.ok is None:
             return "-"
         return "ok" if self.ok else "MISS"
-
-
-def compile_like_an_install() -> None:
-    """Write keysetd's bytecode, as ``pip install`` does for every installed module.
-
-    An editable install run with ``PYTHONDONTWRITEBYTECODE=1`` (set on CI machines and
-    here) compiles every keysetd module from source on every start: ~100 ms that no
-    installed keysetd pays. Start-up figures are taken after this, like a user's.
-    """
-    root = Path(__file__).resolve().parent.parent
-    for package in ("keysetd", "plugins"):
-        compileall.compile_dir(root / package, quiet=1)
 
 
 def wait_for(
@@ -202,7 +187,7 @@ class Workspace:
     def start(self) -> subprocess.Popen[bytes]:
         with self.log_path.open("ab") as log:
             return subprocess.Popen(
-                [*KEYSETD, "run", "--config", str(self.config_path)],
+                [*keysetd_command(), "run", "--config", str(self.config_path)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,

@@ -44,6 +44,7 @@ from functools import partial
 from pathlib import Path
 
 from benchmarks._common import Row, Workspace, binary, document, free_port, percentile, wait_for
+from benchmarks._install import keysetd_command
 from keysetd.config import FleetSettings
 from keysetd.crypto import generate
 from keysetd.errors import StoreError
@@ -446,7 +447,7 @@ class _Replica:
     def start(self) -> None:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "keysetd", "run", "--config", str(self.config_path)],
+                [*keysetd_command(), "run", "--config", str(self.config_path)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,

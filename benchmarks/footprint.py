@@ -17,7 +17,6 @@ from pathlib import Path
 from benchmarks._common import (
     Row,
     Workspace,
-    compile_like_an_install,
     document,
     key_pool,
     proc_status,
@@ -65,7 +64,6 @@ def start_once(data: bytes) -> tuple[float, int, int]:
 
 
 def run(starts: int = 5) -> list[Row]:
-    compile_like_an_install()
     keys = key_pool(("EC", "OKP", "RSA"), prefix="fp")
     data = document([(k, True) for k in keys], keys[0].kid)
     results = [start_once(data) for _ in range(starts)]

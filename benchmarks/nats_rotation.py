@@ -42,7 +42,6 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from nats.aio.client import Client
 
 from benchmarks._common import (
-    KEYSETD,
     Row,
     Workspace,
     binary,
@@ -52,6 +51,7 @@ from benchmarks._common import (
     percentile,
     wait_for,
 )
+from benchmarks._install import keysetd_command
 from keysetd.crypto import b64u_decode, load_private
 from keysetd.model import Key
 
@@ -162,7 +162,7 @@ def rotations(count: int = ROTATIONS) -> list[float]:
         ws.stage(document([(pool[0], True)], pool[0].kid))
         ws.publish()
         once = subprocess.run(
-            [*KEYSETD, "once", "--config", str(ws.config_path)],
+            [*keysetd_command(), "once", "--config", str(ws.config_path)],
             capture_output=True,
             timeout=60,
             check=False,

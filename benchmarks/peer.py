@@ -21,7 +21,6 @@ from benchmarks._common import (
     Row,
     Workspace,
     binary,
-    compile_like_an_install,
     document,
     key_pool,
     proc_status,
@@ -93,7 +92,6 @@ def _agent_once(root: Path, address: str, token: str) -> tuple[float, int]:
 
 
 def run(starts: int = 5) -> list[Row]:
-    compile_like_an_install()
     keys = key_pool(("EC", "OKP", "RSA"), prefix="peer")
     data = document([(k, True) for k in keys], keys[0].kid)
     with tempfile.TemporaryDirectory(prefix="keysetd-bench-peer-") as tmp:

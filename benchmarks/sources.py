@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._common import (
-    KEYSETD,
     Row,
     Workspace,
     binary,
@@ -40,6 +39,7 @@ from benchmarks._common import (
     proc_status,
     wait_for,
 )
+from benchmarks._install import keysetd_command
 from keysetd import backoff
 from keysetd.plugin import SourceConfig
 
@@ -139,7 +139,7 @@ def _daemon(
     ws.config_path.write_text("\n".join(lines) + "\n")
     with ws.log_path.open("ab") as log:
         proc = subprocess.Popen(
-            [*KEYSETD, "run", "--config", str(ws.config_path)],
+            [*keysetd_command(), "run", "--config", str(ws.config_path)],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,

@@ -15,9 +15,9 @@ import re
 import secrets
 from collections.abc import Mapping
 
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.exceptions import InternalError, InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
 
 from keysetd.model import Key
@@ -67,6 +67,8 @@ _CURVE_NAMES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"
 _OKP_SIZES = {"Ed25519": 32, "Ed448": 57}
 _RSA_MAX_BITS = 16384
 _RSA_CRT = ("p", "q", "dp", "dq", "qi")
+#: What an RSA private key signs to show that its public half verifies it.
+_PROBE = b"keysetd: does this private key sign for its public key?"
 _B64U = re.compile(r"[A-Za-z0-9_-]*")
 _THUMBPRINT_MEMBERS: Mapping[str, tuple[str, ...]] = {
     "EC": ("crv", "kty", "x", "y"),
@@ -243,13 +245,15 @@ def _rsa_private(key: Key, public: rsa.RSAPublicNumbers) -> rsa.RSAPrivateKey:
     if not _rsa_crt_fits(numbers):
         raise KeyMaterialError("private-mismatch", "d, dp, dq or qi do not fit n and e")
     try:
-        # The members are checked against n and e above, exactly; what OpenSSL's own
-        # check adds is a primality test of p and q: ~40 ms per RSA-2048 key and ~250 ms
-        # per RSA-4096 key on every start, and it says nothing about whether this private
-        # key belongs to its public members (the rule checked here).
-        return numbers.private_key(unsafe_skip_rsa_key_validation=True)
-    except _REFUSED:
+        # The members are checked against n and e above, exactly, and the key must sign
+        # what its public half verifies. OpenSSL's own check would add a primality test
+        # of p and q: ~40 ms per RSA-2048 key and ~250 ms per RSA-4096 key at every start.
+        private = numbers.private_key(unsafe_skip_rsa_key_validation=True)
+        signature = private.sign(_PROBE, padding.PKCS1v15(), hashes.SHA256())
+        private.public_key().verify(signature, _PROBE, padding.PKCS1v15(), hashes.SHA256())
+    except (*_REFUSED, InvalidSignature, InternalError):
         raise KeyMaterialError("private-mismatch", "d, dp, dq or qi do not fit n and e") from None
+    return private
 
 
 def _rsa_crt_fits(numbers: rsa.RSAPrivateNumbers) -> bool:

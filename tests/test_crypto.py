@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 
@@ -190,6 +191,34 @@ def test_rsa_member_check_agrees_with_openssl(member: str) -> None:
         with pytest.raises(KeyMaterialError) as caught:
             load_private(bent)
         assert caught.value.rule == "private-mismatch"
+
+
+def test_rsa_key_with_a_composite_factor_is_refused() -> None:
+    """p = a * b (not prime) with d, dp, dq, qi computed from it: the arithmetic fits, but
+    the key does not sign what its public half verifies, which keysetd checks instead of
+    OpenSSL's primality test."""
+    first = rsa.generate_private_key(65537, 1024).private_numbers()
+    second = rsa.generate_private_key(65537, 1024).private_numbers()
+    p, q, e = first.p * first.q, second.p, 65537
+    lcm = math.lcm(p - 1, q - 1)
+    d = pow(e, -1, lcm)
+    members = {"n": p * q, "e": e, "d": d, "p": p, "q": q}
+    members |= {"dp": d % (p - 1), "dq": d % (q - 1), "qi": pow(q, -1, p)}
+
+    def b64(value: int) -> str:
+        return b64u_encode(value.to_bytes((value.bit_length() + 7) // 8, "big"))
+
+    key = Key(
+        kid="c",
+        kty="RSA",
+        alg="RS256",
+        public=(("n", b64(members["n"])), ("e", b64(e))),
+        private=tuple((name, b64(members[name])) for name in ("d", "p", "q", "dp", "dq", "qi")),
+    )
+    assert not _openssl_accepts(key)
+    with pytest.raises(KeyMaterialError) as caught:
+        load_private(key)
+    assert caught.value.rule == "private-mismatch"
 
 
 def test_rsa_pem_with_a_wrong_crt_member_is_refused() -> None:
