@@ -238,10 +238,12 @@ class Settings(BaseSettings):
     rotation: RotationSettings | None = None
     fleet: FleetSettings | None = None
     #: ``[state]``: ``encryption`` names the key provider; the rest is that provider's table.
-    state: dict[str, Any] = Field(default_factory=dict)
+    # Plain defaults (pydantic copies them per instance): a builtin as default_factory
+    # has pydantic read its signature, which compiles tokenize's pattern at start (~2 ms).
+    state: dict[str, Any] = {}
     audit: AuditSettings = AuditSettings()
-    outputs: list[dict[str, Any]] = Field(default_factory=list)
-    notify: list[dict[str, Any]] = Field(default_factory=list)
+    outputs: list[dict[str, Any]] = []
+    notify: list[dict[str, Any]] = []
 
     @model_validator(mode="before")
     @classmethod
