@@ -1,7 +1,8 @@
 """Run every benchmark and print one table: name, figure, target, verdict (ok / MISS).
 
 Usage: ``.venv/bin/python benchmarks/run.py [--only NAME ...]``, NAME one of ``NAMES``
-(``make bench``). Loopback and local files only; about a minute in all. Exits 0
+(``make bench``). Loopback and local files only; ~16 minutes in all, 13 of them the
+``idle`` and ``sources`` windows (``BENCH_IDLE_SECONDS``, ``BENCH_SOURCE_SECONDS``). Exits 0
 when every benchmark ran (MISS is a finding, not a failure; ``--fail-on-miss``
 makes it one), 1 when a benchmark could not run.
 """
