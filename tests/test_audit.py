@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from keysetd.audit import GENESIS, AuditLog, Head, Verdict, head_path, read_head, verify
+from keysetd.audit import GENESIS, AuditLog, Head, head_path, read_head
+from keysetd.audit_read import Verdict, verify
 from keysetd.formats import decode
 from keysetd.plan import plan
 from tests.conftest import Env, wait_for

@@ -9,7 +9,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from keysetd.audit import CHAIN_KEYED, GENESIS, AuditLog, Head, export, rotated_files, verify
+from keysetd.audit import CHAIN_KEYED, GENESIS, AuditLog, Head, rotated_files
+from keysetd.audit_read import export, verify
 from keysetd.state import AuditKey, StateStore
 from tests.conftest import Env
 from tests.keys import jwks_doc

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from keysetd.audit import verify
+from keysetd.audit_read import verify
 from keysetd.config import load_config
 from keysetd.pipeline import Pipeline
 from keysetd.state import StateStore

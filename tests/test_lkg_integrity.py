@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from keysetd.audit import verify
+from keysetd.audit_read import verify
 from keysetd.model import canonical_json
 from keysetd.state import KeyRecord, LastKnownGood, StateStore, UntrustedLastKnownGood
 from tests.conftest import Env, wait_for

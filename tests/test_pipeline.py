@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from keysetd.audit import verify
+from keysetd.audit_read import verify
 from keysetd.config import load_config
 from keysetd.pipeline import Pipeline
 from tests.conftest import Env

@@ -12,7 +12,7 @@ import signal
 
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from keysetd.audit import verify
+from keysetd.audit_read import verify
 from keysetd.state import StateStore
 from tests.conftest import Env, wait_for
 from tests.keys import jwk, jwks_doc

@@ -41,7 +41,7 @@ from typing import Any
 
 import pytest
 
-from keysetd.audit import verify
+from keysetd.audit_read import verify
 from keysetd.formats import decode
 from keysetd.state import StateStore
 from tests.conftest import Env, wait_for

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from keysetd.audit import verify
+from keysetd.audit_read import verify
 from keysetd.config import load_config
 from keysetd.pipeline import Pipeline
 from keysetd.state import StateStore

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from keysetd.audit import verify
+from keysetd.audit_read import verify
 from keysetd.config import load_config
 from keysetd.pipeline import Pipeline
 from tests.conftest import Env

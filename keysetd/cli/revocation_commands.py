@@ -172,7 +172,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def _verify(state: Any) -> int:
-    from keysetd.audit import verify
+    from keysetd.audit_read import verify
 
     key = state.audit_key()  # SealError (exit 1) when it cannot be opened now
     if state.sealer is not None and key is None and _has_lines(state.audit_path):
@@ -211,7 +211,7 @@ def _has_lines(path: Any) -> bool:
 
 
 def _export(state: Any, first_seq: int) -> int:
-    from keysetd.audit import export
+    from keysetd.audit_read import export
 
     out = sys.stdout.buffer
     for line in export(state.audit_path, first_seq):
