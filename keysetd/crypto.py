@@ -262,7 +262,7 @@ def _rsa_crt_fits(numbers: rsa.RSAPrivateNumbers) -> bool:
     if p < 3 or q < 3 or p == q:
         return False
     p1, q1 = p - 1, q - 1
-    lcm = p1 * q1 // math.gcd(p1, q1)
+    lcm = math.lcm(p1, q1)
     return (
         0 < d < p * q
         and (d * numbers.public_numbers.e) % lcm == 1

@@ -29,8 +29,10 @@ from keysetd.crypto import (
     spki_pem,
     thumbprint,
 )
+from keysetd.errors import InvalidKeyset
 from keysetd.formats import decode
 from keysetd.model import Key
+from keysetd.validate import check
 
 VALID = Path(__file__).parent / "vectors" / "valid"
 ASYMMETRIC = ["ES256", "ES384", "ES512", "EdDSA", "RS256", "PS256"]
@@ -232,10 +234,8 @@ def test_rsa_pem_with_a_wrong_crt_member_is_refused() -> None:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    (key,) = decode(pem, "pem").keys
-    with pytest.raises(KeyMaterialError) as caught:
-        load_private(key)
-    assert caught.value.rule == "private-mismatch"
+    with pytest.raises(InvalidKeyset, match="private-mismatch"):
+        check(pem, "pem")
 
 
 #: RFC 8032 section 7.1, TEST 1-3 and TEST SHA(abc): published Ed25519 public keys.
