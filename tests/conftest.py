@@ -219,6 +219,13 @@ __all__ = ["Env", "is_dead", "jwk", "jwks_doc", "wait_for"]
 LONGEST_FIRST = ("test_fleet_e2e.py", "test_fleet_faults.py")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest-xdist >= 3.6 reorders loadfile's work by test count, most first, which sends a
+    # file of one long test (test_fleet_e2e.py) last; keep the collection order set below.
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     def rank(item: pytest.Item) -> int:
         name = item.path.name
