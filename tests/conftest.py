@@ -172,22 +172,45 @@ class Env:
         path = self.root / "keysetd.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def stop_all(self) -> None:
+    def stop_all(self, wait: bool = True) -> None:
+        """SIGTERM every daemon; ``wait=False`` leaves the reaping to ``reap_stopped`` (a
+        test's teardown need not sit through a daemon's stop, up to its HTTP server's 0.5 s
+        shutdown poll)."""
         for proc in self.procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=10)
+                if wait:
+                    reap(proc)
+                else:
+                    _STOPPING.append(proc)
+
+
+#: Daemons sent SIGTERM by a teardown and not yet reaped.
+_STOPPING: list[subprocess.Popen[bytes]] = []
+
+
+def reap(proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
+    """Wait for ``proc`` to exit; SIGKILL it after ``timeout``."""
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def reap_stopped() -> None:
+    """Reap the daemons teardowns left stopping (they exit by themselves on SIGTERM): at the
+    end of the session, so no process outlives it."""
+    while _STOPPING:
+        reap(_STOPPING.pop())
 
 
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[Env]:
+    _STOPPING[:] = [p for p in _STOPPING if p.poll() is None]  # reap those that exited
     workspace = Env(tmp_path)
     yield workspace
-    workspace.stop_all()
+    workspace.stop_all(wait=False)
 
 
 @pytest.fixture(scope="session")
@@ -214,9 +237,38 @@ def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 __all__ = ["Env", "is_dead", "jwk", "jwks_doc", "wait_for"]
 
 
-#: The longest files, started first: ``--dist loadfile`` hands files to workers in collection
-#: order, so a long file collected last would run alone at the end.
-LONGEST_FIRST = ("test_fleet_e2e.py", "test_fleet_faults.py")
+#: The longest files, longest first (measured, `--durations=0` summed per file): ``--dist
+#: loadfile`` hands files to workers in collection order, so a long file collected last
+#: would run alone at the end; longest first, the short ones even the two workers out.
+LONGEST_FIRST = (
+    "test_fleet_faults.py",
+    "test_vault_rotation.py",
+    "test_reliability_crash.py",
+    "test_daemon.py",
+    "test_fleet_e2e.py",
+    "test_source_faults.py",
+    "test_fleet_store.py",
+    "test_fleet_partition.py",
+    "test_cli.py",
+    "test_rgs_compat.py",
+    "test_vault_plugin.py",
+    "test_consumer_interop.py",
+    "test_nats_e2e.py",
+    "test_state_encryption.py",
+    "test_reliability_soak.py",
+    "test_rotation_e2e.py",
+)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    reap_stopped()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest-xdist >= 3.6 reorders loadfile's work by test count, most first, which sends a
+    # file of one long test (test_fleet_e2e.py) last; keep the collection order set below.
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

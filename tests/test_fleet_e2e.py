@@ -14,7 +14,9 @@ from tests.fleet import Replica, etcd, make_fleet, rotate_and_check
 __all__ = ["etcd", "make_fleet"]  # fixtures
 
 #: Managed rotations the five-replica test runs through (``FLEET_ROTATIONS=200`` for longer).
-ROTATIONS = int(os.environ.get("FLEET_ROTATIONS", "50"))
+#: 12 (~1.6 s each) keep the gate honest: planning from a replica's own ack alone fails it
+#: within 6, and with dozens of refused tokens in 12 (checked by hand).
+ROTATIONS = int(os.environ.get("FLEET_ROTATIONS", "12"))
 
 
 def test_five_replicas_rotate_together_with_no_failed_verification(

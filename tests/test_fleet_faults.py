@@ -90,10 +90,25 @@ def test_etcd_down_keeps_outputs_and_signers_then_recovers_by_itself(
     checker = rotate_and_check(replicas, 1, limit=30)
     for member in etcd.members:
         member.kill9()
+    # A source the leader wrote just before may still be on its way to the others (up to 1 s):
+    # once it has arrived and each replica has run a cycle on it, nothing may change.
     wait_for(
-        lambda: all(r.status().get("fleet", {}).get("store") == "unreachable" for r in replicas),
+        lambda: len({r.source.read_bytes() for r in replicas}) == 1,
+        timeout=10,
+        what="the last source the leader wrote copied to every replica",
+    )
+
+    def settled(replica: Replica) -> bool:
+        status = replica.root / "state" / "status.json"
+        return (
+            replica.status().get("fleet", {}).get("store") == "unreachable"
+            and status.stat().st_mtime_ns > replica.source.stat().st_mtime_ns
+        )
+
+    wait_for(
+        lambda: all(settled(r) for r in replicas),
         timeout=15,
-        what="every replica reports the store unreachable",
+        what="every replica reports the store unreachable after a cycle on its last source",
     )
     signers = {r.name: r.signer.read_bytes() for r in replicas}
     time.sleep(3.0)  # three rotation periods: none may happen
