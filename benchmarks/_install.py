@@ -47,12 +47,7 @@ def keysetd_command() -> tuple[str, ...]:
     pip = (sys.executable, "-m", "pip", "-q", "--disable-pip-version-check")
     _run(*pip, "wheel", "--no-deps", "-w", str(wheels), *map(str, PROJECTS))
     _run(*pip, "--python", str(python), "install", "--no-deps", "--no-index", *_wheels(wheels))
-    site = subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
+    site = sysconfig.get_path("purelib", vars={"base": str(venv), "platbase": str(venv)})
     Path(site, "keysetd-bench-dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
     return (str(venv / "bin" / "keysetd"),)
 

@@ -26,7 +26,7 @@ def b64u(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def _int(value: int, size: int | None = None) -> str:
+def b64u_int(value: int, size: int | None = None) -> str:
     size = size or (value.bit_length() + 7) // 8
     return b64u(value.to_bytes(size, "big"))
 
@@ -46,11 +46,11 @@ def jwk(
             "alg": alg,
             "use": "sig",
             "crv": crv,
-            "x": _int(nums.public_numbers.x, size),
-            "y": _int(nums.public_numbers.y, size),
+            "x": b64u_int(nums.public_numbers.x, size),
+            "y": b64u_int(nums.public_numbers.y, size),
         }
         if private:
-            out["d"] = _int(nums.private_value, size)
+            out["d"] = b64u_int(nums.private_value, size)
     elif alg == "EdDSA":
         ed = ed25519.Ed25519PrivateKey.generate()
         raw = ed.public_key().public_bytes(
@@ -73,17 +73,17 @@ def jwk(
             "kid": kid,
             "alg": alg,
             "use": "sig",
-            "n": _int(n.public_numbers.n),
-            "e": _int(n.public_numbers.e),
+            "n": b64u_int(n.public_numbers.n),
+            "e": b64u_int(n.public_numbers.e),
         }
         if private:
             out.update(
-                d=_int(n.d),
-                p=_int(n.p),
-                q=_int(n.q),
-                dp=_int(n.dmp1),
-                dq=_int(n.dmq1),
-                qi=_int(n.iqmp),
+                d=b64u_int(n.d),
+                p=b64u_int(n.p),
+                q=b64u_int(n.q),
+                dp=b64u_int(n.dmp1),
+                dq=b64u_int(n.dmq1),
+                qi=b64u_int(n.iqmp),
             )
     elif alg.startswith("HS"):
         out = {

@@ -33,6 +33,7 @@ from keysetd.errors import InvalidKeyset
 from keysetd.formats import decode
 from keysetd.model import Key
 from keysetd.validate import check
+from tests.keys import b64u_int
 
 VALID = Path(__file__).parent / "vectors" / "valid"
 ASYMMETRIC = ["ES256", "ES384", "ES512", "EdDSA", "RS256", "PS256"]
@@ -156,12 +157,7 @@ def test_load_errors_carry_a_rule_and_no_material() -> None:
 
 
 def _with_member(key: Key, name: str, value: int) -> Key:
-    private = tuple(
-        (n, b64u_encode(value.to_bytes((value.bit_length() + 7) // 8 or 1, "big")))
-        if n == name
-        else (n, v)
-        for n, v in key.private
-    )
+    private = tuple((n, b64u_int(value) if n == name else v) for n, v in key.private)
     return Key(kid=key.kid, kty=key.kty, alg=key.alg, public=key.public, private=private)
 
 
@@ -206,16 +202,14 @@ def test_rsa_key_with_a_composite_factor_is_refused() -> None:
     d = pow(e, -1, lcm)
     members = {"n": p * q, "e": e, "d": d, "p": p, "q": q}
     members |= {"dp": d % (p - 1), "dq": d % (q - 1), "qi": pow(q, -1, p)}
-
-    def b64(value: int) -> str:
-        return b64u_encode(value.to_bytes((value.bit_length() + 7) // 8, "big"))
-
     key = Key(
         kid="c",
         kty="RSA",
         alg="RS256",
-        public=(("n", b64(members["n"])), ("e", b64(e))),
-        private=tuple((name, b64(members[name])) for name in ("d", "p", "q", "dp", "dq", "qi")),
+        public=(("n", b64u_int(members["n"])), ("e", b64u_int(e))),
+        private=tuple(
+            (name, b64u_int(members[name])) for name in ("d", "p", "q", "dp", "dq", "qi")
+        ),
     )
     assert not _openssl_accepts(key)
     with pytest.raises(KeyMaterialError) as caught:
