@@ -239,7 +239,7 @@ __all__ = ["Env", "is_dead", "jwk", "jwks_doc", "wait_for"]
 
 #: The longest files, longest first (measured, `--durations=0` summed per file): ``--dist
 #: loadfile`` hands files to workers in collection order, so a long file collected last
-#: would run alone at the end; longest first, the short ones even the two workers out.
+#: would run alone at the end; longest first, the short ones even the workers out.
 LONGEST_FIRST = (
     "test_fleet_faults.py",
     "test_vault_rotation.py",
