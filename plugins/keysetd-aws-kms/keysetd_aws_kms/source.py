@@ -141,6 +141,9 @@ class AwsKmsSource(Source):
         return f"aws_kms:{self.config.region}"
 
     def fetch(self) -> Snapshot:
+        # The client first: loading botocore's KMS model is local work (a second on a busy
+        # machine) and must not eat a short timeout before the first request is sent.
+        self.client()
         deadline = time.monotonic() + self.config.timeout
         keys: list[Key] = []
         configured: dict[str, str] = {}  # KMS key id -> the key_ids entry naming it
