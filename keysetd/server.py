@@ -6,7 +6,9 @@ daemon's liveness, and the metrics registry. Nothing it serves holds key materia
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -79,7 +81,15 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class StatusServer:
-    """A ThreadingHTTPServer on ``listen`` serving ``endpoints`` from a daemon thread."""
+    """A ThreadingHTTPServer on ``listen`` serving ``endpoints`` from a daemon thread.
+
+    socketserver notices a shutdown only when its select returns: at the next request or
+    poll. The poll is long (idle wake-ups cost CPU) and ``stop`` wakes the loop with a
+    connection of its own instead, so a SIGTERM does not wait out the poll.
+    """
+
+    #: Seconds between the serving loop's own checks for a shutdown; ``stop`` does not wait.
+    POLL_INTERVAL = 5.0
 
     def __init__(self, listen: str, endpoints: Endpoints) -> None:
         host, port = parse_listen(listen)
@@ -90,7 +100,10 @@ class StatusServer:
             raise ConfigError(f"server.listen: cannot listen on {listen}: {exc.strerror}") from exc
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(
-            target=self.httpd.serve_forever, name="keysetd-http", daemon=True
+            target=self.httpd.serve_forever,
+            kwargs={"poll_interval": self.POLL_INTERVAL},
+            name="keysetd-http",
+            daemon=True,
         )
 
     @property
@@ -102,5 +115,18 @@ class StatusServer:
         self.thread.start()
 
     def stop(self) -> None:
-        self.httpd.shutdown()
+        if self.thread.is_alive():
+            stopper = threading.Thread(target=self.httpd.shutdown, name="keysetd-http-stop")
+            stopper.start()
+            # Poke until the loop has seen the request: a poke before shutdown() set its
+            # flag is served like any client that sends nothing, and the loop selects again.
+            while stopper.is_alive():
+                self._poke()
+                stopper.join(0.05)
         self.httpd.server_close()
+
+    def _poke(self) -> None:
+        """Connect and hang up at once: wakes the serving loop's select."""
+        host, port = self.address
+        with contextlib.suppress(OSError):
+            socket.create_connection((host, port), timeout=1.0).close()
