@@ -66,7 +66,7 @@ typecheck: $(STAMP)
 
 # Four workers, a test file each at a time (its module fixtures stay on one worker): the
 # suite waits on servers and subprocesses more than it computes, so on 2 cores four workers
-# finish in ~150 s where two take ~240 s.
+# finish in 150-200 s where two take 240-260 s (measured).
 # Bytecode first, as an install has it: with PYTHONDONTWRITEBYTECODE=1 (CI sets it) an
 # editable keysetd is compiled from source by every process the tests start (~100 ms each).
 pytest: $(STAMP) system-deps $(INTEROP)/node_modules/.installed
